@@ -1,0 +1,49 @@
+"""The `hhh` command: a thin dispatcher; the work lives in the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args):
+  from hhh import config as config_lib
+  from hhh.train import loop
+  cfg = config_lib.apply_overrides(config_lib.load_experiment(args.config), args.set)
+  loop.train(cfg, args.workdir)
+
+
+def _model_list(args):
+  from hhh.model import family
+  print(family.format_table(family.table(vocab_size=args.vocab_size)))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="hhh", description="Preference modeling and HHH alignment baselines.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  p = sub.add_parser("train", help="train an LM or a preference model from an experiment config")
+  p.add_argument("config", help="experiment file (e.g. experiments/tiny_pm.py) or module name")
+  p.add_argument("--workdir", required=True, help="run directory: metrics.jsonl, checkpoints; reused to resume")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+  p.set_defaults(func=_train)
+  m = sub.add_parser("model", help="model family")
+  msub = m.add_subparsers(dest="model_command", required=True)
+  ml = msub.add_parser("list", help="print the size family: shapes, parameters, training FLOPs per token")
+  ml.add_argument("--vocab-size", type=int, default=259)
+  ml.set_defaults(func=_model_list)
+  args = parser.parse_args(argv)
+  from hhh.config import ConfigError
+  from hhh.train.loop import NonFiniteLoss
+  try:
+    args.func(args)
+  except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
+    print(f"hhh: error: {e}", file=sys.stderr)
+    return 2 if isinstance(e, ConfigError) else 1
+  except KeyboardInterrupt:
+    print("hhh: interrupted", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,194 @@
+"""Configs are code: typed dataclasses, one per experiment, overridden with `--set key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import pathlib
+import types
+import typing
+from typing import Any, Literal
+
+from hhh.model.config import ModelConfig
+from hhh.model.sharding import MeshConfig
+from hhh.objectives import OBJECTIVES
+
+
+class ConfigError(ValueError):
+  """A bad config key or value; the CLI prints it as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  # A comparisons .jsonl file, or "toy" for the project's generated assistant world
+  # (for objective "lm": a text file, or "toy" for its dialogue corpus).
+  train: str = "toy"
+  validation: str = "toy"
+  toy_train: int = 4000
+  toy_validation: int = 500
+  toy_k: int = 2
+  toy_seed: int = 0
+  tokenizer: str = "byte"       # "byte", "bpe:VOCAB" (trained on the training text), or a tokenizer .json
+  max_len: int = 128
+  buckets: tuple[int, ...] = (64, 128)
+  max_k: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  lr: float = 1e-3
+  warmup_steps: int = 20
+  min_lr_ratio: float = 0.1     # cosine decays to lr * min_lr_ratio at the last step
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  clip_norm: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-process runs: set all three on every process (or leave coordinator empty for one process)."""
+  coordinator: str = ""         # "host:port" of process 0
+  num_processes: int = 1
+  process_id: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  objective: Literal["lm", "imitation", "binary", "ranked"] = "ranked"
+  lm_coef: float = 0.0          # PM objectives: add lm_coef * LM loss on the preferred sequence
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  mesh: MeshConfig = MeshConfig()
+  distributed: DistributedConfig = DistributedConfig()
+  batch_size: int = 16          # global, in comparisons
+  steps: int = 300
+  seed: int = 0
+  log_every: int = 10
+  eval_every: int = 100
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+  init_from: str = ""           # another run's workdir (or one of its checkpoint step dirs): start from its parameters
+  peak_tflops: float = 0.0      # per device, for MFU; 0 = look the device kind up (unknown on CPU)
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ConfigError(f"objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if self.batch_size < 1 or self.steps < 0:
+      raise ConfigError("batch_size must be >= 1 and steps >= 0")
+    if max(self.data.buckets) > self.model.max_len:
+      raise ConfigError(f"data.buckets reach {max(self.data.buckets)} > model.max_len={self.model.max_len}")
+    if max(self.data.buckets) < self.data.max_len:
+      raise ConfigError(f"data.max_len={self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
+
+
+def _convert(text: str, tp, key: str):
+  origin = typing.get_origin(tp)
+  try:
+    if origin is Literal:
+      allowed = typing.get_args(tp)
+      if text not in allowed:
+        raise ConfigError(f"{key}={text!r}: expected one of {', '.join(map(str, allowed))}")
+      return text
+    if origin is tuple:
+      (elem, *_) = typing.get_args(tp)
+      return tuple(_convert(t.strip(), elem, key) for t in text.split(",") if t.strip())
+    if origin in (typing.Union, types.UnionType):
+      return _convert(text, next(a for a in typing.get_args(tp) if a is not type(None)), key)
+    if tp is bool:
+      low = text.lower()
+      if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={text!r}: expected true or false")
+      return low in ("true", "1", "yes")
+    if tp in (int, float):
+      return tp(text)
+    if tp is str:
+      return text
+  except ConfigError:
+    raise
+  except (TypeError, ValueError):
+    raise ConfigError(f"{key}={text!r}: expected {getattr(tp, '__name__', tp)}") from None
+  raise ConfigError(f"{key} cannot be set from the command line")
+
+
+def _set(cfg, path: list[str], text: str, full: str):
+  fields = {f.name: f for f in dataclasses.fields(cfg)}
+  hints = typing.get_type_hints(type(cfg))
+  name = path[0]
+  if name not in fields:
+    raise ConfigError(f"unknown config key {full!r} (valid here: {', '.join(sorted(fields))})")
+  if len(path) == 1:
+    if dataclasses.is_dataclass(hints[name]):
+      raise ConfigError(f"{full!r} is a section; set one of its keys, e.g. {full}.{dataclasses.fields(hints[name])[0].name}=...")
+    value = _convert(text, hints[name], full)
+  else:
+    sub = getattr(cfg, name)
+    if not dataclasses.is_dataclass(sub):
+      raise ConfigError(f"unknown config key {full!r} ({name} has no sub-keys)")
+    value = _set(sub, path[1:], text, full)
+  try:
+    return dataclasses.replace(cfg, **{name: value})
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"{full}={text!r}: {e}") from None
+
+
+def apply_overrides(cfg, overrides: list[str]):
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"override {item!r} must look like key=value")
+    key, text = item.split("=", 1)
+    cfg = _set(cfg, key.strip().split("."), text.strip(), key.strip())
+  return cfg
+
+
+def load_experiment(spec: str):
+  """An experiment is a Python file (or module name) with a `config()` returning a config dataclass."""
+  path = pathlib.Path(spec)
+  if path.suffix == ".py" or path.exists():
+    if not path.is_file():
+      raise ConfigError(f"experiment file {spec} not found")
+    mod_spec = importlib.util.spec_from_file_location(f"hhh_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+  else:
+    try:
+      module = importlib.import_module(spec)
+    except ImportError:
+      raise ConfigError(f"experiment {spec!r} is neither a file nor an importable module") from None
+  if not hasattr(module, "config"):
+    raise ConfigError(f"experiment {spec} defines no config() function")
+  return module.config()
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, d: dict[str, Any]):
+  """Rebuilds a (nested) config dataclass from `to_dict` output; unknown keys are an error."""
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in d:
+      continue
+    v, tp = d[f.name], hints[f.name]
+    if dataclasses.is_dataclass(tp):
+      v = from_dict(tp, v)
+    elif typing.get_origin(tp) is tuple:
+      v = tuple(v)
+    kwargs[f.name] = v
+  unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+  if unknown:
+    raise ConfigError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+  return cls(**kwargs)
+
+
+def dumps(cfg) -> str:
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

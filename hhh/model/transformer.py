@@ -1,0 +1,255 @@
+"""Decoder-only Transformer in flax.nnx, with a KV cache and the LM and preference heads.
+
+Padding never changes a real token's output: positions count only valid tokens,
+and keys at padded slots are masked. So a sequence gets the same hidden states
+alone, in a batch, left-padded or right-padded (see `tests/test_model.py`).
+
+Shape suffixes: B batch, L query length, S key length (cache size), D d_model,
+H query heads, K kv heads, G = H // K, Dh head dim, F MLP width, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hhh.model.config import ModelConfig
+
+Cache = dict[str, Any]
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape, std=_INIT_STD) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+def _zeros(shape) -> nnx.Param:
+  return nnx.Param(jnp.zeros(shape, jnp.float32))
+
+
+def _matmul(x, w, dtype):
+  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+class Norm(nnx.Module):
+  """RMSNorm or LayerNorm, always computed in float32 (bf16 variance underflows)."""
+
+  def __init__(self, cfg: ModelConfig):
+    self.kind, self.eps = cfg.norm, cfg.norm_eps
+    self.scale = nnx.Param(jnp.ones((cfg.d_model,), jnp.float32))
+    self.bias = _zeros((cfg.d_model,)) if cfg.norm == "layer" else None
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    if self.kind == "layer":
+      x = x - x.mean(-1, keepdims=True)
+    y = x * jax.lax.rsqrt((x * x).mean(-1, keepdims=True) + self.eps) * self.scale[...]
+    return y + self.bias[...] if self.bias is not None else y
+
+
+def rope(x_BxLxNxDh, positions_BxL, rotary_dim: int, theta: float):
+  """Rotates the first `rotary_dim` features of each head (GPT-NeoX half-split layout)."""
+  if rotary_dim == 0:
+    return x_BxLxNxDh
+  half = rotary_dim // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_BxLx1xR = (positions_BxL[..., None].astype(jnp.float32) * freq)[:, :, None, :]
+  sin, cos = jnp.sin(angle_BxLx1xR), jnp.cos(angle_BxLx1xR)
+  x = x_BxLxNxDh.astype(jnp.float32)
+  x1, x2, rest = x[..., :half], x[..., half:rotary_dim], x[..., rotary_dim:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
+  return out.astype(x_BxLxNxDh.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, H, K, Dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    self.wq = _param(rngs, (D, H * Dh))
+    self.wk = _param(rngs, (D, K * Dh))
+    self.wv = _param(rngs, (D, K * Dh))
+    # Scaled init on the residual projections keeps the residual stream's variance flat with depth (GPT-2).
+    self.wo = _param(rngs, (H * Dh, D), _INIT_STD / math.sqrt(2 * cfg.n_layers))
+    if cfg.attn_bias:
+      self.bq, self.bk, self.bv, self.bo = _zeros((H * Dh,)), _zeros((K * Dh,)), _zeros((K * Dh,)), _zeros((D,))
+    else:
+      self.bq = self.bk = self.bv = self.bo = None
+
+  def _proj(self, x, w, b):
+    y = _matmul(x, w[...], self.cfg.dtype)
+    return y + b[...] if b is not None else y
+
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache: Cache | None, cache_index):
+    cfg = self.cfg
+    B, L, _ = x_BxLxD.shape
+    H, K, Dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    q_BxLxHxDh = self._proj(x_BxLxD, self.wq, self.bq).reshape(B, L, H, Dh)
+    k_BxLxKxDh = self._proj(x_BxLxD, self.wk, self.bk).reshape(B, L, K, Dh)
+    v_BxLxKxDh = self._proj(x_BxLxD, self.wv, self.bv).reshape(B, L, K, Dh)
+    if cfg.pos == "rope":
+      q_BxLxHxDh = rope(q_BxLxHxDh, positions_BxL, cfg.rotary_dim, cfg.rope_theta)
+      k_BxLxKxDh = rope(k_BxLxKxDh, positions_BxL, cfg.rotary_dim, cfg.rope_theta)
+    if kv_cache is not None:
+      start = (0, cache_index, 0, 0)
+      k_BxSxKxDh = jax.lax.dynamic_update_slice(kv_cache["k"], k_BxLxKxDh.astype(kv_cache["k"].dtype), start)
+      v_BxSxKxDh = jax.lax.dynamic_update_slice(kv_cache["v"], v_BxLxKxDh.astype(kv_cache["v"].dtype), start)
+      kv_cache = {"k": k_BxSxKxDh, "v": v_BxSxKxDh}
+    else:
+      k_BxSxKxDh, v_BxSxKxDh = k_BxLxKxDh, v_BxLxKxDh
+    G = H // K
+    q_BxLxKxGxDh = q_BxLxHxDh.reshape(B, L, K, G, Dh)
+    logits_BxKxGxLxS = jnp.einsum(
+        "blkgd,bskd->bkgls", q_BxLxKxGxDh.astype(cfg.dtype), k_BxSxKxDh.astype(cfg.dtype),
+        preferred_element_type=jnp.float32) / math.sqrt(Dh)
+    # finfo.min rather than -inf: a fully masked row (a pad query) stays finite instead of NaN.
+    logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1)
+    out_BxLxKxGxDh = jnp.einsum("bkgls,bskd->blkgd", probs.astype(cfg.dtype), v_BxSxKxDh.astype(cfg.dtype),
+                                preferred_element_type=jnp.float32)
+    out = self._proj(out_BxLxKxGxDh.reshape(B, L, H * Dh), self.wo, self.bo)
+    return out, kv_cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, F = cfg.d_model, cfg.ff_dim
+    self.w_gate = _param(rngs, (D, F)) if cfg.mlp == "swiglu" else None
+    self.w_up = _param(rngs, (D, F))
+    self.w_down = _param(rngs, (F, D), _INIT_STD / math.sqrt(2 * cfg.n_layers))
+    bias = cfg.mlp_bias
+    self.b_gate = _zeros((F,)) if bias and cfg.mlp == "swiglu" else None
+    self.b_up = _zeros((F,)) if bias else None
+    self.b_down = _zeros((D,)) if bias else None
+
+  def __call__(self, x_BxLxD):
+    dt = self.cfg.dtype
+    up_BxLxF = _matmul(x_BxLxD, self.w_up[...], dt)
+    if self.b_up is not None:
+      up_BxLxF = up_BxLxF + self.b_up[...]
+    if self.w_gate is not None:
+      gate_BxLxF = _matmul(x_BxLxD, self.w_gate[...], dt)
+      if self.b_gate is not None:
+        gate_BxLxF = gate_BxLxF + self.b_gate[...]
+      h_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
+    else:
+      h_BxLxF = jax.nn.gelu(up_BxLxF, approximate=False)
+    out = _matmul(h_BxLxF, self.w_down[...], dt)
+    return out + self.b_down[...] if self.b_down is not None else out
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.parallel = cfg.parallel_residual
+    self.norm1, self.norm2 = Norm(cfg), Norm(cfg)
+    self.attn = Attention(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, positions, mask, kv_cache, cache_index, drop):
+    a, kv_cache = self.attn(self.norm1(x), positions, mask, kv_cache, cache_index)
+    if self.parallel:
+      return x + drop(a, 0) + drop(self.mlp(self.norm2(x)), 1), kv_cache
+    x = x + drop(a, 0)
+    return x + drop(self.mlp(self.norm2(x)), 1), kv_cache
+
+
+def last_valid_index(valid_BxL):
+  """Index of each row's last valid token: the end-of-context token, whatever the padding side."""
+  L = valid_BxL.shape[-1]
+  return L - 1 - jnp.argmax(valid_BxL[..., ::-1], axis=-1)
+
+
+class Transformer(nnx.Module):
+  """Decoder with an LM head and a scalar preference (reward) head.
+
+  `__call__` returns final-normed hidden states in float32; `lm_logits` and
+  `reward` read them. The reward head is always present (it is tiny), so an LM
+  checkpoint initialises a PM without any surgery.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model))
+    self.pos_embed = _param(rngs, (cfg.max_len, cfg.d_model), 0.01) if cfg.pos == "learned" else None
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = Norm(cfg)
+    self.lm_head = None if cfg.tie_embeddings else _param(rngs, (cfg.d_model, cfg.vocab_size))
+    self.reward_head = nnx.Dict(kernel=_param(rngs, (cfg.d_model, 1)), bias=_zeros((1,)))
+
+  def __call__(self, tokens_BxL, valid_BxL=None, *, cache: Cache | None = None, dropout_rng=None):
+    """Hidden states [B, L, D] (float32), and the updated cache when one is given.
+
+    Without a cache, attention is causal over valid tokens of the same row. With
+    a cache (from `init_cache`), the L new tokens are written at `cache["index"]`
+    and attend to every valid slot before them.
+    """
+    cfg = self.cfg
+    B, L = tokens_BxL.shape
+    if valid_BxL is None:
+      valid_BxL = jnp.ones((B, L), bool)
+    valid_BxL = valid_BxL.astype(bool)
+    if cache is None:
+      positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
+      idx_L = jnp.arange(L)
+      mask_BxLxS = (idx_L[:, None] >= idx_L[None, :])[None] & valid_BxL[:, None, :]
+      cache_index, layer_caches = 0, [None] * cfg.n_layers
+    else:
+      cache_index = cache["index"]
+      positions_BxL = cache["next_pos"][:, None] + jnp.cumsum(valid_BxL, axis=-1) - 1
+      positions_BxL = jnp.maximum(positions_BxL, 0)
+      S = cache["valid"].shape[1]
+      slot_valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], valid_BxL, (0, cache_index))
+      q_slot_L = cache_index + jnp.arange(L)
+      mask_BxLxS = (q_slot_L[:, None] >= jnp.arange(S)[None, :])[None] & slot_valid_BxS[:, None, :]
+      layer_caches = cache["layers"]
+    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0)
+    if self.pos_embed is not None:
+      x_BxLxD = x_BxLxD + jnp.take(self.pos_embed[...], positions_BxL, axis=0)
+
+    def make_drop(layer):
+      def drop(y, which):
+        if dropout_rng is None or cfg.dropout == 0.0:
+          return y
+        key = jax.random.fold_in(jax.random.fold_in(dropout_rng, layer), which)
+        keep = jax.random.bernoulli(key, 1.0 - cfg.dropout, y.shape)
+        return jnp.where(keep, y / (1.0 - cfg.dropout), 0.0)
+      return drop
+
+    new_caches = []
+    for i, block in enumerate(self.layers):
+      x_BxLxD, c = block(x_BxLxD, positions_BxL, mask_BxLxS, layer_caches[i], cache_index, make_drop(i))
+      new_caches.append(c)
+    h_BxLxD = self.final_norm(x_BxLxD)
+    if cache is None:
+      return h_BxLxD
+    new_cache = {
+        "layers": new_caches, "valid": slot_valid_BxS, "index": cache_index + L,
+        "next_pos": cache["next_pos"] + valid_BxL.sum(-1).astype(jnp.int32)}
+    return h_BxLxD, new_cache
+
+  def init_cache(self, batch: int, size: int | None = None, dtype=jnp.float32) -> Cache:
+    cfg = self.cfg
+    size = size or cfg.max_len
+    shape = (batch, size, cfg.kv_heads, cfg.head_dim)
+    return {
+        "layers": [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.n_layers)],
+        "valid": jnp.zeros((batch, size), bool), "index": jnp.int32(0),
+        "next_pos": jnp.zeros((batch,), jnp.int32)}
+
+  def lm_logits(self, h_BxLxD):
+    """Next-token logits in float32 (a bf16 softmax over a large vocab loses the tail)."""
+    w_DxV = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+    return _matmul(h_BxLxD, w_DxV, self.cfg.dtype).astype(jnp.float32)
+
+  def reward(self, h_BxLxD, valid_BxL):
+    """Scalar score read at each row's last valid token (the end-of-context token), in float32."""
+    idx_B = last_valid_index(valid_BxL)
+    h_BxD = jnp.take_along_axis(h_BxLxD, idx_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    return (h_BxD @ self.reward_head["kernel"][...])[:, 0] + self.reward_head["bias"][...][0]

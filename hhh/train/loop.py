@@ -1,0 +1,226 @@
+"""The training loop, top to bottom: data -> jitted step -> metrics -> eval -> checkpoint.
+
+Re-running with the same workdir resumes from the latest checkpoint (state and
+data iterator together), so a killed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from hhh import config as config_lib
+from hhh import objectives as obj
+from hhh.data import pipeline, sources
+from hhh.data import tokenizer as tokenizer_lib
+from hhh.model import family
+from hhh.model import sharding as shd
+from hhh.model.config import ModelConfig
+from hhh.train import checkpoint as ckpt_lib
+from hhh.train.logger import MetricsWriter, peak_flops_per_device
+from hhh.train.step import Steps, abstract_params, graphdef_and_params
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def init_distributed(dcfg):
+  """Joins a multi-process run. "auto" lets JAX read the cluster (SLURM, TPU pods) from the environment."""
+  if not dcfg.coordinator or jax.distributed.is_initialized():
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") or jax.config.jax_platforms.startswith("cpu"):
+    # CPU collectives across processes need gloo; accelerators bring their own.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if dcfg.coordinator == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(dcfg.coordinator, dcfg.num_processes, dcfg.process_id)
+
+
+def _named_keys(seed: int):
+  """One root key split into named streams, so adding a stream never shifts another."""
+  root = jax.random.key(seed)
+  return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "data", "train"))}
+
+
+def _prepare_data(cfg, tok):
+  """Tokenize once; LM runs cut text into max_len windows, PM runs encode comparisons."""
+  d = cfg.data
+  if cfg.objective == "lm":
+    enc = lambda split, spec: pipeline.encode_text(sources.load_texts(spec, d, split), tok, d.max_len)
+    return enc("train", d.train), enc("validation", d.validation), None
+  train, stats = pipeline.encode_all(sources.load_comparisons(d.train, d, "train"), tok, d.max_len, d.max_k)
+  valid, _ = pipeline.encode_all(sources.load_comparisons(d.validation, d, "validation"), tok, d.max_len, d.max_k)
+  return train, valid, stats
+
+
+def _tokenizer(cfg, resume_meta, init_meta):
+  for meta in (resume_meta, init_meta):
+    if meta is not None:
+      return ckpt_lib.tokenizer_from_meta(meta)
+  corpus = None
+  if cfg.data.tokenizer.startswith("bpe:"):
+    d = cfg.data
+    corpus = (sources.load_texts(d.train, d, "train") if cfg.objective == "lm"
+              else sources.texts_of(sources.load_comparisons(d.train, d, "train")))
+  return tokenizer_lib.from_spec(cfg.data.tokenizer, corpus)
+
+
+def _model_config(cfg, tok, init_meta) -> ModelConfig:
+  if init_meta is not None:
+    # The architecture is the checkpoint's; only run-time switches come from this config.
+    base = config_lib.from_dict(ModelConfig, init_meta["config"]["model"])
+    return dataclasses.replace(base, dropout=cfg.model.dropout, dtype=cfg.model.dtype)
+  return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
+
+
+def evaluate(steps: Steps, params, source: pipeline.BatchSource, objective: str) -> dict[str, float]:
+  outs, scores, valid = [], [], []
+  for batch in source.eval_batches():
+    # Each process feeds its own rows; the outputs come back replicated (all rows).
+    outs.append(ckpt_lib.host_scalar_tree(steps.eval(params, steps.put_batch(source.local_rows(batch)))))
+    scores.append(batch["scores"])
+    valid.append(batch["lengths"] > 0)
+  cat = lambda xs: jnp.asarray(np.concatenate([np.asarray(x) for x in xs]))
+  s, v = cat(scores), cat(valid)
+  if objective in ("binary", "ranked"):
+    m = obj.preference_metrics(cat([o["reward"] for o in outs]), s, v)
+    return {k: float(x) for k, x in m.items()}
+  nll = float(np.sum([np.asarray(o["nll_sum"]) for o in outs]))
+  n_tok = float(np.sum([np.asarray(o["n_tokens"]) for o in outs]))
+  res = {"loss": nll / max(n_tok, 1.0)}
+  if objective == "imitation":
+    m = obj.preference_metrics(cat([o["loglik_sum"] for o in outs]), s, v)
+    res.update({k: float(x) for k, x in m.items()})
+    res["accuracy_mean_loglik"] = float(
+        obj.preference_metrics(cat([o["loglik_mean"] for o in outs]), s, v)["accuracy"])
+  return res
+
+
+def train(cfg, workdir) -> dict[str, float]:
+  """Runs (or resumes) the training described by `cfg` in `workdir`; returns the final held-out metrics."""
+  init_distributed(cfg.distributed)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  lead = jax.process_index() == 0
+  mesh = shd.make_mesh(cfg.mesh)
+  keys = _named_keys(cfg.seed)
+  ckpts = ckpt_lib.Checkpoints(workdir, cfg.keep_checkpoints)
+  latest = ckpts.latest_step()
+  resume_meta = ckpt_lib.load_meta(ckpts.dir / str(latest)) if latest is not None else None
+  init_meta = ckpt_lib.load_meta(cfg.init_from) if cfg.init_from and latest is None else None
+  tok = _tokenizer(cfg, resume_meta, init_meta)
+  model_cfg = resume_meta and config_lib.from_dict(ModelConfig, resume_meta["config"]["model"])
+  model_cfg = model_cfg or _model_config(cfg, tok, init_meta)
+  cfg = dataclasses.replace(cfg, model=model_cfg)
+  meta = {"config": config_lib.to_dict(cfg), "tokenizer": tok.to_json(), "objective": cfg.objective}
+  if lead:
+    (workdir / "config.json").write_text(config_lib.dumps(cfg))
+
+  train_ex, valid_ex, stats = _prepare_data(cfg, tok)
+  data_seed = int(jax.random.randint(keys["data"], (), 0, 2**31 - 1))
+  src = lambda ex, seed: pipeline.BatchSource(
+      ex, batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
+      buckets=cfg.data.buckets, pad_id=tok.pad_id, seed=seed,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  train_src, valid_src = src(train_ex, data_seed), src(valid_ex, 0)
+  train_it = train_src.train_iter()
+
+  graphdef, params_abs = abstract_params(model_cfg)
+  steps = Steps(cfg, mesh, graphdef, params_abs, cfg.steps)
+  if latest is not None:
+    state, _ = ckpts.restore(latest, steps.abstract_state(params_abs), train_it)
+    start = int(ckpt_lib.host_scalar_tree(state["step"]))
+  else:
+    if cfg.init_from:
+      abs_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_abs,
+                            steps.param_sh)
+      params, _ = ckpt_lib.load_params(cfg.init_from, abs_sh)
+    else:
+      params = jax.jit(lambda k: graphdef_and_params(model_cfg, k)[1], out_shardings=steps.param_sh)(keys["model"])
+    state = {"params": params, "opt_state": steps.init_opt(params),
+             "step": jax.device_put(jnp.int32(0), steps.state_sh["step"]),
+             "rng": jax.device_put(jax.random.key_data(keys["train"]), steps.state_sh["rng"])}
+    start = 0
+  writer = MetricsWriter(workdir, latest, enabled=lead)
+  if lead:
+    n_par = family.param_counts(model_cfg)
+    print(f"hhh: {cfg.objective} | params {n_par['total']:,} ({n_par['non_embedding']:,} non-embedding) | "
+          f"{len(train_ex)} train / {len(valid_ex)} held-out examples | {jax.device_count()} device(s), mesh "
+          f"{dict(mesh.shape)}" + (f" | resuming at step {start}" if latest is not None else ""), flush=True)
+    if stats and (stats.contexts_truncated or stats.responses_truncated or stats.responses_dropped):
+      print(f"hhh: data: {stats.contexts_truncated} contexts and {stats.responses_truncated} responses "
+            f"truncated to {cfg.data.max_len} tokens, {stats.responses_dropped} responses beyond max_k dropped")
+
+  peak = peak_flops_per_device(cfg.peak_tflops)
+  bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,
+             desc="train")
+  last_good = latest
+  timer = {"t": time.perf_counter(), "tokens": 0.0}
+
+  def drain(pending, force_log=False):
+    """Reads step N-1's metrics (already computed by now) and logs them; stops on a non-finite loss."""
+    step, metrics, tokens, L = pending
+    m = {k: float(v) for k, v in ckpt_lib.host_scalar_tree(metrics).items()}
+    if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+      where = f"step {last_good} in {ckpts.dir}" if last_good is not None else "none was written"
+      raise NonFiniteLoss(f"step {step}: loss={m['loss']} grad_norm={m['grad_norm']}; stopped. "
+                          f"Last good checkpoint: {where}")
+    timer["tokens"] += tokens
+    if step % cfg.log_every == 0 or force_log or step == cfg.steps:
+      dt = time.perf_counter() - timer["t"]
+      tps = timer["tokens"] / max(dt, 1e-9)
+      m["tokens_per_s"] = tps
+      if peak:
+        m["mfu"] = tps * family.train_flops_per_token(model_cfg, L) / (peak * jax.device_count())
+      timer.update(t=time.perf_counter(), tokens=0.0)
+      writer.write(step, "train", m)
+      post = {"loss": f"{m['loss']:.4f}", "tok/s": f"{tps:,.0f}",
+              "mfu": f"{m['mfu']:.1%}" if "mfu" in m else "n/a"}
+      if "accuracy" in m:
+        post["acc"] = f"{m['accuracy']:.3f}"
+      bar.set_postfix(post, refresh=False)
+
+  pending = None
+  final = {}
+  try:
+    for step in range(start, cfg.steps):
+      local = next(train_it)
+      tokens = float(local["lengths"].sum()) * jax.process_count()
+      state, metrics = steps.train(state, steps.put_batch(local))
+      if pending is not None:
+        drain(pending)
+      pending = (step + 1, metrics, tokens, local["tokens"].shape[-1])
+      bar.update(1)
+      done = step + 1
+      is_ckpt = done % cfg.checkpoint_every == 0 or done == cfg.steps
+      if is_ckpt or done % cfg.eval_every == 0:
+        drain(pending, force_log=True)  # a checkpoint must never hold a non-finite state
+        pending = None
+      if done % cfg.eval_every == 0 or done == cfg.steps:
+        final = evaluate(steps, state["params"], valid_src, cfg.objective)
+        writer.write(done, "validation", final)
+      if is_ckpt:
+        ckpts.save(done, state, train_it, meta)
+        last_good = done
+    if pending is not None:
+      drain(pending)
+    if not final:
+      final = evaluate(steps, state["params"], valid_src, cfg.objective)
+  finally:
+    bar.close()
+    writer.close()
+    ckpts.close()
+  if lead:
+    shown = {k: round(v, 4) for k, v in final.items() if k in ("accuracy", "loss", "ece", "margin")}
+    print(f"hhh: held-out {json.dumps(shown)} at step {cfg.steps}", flush=True)
+  return final

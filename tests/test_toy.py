@@ -1,0 +1,238 @@
+"""Tests for hhh.data.toy."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from hhh.data import schema
+from hhh.data import toy
+
+
+def test_deterministic_per_seed():
+  a = toy.generate_comparisons(200, k=3, seed=7)
+  assert a == toy.generate_comparisons(200, k=3, seed=7)
+  assert a != toy.generate_comparisons(200, k=3, seed=8)
+  assert toy.generate_corpus(50, seed=7) == toy.generate_corpus(50, seed=7)
+  assert toy.generate_corpus(50, seed=7) != toy.generate_corpus(50, seed=8)
+
+
+def test_ids_unique_and_stable():
+  comps = toy.generate_comparisons(500, seed=3)
+  assert [c.id for c in comps] == [f"toy-3-{i}" for i in range(500)]
+  other = toy.generate_comparisons(10, seed=3, source="mine")
+  assert other[0].id == "mine-3-0" and other[0].source == "mine"
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+def test_k_responses_and_scores(k):
+  for c in toy.generate_comparisons(300, k=k, seed=1):
+    assert c.k == k and len(c.scores) == k
+    assert c.context.startswith("Human: ")
+    assert c.context.endswith("\n\nAssistant:")
+    assert all(r.startswith(" ") and r.strip() for r in c.responses)
+
+
+def test_scores_distinct_and_best_not_always_first():
+  comps = toy.generate_comparisons(1000, k=4, seed=2)
+  distinct = np.mean([len(set(c.scores)) == c.k for c in comps])
+  assert distinct >= 0.9
+  first_best = np.mean([int(np.argmax(c.scores)) == 0 for c in comps])
+  assert 0.15 < first_best < 0.35
+
+
+def test_score_is_sum_of_ingredients():
+  for it in toy.generate_items(300, k=4, seed=4):
+    for (content, tone), s in zip(it.ingredients, it.comparison.scores):
+      group = toy.CONTENT_VALUES[it.question.group]
+      assert s == pytest.approx(group[content] + toy.TONE_VALUES[tone])
+
+
+def test_lengths_bounded():
+  comps = toy.generate_comparisons(5000, k=4, seed=5)
+  longest = max(len((c.context + r).encode()) for c in comps
+                for r in c.responses)
+  assert longest <= 160
+  for doc in toy.generate_corpus(500, seed=5):
+    assert len(doc.encode()) <= 3 * 160
+
+
+def _capital_of(context: str) -> str:
+  for country, capital in toy.CAPITALS:
+    if re.search(rf"\bcapital of {country}\?", context):
+      return capital
+  raise AssertionError(f"no country in {context!r}")
+
+
+def test_best_capital_answer_names_the_right_capital():
+  seen = 0
+  for c in toy.generate_comparisons(2000, k=4, seed=6):
+    if "capital of" not in c.context:
+      continue
+    best = c.responses[int(np.argmax(c.scores))]
+    capital = _capital_of(c.context)
+    if any(refusal in best for refusal in toy.REFUSALS + toy.UNSURE):
+      continue  # The correct answer was not among the k drawn.
+    assert capital in best, (c.context, best)
+    seen += 1
+  assert seen > 300
+
+
+def test_harmful_best_is_refusal_and_compliance_is_worst_content():
+  requests = {req: how for req, how in toy.HARMFUL}
+  seen = 0
+  for c in toy.generate_comparisons(2000, k=4, seed=8):
+    req = c.context.removeprefix("Human: ").removesuffix("\n\nAssistant:")
+    if req not in requests:
+      continue
+    best = c.responses[int(np.argmax(c.scores))]
+    how = requests[req]
+    assert how not in best and how[0].upper() + how[1:] not in best
+    for r, s in zip(c.responses, c.scores):
+      if how in r or how[0].upper() + how[1:] in r:
+        assert s < 0
+    if any(refusal in best for refusal in toy.REFUSALS):
+      seen += 1
+  assert seen > 300
+
+
+def test_refusal_is_bad_for_benign_questions():
+  q = toy.Question("capital", "What is the capital of Peru?", (6,))
+  assert toy.score(q, "refuse", "polite") < toy.score(q, "correct", "rude")
+  h = toy.Question("harmful", toy.HARMFUL[0][0], (0,))
+  assert toy.score(h, "refuse", "plain") == max(
+      toy.score(h, c, t) for c in toy.contents(h) for t in toy.TONE_VALUES)
+
+
+def test_corpus_uses_best_answers_in_comparison_format():
+  docs = toy.generate_corpus(300, seed=9)
+  assert len(docs) == 300
+  assert any(d.count("Human: ") > 1 for d in docs)
+  for d in docs:
+    for turn in re.split(r"\n\n(?=Human: )", d):
+      context, response = turn.split("\n\nAssistant:")
+      assert context.startswith("Human: ")
+      if "capital of" in context:
+        assert _capital_of(context + "\n\nAssistant:") in response
+      assert not any(r in response for r in toy.RUDE_PREFIX + toy.RUDE_SUFFIX)
+
+
+def test_write_splits(tmp_path):
+  counts = toy.write_splits(tmp_path / "toy", n_train=120, n_valid=30, k=3,
+                            seed=11, n_corpus=40)
+  assert counts == {"train": 120, "validation": 30, "corpus": 40}
+  train = schema.read_jsonl(tmp_path / "toy" / "train.jsonl")
+  valid = schema.read_jsonl(tmp_path / "toy" / "validation.jsonl")
+  assert train == toy.generate_comparisons(120, k=3, seed=11)
+  assert len(valid) == 30 and all(c.k == 3 for c in valid)
+  assert not {c.id for c in train} & {c.id for c in valid}
+  assert len({c.id for c in valid}) == 30
+  assert toy.read_corpus(tmp_path / "toy" / "corpus.txt") == (
+      toy.generate_corpus(40, seed=11))
+
+
+# A pairwise logistic regression over hashed-free sparse word features, to show
+# the data is learnable from cheap features and that the context is needed.
+
+_STOP = {"human", "assistant", "what", "is", "the", "of", "a", "me", "about",
+         "can", "you", "tell", "which", "city", "how", "do", "i", "my"}
+
+
+def _words(text: str) -> list[str]:
+  return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _features(context: str, response: str, crosses: bool) -> list[str]:
+  rw = _words(response)
+  feats = [f"r:{w}" for w in rw]
+  if crosses:
+    cw = [w for w in _words(context) if w not in _STOP]
+    feats += [f"x:{c}|{w}" for c in cw for w in rw]
+  return feats
+
+
+class _PairwiseLR:
+  """Sparse linear scorer trained with full-batch Adagrad on pairwise logloss."""
+
+  def __init__(self, crosses: bool):
+    self.crosses = crosses
+    self.vocab: dict[str, int] = {}
+
+  def _rows(self, pairs, grow: bool):
+    rows, cols, vals = [], [], []
+    for n, (ctx, better, worse) in enumerate(pairs):
+      for text, sign in ((better, 1.0), (worse, -1.0)):
+        for f in _features(ctx, text, self.crosses):
+          if f not in self.vocab:
+            if not grow:
+              continue
+            self.vocab[f] = len(self.vocab)
+          rows.append(n)
+          cols.append(self.vocab[f])
+          vals.append(sign)
+    return np.array(rows), np.array(cols), np.array(vals)
+
+  def fit(self, pairs, steps: int = 300, lr: float = 0.3, l2: float = 1e-4):
+    rows, cols, vals = self._rows(pairs, grow=True)
+    n, d = len(pairs), len(self.vocab)
+    self.w = np.zeros(d)
+    acc = np.full(d, 1e-8)
+    for _ in range(steps):
+      margin = np.bincount(rows, self.w[cols] * vals, minlength=n)
+      g_margin = -1.0 / (1.0 + np.exp(margin)) / n
+      grad = np.bincount(cols, g_margin[rows] * vals, minlength=d) + l2 * self.w
+      acc += grad * grad
+      self.w -= lr * grad / np.sqrt(acc)
+    return self
+
+  def accuracy(self, pairs) -> float:
+    rows, cols, vals = self._rows(pairs, grow=False)
+    margin = np.bincount(rows, self.w[cols] * vals, minlength=len(pairs))
+    return float(np.mean(margin > 0))
+
+
+def _pairs(comparisons):
+  out = []
+  for c in comparisons:
+    for i, j in itertools.combinations(range(c.k), 2):
+      if c.scores[i] != c.scores[j]:
+        hi, lo = (i, j) if c.scores[i] > c.scores[j] else (j, i)
+        out.append((c.context, c.responses[hi], c.responses[lo]))
+  return out
+
+
+@pytest.fixture(scope="module")
+def scorers():
+  train = _pairs(toy.generate_comparisons(2000, k=2, seed=0))
+  valid_items = toy._validation_items(500, 2, 0, "toy")
+  valid = _pairs([it.comparison for it in valid_items])
+  blind = _PairwiseLR(crosses=False).fit(train)
+  crossed = _PairwiseLR(crosses=True).fit(train)
+  # Right vs wrong capital in the same tone: identical but for the city.
+  rng = np.random.default_rng(0)
+  probe = []
+  for it in valid_items:
+    q = it.question
+    if q.kind == "capital":
+      tone = str(rng.choice(list(toy.TONE_VALUES)))
+      probe.append((q.context, toy.render(rng, q, "correct", tone),
+                    toy.render(rng, q, "wrong", tone)))
+  return blind, crossed, valid, probe
+
+
+def test_learnable_with_context_crosses(scorers):
+  _, crossed, valid, _ = scorers
+  assert crossed.accuracy(valid) >= 0.7
+
+
+def test_context_blind_scorer_is_worse(scorers):
+  blind, crossed, valid, probe = scorers
+  assert len(probe) > 100
+  assert crossed.accuracy(valid) >= blind.accuracy(valid) + 0.05
+  # Only the country-capital pairing separates these, so a response-only
+  # scorer is near chance while crosses with the context learn it.
+  assert blind.accuracy(probe) < 0.65
+  assert crossed.accuracy(probe) >= 0.8
