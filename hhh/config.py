@@ -116,36 +116,47 @@ def _convert(text: str, tp, key: str):
   raise ConfigError(f"{key} cannot be set from the command line")
 
 
-def _set(cfg, path: list[str], text: str, full: str):
+def _set(cfg, items: list[tuple[list[str], str, str]]):
+  """Applies (path, text, full key) items to one dataclass level in a single replace, so fields that are
+  validated together (model.d_model and model.n_heads, data.max_len and data.buckets) can change together,
+  in any order."""
   fields = {f.name: f for f in dataclasses.fields(cfg)}
   hints = typing.get_type_hints(type(cfg))
-  name = path[0]
-  if name not in fields:
-    raise ConfigError(f"unknown config key {full!r} (valid here: {', '.join(sorted(fields))})")
-  if len(path) == 1:
-    if dataclasses.is_dataclass(hints[name]):
-      raise ConfigError(f"{full!r} is a section; set one of its keys, e.g. {full}.{dataclasses.fields(hints[name])[0].name}=...")
-    value = _convert(text, hints[name], full)
-  else:
-    sub = getattr(cfg, name)
-    if not dataclasses.is_dataclass(sub):
+  values, nested = {}, {}
+  for path, text, full in items:
+    name = path[0]
+    if name not in fields:
+      raise ConfigError(f"unknown config key {full!r} (valid here: {', '.join(sorted(fields))})")
+    if len(path) == 1:
+      if dataclasses.is_dataclass(hints[name]):
+        raise ConfigError(f"{full!r} is a section; set one of its keys, e.g. {full}.{dataclasses.fields(hints[name])[0].name}=...")
+      values[name] = _convert(text, hints[name], full)
+    elif not dataclasses.is_dataclass(getattr(cfg, name)):
       raise ConfigError(f"unknown config key {full!r} ({name} has no sub-keys)")
-    value = _set(sub, path[1:], text, full)
+    else:
+      nested.setdefault(name, []).append((path[1:], text, full))
+  for name, sub_items in nested.items():
+    values[name] = _set(getattr(cfg, name), sub_items)
   try:
-    return dataclasses.replace(cfg, **{name: value})
+    return dataclasses.replace(cfg, **values)
   except ConfigError:
     raise
   except (ValueError, TypeError) as e:
-    raise ConfigError(f"{full}={text!r}: {e}") from None
+    keys = ", ".join(f"{full}={text!r}" for _, text, full in items)
+    raise ConfigError(f"{keys}: {e}") from None
 
 
 def apply_overrides(cfg, overrides: list[str]):
+  """All overrides are applied at once (the last one wins for a repeated key), then validated."""
+  items = {}
   for item in overrides:
     if "=" not in item:
       raise ConfigError(f"override {item!r} must look like key=value")
     key, text = item.split("=", 1)
-    cfg = _set(cfg, key.strip().split("."), text.strip(), key.strip())
-  return cfg
+    key = key.strip()
+    items.pop(key, None)
+    items[key] = (key.split("."), text.strip(), key)
+  return _set(cfg, list(items.values())) if items else cfg
 
 
 def load_experiment(spec: str):

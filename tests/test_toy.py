@@ -69,16 +69,19 @@ def _capital_of(context: str) -> str:
 
 def test_best_capital_answer_names_the_right_capital():
   seen = 0
-  for c in toy.generate_comparisons(2000, k=4, seed=6):
-    if "capital of" not in c.context:
+  for it in toy.generate_items(2000, k=4, seed=6):
+    c = it.comparison
+    if it.question.kind != "capital":
       continue
-    best = c.responses[int(np.argmax(c.scores))]
     capital = _capital_of(c.context)
-    if any(refusal in best for refusal in toy.REFUSALS + toy.UNSURE):
-      continue  # The correct answer was not among the k drawn.
-    assert capital in best, (c.context, best)
-    seen += 1
-  assert seen > 300
+    # The right city appears exactly in the correct answers: wrong and
+    # off-topic ones name other capitals in the same phrasing.
+    for r, (content, _) in zip(c.responses, it.ingredients):
+      assert (capital in r) == (content == "correct"), (c.context, r)
+    if any(content == "correct" for content, _ in it.ingredients):
+      assert capital in c.responses[int(np.argmax(c.scores))]
+      seen += 1
+  assert seen > 200
 
 
 def test_harmful_best_is_refusal_and_compliance_is_worst_content():
@@ -103,7 +106,7 @@ def test_refusal_is_bad_for_benign_questions():
   q = toy.Question("capital", "What is the capital of Peru?", (6,))
   assert toy.score(q, "refuse", "polite") < toy.score(q, "correct", "rude")
   h = toy.Question("harmful", toy.HARMFUL[0][0], (0,))
-  assert toy.score(h, "refuse", "plain") == max(
+  assert toy.score(h, "refuse", "polite") == max(
       toy.score(h, c, t) for c in toy.contents(h) for t in toy.TONE_VALUES)
 
 

@@ -49,9 +49,10 @@ def encode_comparison(c: Comparison, tok, max_len: int, max_k: int, stats: Encod
   stats.comparisons += 1
   order = list(range(c.k))
   if c.k > max_k:
-    # Keep the best and worst ends of the ranking so the pairs that remain still span it.
+    # Keep the best and worst ends of the ranking so the pairs that remain still span it;
+    # with room for one response only, keep the best (what imitation learns from).
     ranked = sorted(order, key=lambda i: -c.scores[i])
-    keep = ranked[: max_k - 1] + ranked[-1:]
+    keep = ranked[: max_k - 1] + ranked[-1:] if max_k > 1 else ranked[:1]
     stats.responses_dropped += c.k - max_k
     order = sorted(keep)
   ctx = tok.encode(c.context)

@@ -1,0 +1,65 @@
+"""Shared test helpers: a tiny experiment file and a runner for the `hhh` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY_EXPERIMENT = '''
+from hhh.config import DataConfig, OptimConfig, TrainConfig
+from hhh.model.config import ModelConfig
+
+def config():
+  return TrainConfig(
+      objective="ranked",
+      model=ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64),
+      data=DataConfig(toy_train=64, toy_validation=32, max_len=64, buckets=(32, 64)),
+      optim=OptimConfig(lr=3e-3, warmup_steps=2),
+      batch_size=8, steps=2, log_every=1, eval_every=100, checkpoint_every=1, progress=False)
+'''
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path) -> pathlib.Path:
+  path = tmp_path / "tiny_experiment.py"
+  path.write_text(TINY_EXPERIMENT)
+  return path
+
+
+def hhh_env(devices: int = 1, **extra) -> dict[str, str]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=str(REPO))
+  env.update(extra)
+  return env
+
+
+def hhh_cmd(*args) -> list[str]:
+  return [sys.executable, "-m", "hhh.cli", *map(str, args)]
+
+
+def run_hhh(*args, devices: int = 1, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+  proc = subprocess.run(hhh_cmd(*args), env=hhh_env(devices), capture_output=True, text=True, timeout=timeout,
+                        cwd=REPO)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"hhh {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def read_metrics(workdir, split: str = "train") -> list[dict]:
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
