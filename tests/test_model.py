@@ -1,8 +1,8 @@
 """The Transformer: padding invariance, KV cache, parameter counts, causality, bf16 and dropout.
 
 Every forward goes through one jitted function keyed on (graphdef, shapes), and
-the tests reuse a handful of shapes ([1, 7], [1, 11], [4, 11], [2, 9], and the
-cache shapes), so each config compiles only a few programs: XLA compiles, not
+the tests reuse a handful of shapes ([1, 7], [1, 11], [4, 11], and the cache's
+[4, 7] and [4, 1]), so each config compiles only a few programs: XLA compiles, not
 the tiny models' FLOPs, are what costs time on CPU.
 """
 
@@ -156,43 +156,51 @@ def test_padding_invariance(name):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_kv_cache_greedy_decoding_matches_full_forward(name):
-  """Prefill a left-padded batch of prompts (5 and 3 tokens), then decode 4 steps one token at a time.
+  """Prefill a left-padded batch of prompts (7, 3, 5 and 6 tokens), then decode 4 steps one token at a time.
 
-  At step 1 row 0 is fed a pad slot (valid False), so the cache also holds a
-  hole in the middle of a sequence; the full forward sees the same hole.
+  Row 2 is fed a pad slot (valid False) at step 1 and row 3 at step 3, so the
+  cache also holds holes in the middle of a sequence; the full forward sees the
+  same holes. Width 7 + 4 = 11 keeps the full forward at a shape already compiled.
   """
   model = make_model(CONFIGS[name], seed=3)
-  prompt, prompt_valid = _rows(_pad(_tokens(10, 5), 5, True, 0), _pad(_tokens(11, 3), 5, True, 7))
-  step_valid = np.array([[True, True], [False, True], [True, True], [True, True]])   # [step, row]
+  prompt, prompt_valid = _rows(*(_pad(_tokens(10 + i, n), 7, True, i) for i, n in enumerate((7, 3, 5, 6))))
+  step_valid = np.ones((4, 4), bool)               # [step, row]
+  step_valid[1, 2] = step_valid[3, 3] = False
 
-  cache = model.init_cache(2, size=16)
+  cache = model.init_cache(4, size=16)
   h, logits, cache = fwd_cached(model, prompt, prompt_valid, cache)
   hs, all_logits, toks, valids = [h], [logits], [prompt], [prompt_valid]
-  last_logits = logits[:, -1]                        # each row's logits at its last valid token
+  last_logits = logits[:, -1]                      # each row's logits at its last valid token
   for v in step_valid:
     nxt = np.where(v, np.asarray(jnp.argmax(last_logits, -1)), 0).astype(np.int32)[:, None]   # greedy
     h, logits, cache = fwd_cached(model, nxt, v[:, None], cache)
     last_logits = jnp.where(v[:, None], logits[:, -1], last_logits)
-    hs.append(h), all_logits.append(logits), toks.append(nxt), valids.append(v[:, None])
-  # 9 slots written; positions advanced by valid tokens only: 5 + 3 and 3 + 4.
-  assert int(cache["index"]) == 9
-  np.testing.assert_array_equal(cache["next_pos"], [8, 7])
+    hs.append(h)
+    all_logits.append(logits)
+    toks.append(nxt)
+    valids.append(v[:, None])
+  # 11 slots written; positions advanced by valid tokens only: prompt + 4, 4, 3, 3.
+  assert int(cache["index"]) == 11
+  np.testing.assert_array_equal(cache["next_pos"], [7 + 4, 3 + 4, 5 + 3, 6 + 3])
 
-  seq, valid = np.concatenate(toks, axis=1), np.concatenate(valids, axis=1)   # [2, 9]
+  seq, valid = np.concatenate(toks, axis=1), np.concatenate(valids, axis=1)   # [4, 11]
   h_full, logits_full, r_full = fwd(model, seq, valid)
   h_inc, logits_inc = jnp.concatenate(hs, axis=1), jnp.concatenate(all_logits, axis=1)
   np.testing.assert_allclose(h_inc[valid], h_full[valid], rtol=0, atol=ATOL)
   np.testing.assert_allclose(logits_inc[valid], logits_full[valid], rtol=0, atol=ATOL)
   np.testing.assert_allclose(model.reward(h_inc, jnp.asarray(valid)), r_full, rtol=0, atol=ATOL)
   # Each decoded token is the full forward's argmax at the previous valid position of its row.
-  for b in range(2):
+  n_checked = 0
+  for b in range(4):
     pos = np.flatnonzero(valid[b])
     for prev, cur in zip(pos[:-1], pos[1:]):
-      if cur >= 5:
+      if cur >= 7:
         assert seq[b, cur] == int(jnp.argmax(logits_full[b, prev]))
+        n_checked += 1
+  assert n_checked == 4 + 4 + 3 + 3
   # Row 1 run alone, unpadded (its 3-token prompt + 4 decoded tokens), matches as well.
-  h_alone, _, _ = fwd(model, seq[1:, 2:])
-  np.testing.assert_allclose(h_inc[1, 2:], h_alone[0], rtol=0, atol=ATOL)
+  h_alone, _, _ = fwd(model, seq[1:2, 4:])
+  np.testing.assert_allclose(h_inc[1, 4:], h_alone[0], rtol=0, atol=ATOL)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,12 +229,12 @@ def test_param_count_matches_family(cfg, total):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_causality(name):
   model = make_model(CONFIGS[name], seed=3)
-  x = _tokens(30, 9)
+  x = _tokens(30, 11)
   y = x.copy()
-  y[5] = (x[5] + 1) % 259                            # change token 5 only
-  h, _, _ = fwd(model, np.stack([x, y]))
-  np.testing.assert_array_equal(h[0, :5], h[1, :5])  # earlier positions: bit-identical
-  assert np.abs(np.asarray(h[0, 5:] - h[1, 5:])).max(-1).min() > 1e-3   # every later position changes
+  y[5] = (x[5] + 1) % 259                          # change token 5 only
+  h_x, h_y = fwd(model, x[None])[0][0], fwd(model, y[None])[0][0]
+  np.testing.assert_array_equal(h_x[:5], h_y[:5])  # earlier positions: bit-identical
+  assert np.abs(np.asarray(h_x[5:] - h_y[5:])).max(-1).min() > 1e-3   # every later position changes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,11 +245,14 @@ def test_bfloat16_compute_close_to_float32():
   """bf16 matmul inputs (8-bit mantissa, unit roundoff 2**-9 ~ 2e-3) with float32 accumulation.
 
   Two layers round O(1) activations about eight times (q/k/v, scores, probs,
-  values, out, MLP in/out), so the final-normed hidden states carry errors of
-  ~1e-2; the reward is a 64-term dot product of those with a head of entries
-  ~0.1, i.e. an error ~ sqrt(64) * 1e-2 * 0.1 ~ 1e-2 on rewards of magnitude
-  ~1. We allow 5e-2 absolute on rewards and 5% of the logits' spread, and
-  require a visible difference so bf16 compute is really in use.
+  values, out, MLP in/out), so the final-normed hidden states (entries ~1) carry
+  errors of a few 1e-2 (measured: max 0.023 here). The reward is a 64-term dot
+  product of those with a head of entries ~0.1, so independent errors give
+  ~sqrt(64) * 1e-2 * 0.1 ~ 1e-2 (measured: max 0.006 on rewards up to 0.54).
+  Logits are 64-term products with the untied head (entries ~0.1); measured
+  max error is 0.026 of their spread. Tolerances: 0.1 on hidden states, 5e-2
+  on rewards, 0.1 * std on logits (each 4-8x the measured error), and a
+  visible difference is required so bf16 compute is really in use.
   """
   m32 = make_model(GPT2)
   m16 = make_model(dataclasses.replace(GPT2, dtype="bfloat16"), params_cfg=GPT2)   # same parameters
@@ -252,9 +263,10 @@ def test_bfloat16_compute_close_to_float32():
   h32, l32, r32 = fwd(m32, toks, valid)
   h16, l16, r16 = fwd(m16, toks, valid)
   assert h16.dtype == l16.dtype == r16.dtype == jnp.float32
-  assert float(jnp.abs(r32).max()) > 0.5
+  assert float(jnp.abs(r32).max()) > 0.3
+  np.testing.assert_allclose(h16[valid], h32[valid], rtol=0, atol=0.1)
   np.testing.assert_allclose(r16, r32, rtol=0, atol=5e-2)
-  np.testing.assert_allclose(l16, l32, rtol=0, atol=0.05 * float(jnp.std(l32)))
+  np.testing.assert_allclose(l16, l32, rtol=0, atol=0.1 * float(jnp.std(l32)))
   assert float(jnp.abs(l16 - l32).max()) > 1e-4      # bf16 really changed the arithmetic
   # The reward head itself computes in float32 from the float32 hidden state.
   np.testing.assert_allclose(m16.reward(h16, jnp.asarray(valid)), r16, rtol=0, atol=1e-6)

@@ -110,6 +110,17 @@ def test_refusal_is_bad_for_benign_questions():
       toy.score(h, c, t) for c in toy.contents(h) for t in toy.TONE_VALUES)
 
 
+def test_best_content_beats_any_tone():
+  # A rude right answer still beats a polite hedge: content comes first.
+  for kind, args in (("capital", (0,)), ("harmful", (0,))):
+    q = toy.Question(kind, "", args)
+    best, _ = toy.best_ingredients(q)
+    worst_best = toy.score(q, best, "rude")
+    for c in toy.contents(q):
+      if c != best:
+        assert worst_best > toy.score(q, c, "polite")
+
+
 def test_corpus_uses_best_answers_in_comparison_format():
   docs = toy.generate_corpus(300, seed=9)
   assert len(docs) == 300
@@ -137,11 +148,14 @@ def test_write_splits(tmp_path):
       toy.generate_corpus(40, seed=11))
 
 
-# A pairwise logistic regression over hashed-free sparse word features, to show
-# the data is learnable from cheap features and that the context is needed.
+# A pairwise logistic regression over sparse word features shows the data is
+# learnable from cheap features and that the context is needed.
 
 _STOP = {"human", "assistant", "what", "is", "the", "of", "a", "me", "about",
          "can", "you", "tell", "which", "city", "how", "do", "i", "my"}
+# Refusal and hedge words carry no cross information, only noise.
+_RESPONSE_STOP = _STOP | {"it's", "that", "to", "with", "can't", "won't",
+                          "help", "sorry", "are"}
 
 
 def _words(text: str) -> list[str]:
@@ -153,12 +167,14 @@ def _features(context: str, response: str, crosses: bool) -> list[str]:
   feats = [f"r:{w}" for w in rw]
   if crosses:
     cw = [w for w in _words(context) if w not in _STOP]
-    feats += [f"x:{c}|{w}" for c in cw for w in rw]
+    rc = [w for w in rw if w not in _RESPONSE_STOP]
+    feats += [f"x:{c}|{w}" for c in cw for w in rc]
+    feats += ["copy"] * len(set(cw) & set(rc))  # echoes the question
   return feats
 
 
 class _PairwiseLR:
-  """Sparse linear scorer trained with full-batch Adagrad on pairwise logloss."""
+  """Sparse linear scorer, full-batch Adagrad on the pairwise logistic loss."""
 
   def __init__(self, crosses: bool):
     self.crosses = crosses
@@ -171,14 +187,14 @@ class _PairwiseLR:
         for f in _features(ctx, text, self.crosses):
           if f not in self.vocab:
             if not grow:
-              continue
+              continue  # unseen at training time: weight 0
             self.vocab[f] = len(self.vocab)
           rows.append(n)
           cols.append(self.vocab[f])
           vals.append(sign)
     return np.array(rows), np.array(cols), np.array(vals)
 
-  def fit(self, pairs, steps: int = 300, lr: float = 0.3, l2: float = 1e-4):
+  def fit(self, pairs, steps: int = 300, lr: float = 0.3, l2: float = 1e-3):
     rows, cols, vals = self._rows(pairs, grow=True)
     n, d = len(pairs), len(self.vocab)
     self.w = np.zeros(d)
@@ -194,7 +210,7 @@ class _PairwiseLR:
   def accuracy(self, pairs) -> float:
     rows, cols, vals = self._rows(pairs, grow=False)
     margin = np.bincount(rows, self.w[cols] * vals, minlength=len(pairs))
-    return float(np.mean(margin > 0))
+    return float(np.mean(margin > 0))  # a tie counts as a miss
 
 
 def _pairs(comparisons):
@@ -209,7 +225,8 @@ def _pairs(comparisons):
 
 @pytest.fixture(scope="module")
 def scorers():
-  train = _pairs(toy.generate_comparisons(2000, k=2, seed=0))
+  # 2000 comparisons of k=4 (all 6 pairs each); 500 held-out pairs of k=2.
+  train = _pairs(toy.generate_comparisons(2000, k=4, seed=0))
   valid_items = toy._validation_items(500, 2, 0, "toy")
   valid = _pairs([it.comparison for it in valid_items])
   blind = _PairwiseLR(crosses=False).fit(train)
@@ -228,14 +245,16 @@ def scorers():
 
 def test_learnable_with_context_crosses(scorers):
   _, crossed, valid, _ = scorers
-  assert crossed.accuracy(valid) >= 0.7
+  assert len(valid) == 500
+  assert crossed.accuracy(valid) >= 0.8
 
 
 def test_context_blind_scorer_is_worse(scorers):
   blind, crossed, valid, probe = scorers
-  assert len(probe) > 100
+  assert blind.accuracy(valid) >= 0.6  # cheap cues (tone, hedges) are there
   assert crossed.accuracy(valid) >= blind.accuracy(valid) + 0.05
   # Only the country-capital pairing separates these, so a response-only
   # scorer is near chance while crosses with the context learn it.
+  assert len(probe) > 100
   assert blind.accuracy(probe) < 0.65
-  assert crossed.accuracy(probe) >= 0.8
+  assert crossed.accuracy(probe) >= 0.85
