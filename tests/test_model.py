@@ -41,16 +41,15 @@ def _params(cfg: ModelConfig, seed: int, noise: float):
   perturbation a bug that drops or misplaces them (or the learned positions,
   std 0.01) would hardly show. 0.1 keeps activations O(1), so 1e-5 is a real test.
   """
-  graphdef, state = nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))
+  state = nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))
   rng = np.random.default_rng(seed)
-  pure = jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + noise * rng.standard_normal(x.shape, np.float32)),
+  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + noise * rng.standard_normal(x.shape, np.float32)),
                       nnx.to_pure_dict(state))
-  return graphdef, pure
 
 
 def make_model(cfg: ModelConfig, seed: int = 0, noise: float = 0.1, params_cfg: ModelConfig | None = None):
   """A perturbed random model; params_cfg builds it with another config's parameters (same shapes)."""
-  _, pure = _params(params_cfg or cfg, seed, noise)
+  pure = _params(params_cfg or cfg, seed, noise)
   graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   nnx.replace_by_pure_dict(state, pure)
   return nnx.merge(graphdef, state)
