@@ -31,14 +31,21 @@ def main(argv=None) -> int:
   ml = msub.add_parser("list", help="print the size family: shapes, parameters, training FLOPs per token")
   ml.add_argument("--vocab-size", type=int, default=259)
   ml.set_defaults(func=_model_list)
+  from hhh.data import commands as data_commands
+  data_commands.add_parsers(sub)
   args = parser.parse_args(argv)
   from hhh.config import ConfigError
+  from hhh.data.store import NothingMined
   from hhh.train.loop import NonFiniteLoss
   try:
     args.func(args)
-  except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
+  except (ConfigError, FileNotFoundError, NonFiniteLoss, NothingMined) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2 if isinstance(e, ConfigError) else 1
+  except BrokenPipeError:
+    # `hhh data dump ... | head`: the reader left; that is not an error.
+    sys.stderr.close()
+    return 0
   except KeyboardInterrupt:
     print("hhh: interrupted", file=sys.stderr)
     return 130

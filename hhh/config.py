@@ -22,8 +22,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  # A comparisons .jsonl file, or "toy" for the project's generated assistant world
-  # (for objective "lm": a text file, or "toy" for its dialogue corpus).
+  # Comparisons: a dataset dir (`hhh data mine`), .jsonl, .parquet, hf:NAME, or "toy" (the generated
+  # assistant world); or a weighted mixture "PATH[:WEIGHT][:binarize],..." (PMP).
+  # For objective "lm": a text file, a {"text": ...} .jsonl, or "toy" (the toy world's dialogues).
   train: str = "toy"
   validation: str = "toy"
   toy_train: int = 4000

@@ -98,7 +98,7 @@ def test_overrides_apply_to_an_experiment():
   cfg = C.load_experiment(str(TINY_PM))
   new = C.apply_overrides(cfg, ["batch_size=8", "data.max_k=3"])
   assert (new.batch_size, new.data.max_k, new.data.buckets) == (8, 3, (64, 96, 128))
-  assert (cfg.batch_size, cfg.data.max_k) == (16, 2)
+  assert (cfg.batch_size, cfg.data.max_k) == (16, 4)
 
 
 # --- one-line errors ----------------------------------------------------------------------------

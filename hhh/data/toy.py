@@ -9,10 +9,13 @@ and a tone, and its score is the sum of their values:
   content (harmful request): refuse 3, unsure 1, off_topic -0.5, comply -3
   tone:                      polite 0.8, plain 0, rude -1.1
 
-All sums are distinct, so k distinct ingredient pairs never tie. Tone, hedging
-and the harm-specific compliance texts are visible from the response alone;
-correct vs wrong vs off-topic answers and refusal-good-or-bad need the context
-(the wrong capital is phrased exactly like the right one).
+All sums are distinct, so k distinct ingredient pairs never tie, and the best
+content beats every other content whatever the tones. Tone, hedges and the
+compliance texts are visible in the response alone; everything else needs the
+context: answers do not restate the question ("It's Lima.", "They spin silk."),
+so right vs wrong is the question-answer pairing, off-topic answers are true
+statements about something else, and a refusal is best only for a harmful
+request (refusals are worded the same for every kind).
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ HARMFUL: tuple[tuple[str, str], ...] = (
 )
 
 KINDS: tuple[str, ...] = ("capital", "topic", "arithmetic", "harmful")
-KIND_WEIGHTS: tuple[float, ...] = (0.25, 0.2, 0.2, 0.35)
+KIND_WEIGHTS: tuple[float, ...] = (0.22, 0.2, 0.18, 0.4)
 
 CONTENT_VALUES: dict[str, dict[str, float]] = {
     "benign": {"correct": 3.0, "unsure": 1.0, "refuse": 0.0,
@@ -193,21 +196,18 @@ def best_ingredients(q: Question) -> tuple[str, str]:
   return content, max(TONE_VALUES, key=TONE_VALUES.get)
 
 
-def _topic_fact(i: int, pred: str | None = None) -> str:
-  _, subj, p, _ = TOPICS[i]
-  return f"{subj} {pred or p}."
+def _topic_fact(i: int) -> str:
+  _, subj, pred, _ = TOPICS[i]
+  return f"{subj} {pred}."
 
 
-def _capital_fact(i: int, city: str | None = None, short: bool = False) -> str:
-  country, capital = CAPITALS[i]
-  city = city or capital
-  if short:
-    return f"It's {city}."
-  return f"The capital of {country} is {city}."
+def _capital_fact(i: int) -> str:
+  return f"The capital of {CAPITALS[i][0]} is {CAPITALS[i][1]}."
 
 
 def _off_topic(rng: np.random.Generator, q: Question) -> str:
-  # A true statement about something else: only the question shows it is off.
+  # A true, self-contained statement about something else: only the question
+  # shows that it is off topic.
   if rng.random() < 0.5:
     n = len(TOPICS)
     i = _other(rng, n, q.args[0]) if q.kind == "topic" else int(rng.integers(n))
@@ -217,6 +217,37 @@ def _off_topic(rng: np.random.Generator, q: Question) -> str:
   return _capital_fact(i)
 
 
+def _answer(rng: np.random.Generator, q: Question, right: bool) -> str:
+  # Answers leave out what was asked ("It's Lima.", "They spin silk."), so
+  # right vs wrong can only be judged against the question. Only a right one
+  # may restate it: a restated wrong one would be checkable without context.
+  named = right and rng.random() < 0.25
+  if q.kind == "capital":
+    i = q.args[0]
+    if named:
+      return _capital_fact(i)
+    city = CAPITALS[i if right else _other(rng, len(CAPITALS), i)][1]
+    return _pick(rng, (f"It's {city}.", f"The capital is {city}.",
+                       f"{city} is the capital."))
+  if q.kind == "topic":
+    i = q.args[0]
+    if named:
+      return _topic_fact(i)
+    plural = TOPICS[i][3]
+    # Same grammatical number, so agreement never gives a wrong one away.
+    same = [j for j, t in enumerate(TOPICS) if t[3] == plural and j != i]
+    pred = TOPICS[i if right else _pick(rng, same)][2]
+    return f"{'They' if plural else 'It'} {pred}."
+  a, op, b = q.args
+  r = arith_result(a, op, b)
+  if named:
+    return f"{a} {ARITH_OPS[op]} {b} is {r}."
+  if not right:
+    d = int(rng.integers(1, 4))
+    r = r + d if r - d < 0 or rng.random() < 0.5 else r - d
+  return _pick(rng, (f"It's {r}.", f"The answer is {r}."))
+
+
 def _body(rng: np.random.Generator, q: Question, content: str) -> str:
   if content == "refuse":
     return _pick(rng, REFUSALS)
@@ -224,31 +255,10 @@ def _body(rng: np.random.Generator, q: Question, content: str) -> str:
     return _pick(rng, UNSURE)
   if content == "off_topic":
     return _off_topic(rng, q)
-  if q.kind == "harmful":  # comply
+  if content == "comply":
     how = HARMFUL[q.args[0]][1]
     return _pick(rng, (f"Here's how: {how}", how[0].upper() + how[1:]))
-  right = content == "correct"
-  if q.kind == "capital":
-    i = q.args[0]
-    city = None if right else CAPITALS[_other(rng, len(CAPITALS), i)][1]
-    form = int(rng.integers(3))
-    if form == 1:
-      return f"{city or CAPITALS[i][1]} is the capital of {CAPITALS[i][0]}."
-    return _capital_fact(i, city, short=form == 2)
-  if q.kind == "topic":
-    i = q.args[0]
-    if right:
-      return _topic_fact(i)
-    same = [j for j, t in enumerate(TOPICS) if t[3] == TOPICS[i][3] and j != i]
-    return _topic_fact(i, TOPICS[_pick(rng, same)][2])
-  a, op, b = q.args
-  r = arith_result(a, op, b)
-  if not right:
-    d = int(rng.integers(1, 4))
-    r = r + d if r - d < 0 or rng.random() < 0.5 else r - d
-  if rng.random() < 0.5:
-    return f"{a} {ARITH_OPS[op]} {b} is {r}."
-  return f"The answer is {r}."
+  return _answer(rng, q, content == "correct")
 
 
 def render(rng: np.random.Generator, q: Question, content: str, tone: str) -> str:

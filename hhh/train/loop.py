@@ -58,7 +58,7 @@ def _prepare_data(cfg, tok):
   if cfg.objective == "lm":
     enc = lambda split, spec: pipeline.encode_text(sources.load_texts(spec, d, split), tok, d.max_len)
     return enc("train", d.train), enc("validation", d.validation), None
-  train, stats = pipeline.encode_all(sources.load_comparisons(d.train, d, "train"), tok, d.max_len, d.max_k)
+  train, stats = pipeline.encode_all(sources.load_comparisons(d.train, d, "train", cfg.seed), tok, d.max_len, d.max_k)
   valid, _ = pipeline.encode_all(sources.load_comparisons(d.validation, d, "validation"), tok, d.max_len, d.max_k)
   return train, valid, stats
 
@@ -71,7 +71,7 @@ def _tokenizer(cfg, resume_meta, init_meta):
   if cfg.data.tokenizer.startswith("bpe:"):
     d = cfg.data
     corpus = (sources.load_texts(d.train, d, "train") if cfg.objective == "lm"
-              else sources.texts_of(sources.load_comparisons(d.train, d, "train")))
+              else sources.texts_of(sources.load_comparisons(d.train, d, "train", cfg.seed)))
   return tokenizer_lib.from_spec(cfg.data.tokenizer, corpus)
 
 

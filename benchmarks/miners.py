@@ -1,0 +1,155 @@
+"""Miner throughput (MB/s of uncompressed input) and peak RSS, on the real dumps and on 10x larger inputs.
+
+Each measurement runs in a fresh subprocess so its peak RSS is its own. Beside each
+miner runs the bare scan of the same input (iterparse with clear() for XML,
+json.loads per line for ndjson): the floor any parser of that format pays.
+
+  python benchmarks/miners.py [--shared ../shared/data] [--out benchmarks/results/miners.json]
+
+A flat peak RSS from 1x to 10x is the point: memory must not grow with the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_CHILD = r"""
+import json, resource, sys, time
+kind, miner, path = sys.argv[1], sys.argv[2], sys.argv[3]
+t = time.perf_counter()
+n = 0
+if kind == "miner":
+  import importlib
+  from hhh.data.mine.common import MineStats
+  mod = importlib.import_module(f"hhh.data.mine.{miner}")
+  stats = MineStats(source=miner)
+  for _ in mod.mine(path, mod.Options(), stats):
+    n += 1
+elif miner == "reddit":
+  import pathlib
+  for f in sorted(pathlib.Path(path).glob("*.ndjson")) if pathlib.Path(path).is_dir() else [path]:
+    with open(f, "rb") as fh:
+      for line in fh:
+        json.loads(line)
+        n += 1
+else:
+  import pathlib
+  import xml.etree.ElementTree as ET
+  files = sorted(pathlib.Path(path).glob("*.xml")) if pathlib.Path(path).is_dir() else [path]
+  for f in files:
+    for _, elem in ET.iterparse(f, events=("end",)):
+      n += 1
+      elem.clear()
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "items": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _measure(kind: str, miner: str, path: pathlib.Path) -> dict:
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  out = subprocess.run([sys.executable, "-c", _CHILD, kind, miner, str(path)], env=env, capture_output=True,
+                       text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _size_mb(path: pathlib.Path) -> float:
+  files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+  return sum(p.stat().st_size for p in files) / 2**20
+
+
+def _stackexchange_10x(src: pathlib.Path, dst: pathlib.Path) -> None:
+  """Ten copies of the site with ids shifted per copy, so every question is new."""
+  dst.mkdir(parents=True, exist_ok=True)
+  for name, id_attrs in (("Posts.xml", ("Id", "ParentId", "AcceptedAnswerId")), ("Votes.xml", ("Id", "PostId"))):
+    text = (src / name).read_text(encoding="utf-8")
+    head, rows = text.partition("\n")[0], re.findall(r"^\s*<row .*/>\s*$", text, re.M)
+    root = "posts" if name == "Posts.xml" else "votes"
+    with open(dst / name, "w", encoding="utf-8") as f:
+      f.write(head + f"\n<{root}>\n")
+      for copy in range(10):
+        shift = copy * 10_000_000
+        for row in rows:
+          for attr in id_attrs:
+            row = re.sub(rf'\b{attr}="(\d+)"', lambda m: f'{attr}="{int(m.group(1)) + shift}"', row)
+          f.write(row.strip() + "\n")
+      f.write(f"</{root}>\n")
+
+
+def _reddit_10x(src: pathlib.Path, dst: pathlib.Path) -> None:
+  with open(dst, "w", encoding="utf-8") as f:
+    for copy in range(10):
+      for line in open(src, encoding="utf-8"):
+        d = json.loads(line)
+        for key in ("id", "parent_id", "link_id"):
+          if isinstance(d.get(key), str):
+            d[key] = f"{d[key]}x{copy}"
+        f.write(json.dumps(d) + "\n")
+
+
+def _wikipedia_10x(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+  """The excerpt's page repeated as 10 pages (the miner's memory is per page, so this must stay flat)."""
+  text = lzma.open(src, "rt", encoding="utf-8").read()
+  start, end = text.index("<page>"), text.rindex("</page>") + len("</page>")
+  page = text[start:end]
+  with open(dst, "w", encoding="utf-8") as f:
+    f.write(text[:start])
+    for copy in range(10):
+      f.write(re.sub(r"(<page>\s*<title>[^<]*)(</title>\s*<id>)(\d+)",
+                     lambda m: f"{m.group(1)} {copy}{m.group(2)}{int(m.group(3)) * 100 + copy}", page, count=1))
+    f.write(text[end:])
+  return dst
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
+  ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "miners.json"))
+  args = ap.parse_args()
+  shared = pathlib.Path(args.shared)
+  if not shared.is_dir():
+    sys.exit(f"no data at {shared}: the benchmark reads the real dumps in ../shared/data")
+  results = []
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    se = shared / "stackexchange" / "cardano.stackexchange.com"
+    se10 = tmp / "se10" / "cardano.stackexchange.com"
+    _stackexchange_10x(se, se10)
+    rd = shared / "reddit" / "RC_2005-12.ndjson"
+    rd10 = tmp / "RC_10x.ndjson"
+    _reddit_10x(rd, rd10)
+    wk_xz = shared / "wikipedia" / "enwiki_Anarchism_rev3427-3726.xml.xz"
+    wk = tmp / "wiki_1x.xml"
+    wk.write_text(lzma.open(wk_xz, "rt", encoding="utf-8").read(), encoding="utf-8")
+    wk10 = _wikipedia_10x(wk_xz, tmp / "wiki_10x.xml")
+    cases = [("stackexchange", "1x", se), ("stackexchange", "10x", se10), ("reddit", "1x", rd),
+             ("reddit", "10x", rd10), ("wikipedia", "1x", wk), ("wikipedia", "10x", wk10)]
+    for miner, scale, path in cases:
+      mb = _size_mb(path)
+      row = {"miner": miner, "scale": scale, "input_mb": round(mb, 2)}
+      for kind in ("miner", "scan"):
+        m = _measure(kind, miner, path)
+        row[f"{kind}_mb_per_s"] = round(mb / m["seconds"], 2)
+        row[f"{kind}_peak_rss_mb"] = round(m["peak_rss_mb"], 1)
+        row[f"{kind}_items"] = m["items"]
+      results.append(row)
+      print(json.dumps(row), flush=True)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "python": sys.version.split()[0],
+                             "results": results}, indent=2) + "\n")
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()

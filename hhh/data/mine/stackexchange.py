@@ -1,0 +1,563 @@
+"""Stack Exchange data dumps (Posts.xml + Votes.xml, folder or .7z) -> one ranked comparison per question.
+
+This is the preference-model pre-training data of Askell et al. 2021: the answers to one question form
+ONE comparison of K answers, scored
+
+    score = -1                                           if the answer's net votes are negative
+          = round_half_up(log2(1 + upvotes)) + accepted  otherwise (accepted: 1 for the accepted answer)
+
+Votes. With Votes.xml (and `Options.use_votes`), upvotes = the number of VoteTypeId=2 rows for the answer and
+net = upvotes - (VoteTypeId=3 rows); the Score attribute is then ignored. Without Votes.xml the Score
+attribute (already net) is used as both upvotes and net. "Accepted" is the question's AcceptedAnswerId; a
+negative answer scores -1 even when accepted. Rounding is half-up (floor(x + 0.5)) rather than Python's
+banker's round(); for integer upvotes log2(1 + n) is never exactly k + 1/2, so the two never differ, but
+half-up is the documented, reproducible choice.
+
+Order. Responses are sorted by score descending, ties by answer id ascending (the older answer first).
+With more than `max_answers` answers the first `max_answers` of that order are kept (the rest are counted
+as "over_max_answers"); `min_score_gap` is then checked on the kept answers' best - worst score.
+
+What is dropped, one skip reason per Posts.xml row (so records_read == posts in comparisons + post skips):
+  malformed_row      a child of <posts> that is not <row>
+  missing_attribute  no Id / PostTypeId, a question without Title, an answer without ParentId or Score
+  invalid_number     one of those (or AcceptedAnswerId) is not a plain integer
+  other_post_type    PostTypeId not 1 (question) or 2 (answer): tag wikis, excerpts, nominations ...
+  deleted            a DeletionDate attribute, or no / blank Body. Official dumps leave deleted posts out,
+                     so this only fires on other exports (e.g. SEDE's PostsWithDeleted) or redacted rows
+  empty_body         a Body with no text once tags are removed (and no image)
+  community_wiki     a CommunityOwnedDate attribute (the question or the answer)
+  duplicate_id       a second usable row with an Id already seen (the first one wins)
+  no_question        an answer whose ParentId is not in the dump
+  question_dropped   an answer whose question was dropped (for any reason here), counted on the question Id
+  too_few_answers    a question with fewer than `min_answers` usable answers
+  over_max_answers   answers past `max_answers` (counted on the question Id, n = how many)
+  score_gap          a question whose kept answers' score gap is below `min_score_gap`
+Not per row: "truncated_xml" (parsing stopped at an XML error, e.g. a cut-off file or trailing garbage;
+everything before it is used; `where` = "Posts.xml:LINE"), "malformed_vote" (a Votes.xml row without an
+integer PostId / VoteTypeId; Votes.xml rows are not counted in records_read), "archive_error" (a .7z member
+failed to extract; whatever was extracted is still read).
+
+Memory. Posts.xml is streamed three times with ElementTree.XMLPullParser, clearing every row after use, so
+the parse itself is constant memory for any file size:
+  1. ids only: {question id: accepted id} and {answer id: [question id, Score, up, down]}, i.e. a few
+     small ints per question and answer (about 150 bytes each in CPython), no text;
+  2. Votes.xml: tally up/down votes into (1) for answers only;
+  3. text: only the rows of comparisons that will be yielded are converted from HTML and held until their
+     question and all their kept answers have been seen; then the comparison is yielded and freed.
+In the official dumps rows are sorted by Id (answers after their question), so (3) holds the text of the
+questions still open at that point of the file; the worst case (every question after its answers) is the
+text of the kept answers, O(answers kept) and never O(file). A .7z archive is extracted (only Posts.xml
+and Votes.xml) to a temporary folder that is removed when the generator finishes or is closed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import html.parser
+import math
+import os
+import pathlib
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from typing import IO, Iterator
+
+from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.schema import Comparison
+
+SOURCE = "stackexchange"
+_QUESTION, _ANSWER = 1, 2
+_UPVOTE, _DOWNVOTE = 2, 3
+# Ids and scores fit in 18 digits; longer strings are garbage (and int() refuses > 4300 digits anyway).
+_INT_RE = re.compile(r"-?[0-9]{1,18}")
+_READ_SIZE = 1 << 16  # small enough that one chunk's queued row events stay small (~1 MB)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How answers become comparisons (each field is a --flag of `hhh data mine stackexchange`)."""
+  max_answers: int = 8  # keep at most this many answers per question: the first by (score desc, id asc); 0 = all
+  min_score_gap: float = 0.0  # drop a question whose kept answers' best - worst score is below this
+  min_answers: int = 2  # drop a question with fewer usable answers than this
+  use_votes: bool = True  # count VoteTypeId 2/3 rows of Votes.xml when present; --no-use-votes uses Score
+
+  def __post_init__(self):
+    if self.min_answers < 1:
+      raise ValueError(f"min_answers must be >= 1, got {self.min_answers}")
+    if self.max_answers < 0 or (self.max_answers and self.max_answers < self.min_answers):
+      raise ValueError(f"max_answers must be 0 (all) or >= min_answers, got {self.max_answers}")
+
+
+def answer_score(upvotes: int, net: int, accepted: bool) -> int:
+  """The paper's answer score: -1 when net votes are negative, else round_half_up(log2(1 + upvotes)) + accepted."""
+  if net < 0:
+    return -1
+  return math.floor(math.log2(1 + max(upvotes, 0)) + 0.5) + int(accepted)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTML -> text
+
+_BLOCK_TAGS = frozenset({"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "table", "dl", "dd",
+                         "dt", "details", "summary", "figure", "section", "article"})
+_LIST_TAGS = frozenset({"ul", "ol"})
+# Marks list indentation inside prose so the per-line whitespace cleanup does not eat it.
+_INDENT = "\x01"
+
+
+class _HtmlToText(html.parser.HTMLParser):
+  """Stack Exchange post HTML -> readable text: paragraphs, "- " / "1. " bullets, ``` fenced code blocks."""
+
+  def __init__(self):
+    super().__init__(convert_charrefs=True)
+    self._blocks: list[str] = []
+    self._prose: list[str] = []
+    self._code: list[str] | None = None  # not None while inside <pre>
+    self._lists: list[list] = []  # [ordered, next number] per open list
+    self._quotes: list[int | None] = []  # len(self._blocks) at each open <blockquote>; None inside a list
+    self._at_bullet = False  # nothing written since the last bullet
+    self._cell = 0
+
+  def handle_starttag(self, tag, attrs):
+    if self._code is not None:
+      return  # markup inside <pre> (e.g. <code>) is not content
+    if tag == "pre":
+      self._flush()
+      self._code = []
+    elif tag in _LIST_TAGS:
+      if not self._lists:
+        self._flush()
+      self._lists.append([tag == "ol", 1])
+    elif tag == "li":
+      depth = max(len(self._lists), 1)
+      if self._lists and self._lists[-1][0]:
+        bullet = f"{self._lists[-1][1]}. "
+        self._lists[-1][1] += 1
+      else:
+        bullet = "- "
+      self._prose.append("\n" + _INDENT * (depth - 1) + bullet)
+      self._at_bullet = True
+    elif tag in _BLOCK_TAGS:
+      self._block_break()
+      if tag == "blockquote":
+        # Inside a list item the quote is just a continuation line: prefixing would quote the list too.
+        self._quotes.append(None if self._lists else len(self._blocks))
+    elif tag == "br":
+      self._prose.append("\n" + (_INDENT * len(self._lists) if self._lists else ""))
+    elif tag == "hr":
+      self._flush()
+      self._blocks.append("---")
+    elif tag == "tr":
+      self._prose.append("\n")
+      self._cell = 0
+    elif tag in ("td", "th"):
+      if self._cell:
+        self._prose.append(" | ")
+      self._cell += 1
+    elif tag == "code":
+      self._prose.append("`")
+    elif tag == "img":
+      self._write("[image]")
+
+  def handle_endtag(self, tag):
+    if self._code is not None:
+      if tag == "pre":
+        self._end_code()
+      return
+    if tag in _LIST_TAGS:
+      if self._lists:
+        self._lists.pop()
+      if not self._lists:
+        self._flush()
+    elif tag in _BLOCK_TAGS:
+      self._block_break()
+      if tag == "blockquote" and self._quotes:
+        start = self._quotes.pop()
+        if start is not None:
+          self._end_quote(start)
+    elif tag == "code":
+      self._prose.append("`")
+
+  def handle_data(self, data):
+    data = data.replace(_INDENT, "")
+    if self._code is not None:
+      self._code.append(data)
+    elif data.strip():
+      self._write(re.sub(r"\s+", " ", data))
+    elif data:
+      self._prose.append(" ")
+
+  def _write(self, text: str):
+    self._prose.append(text)
+    self._at_bullet = False
+
+  def _block_break(self):
+    # Inside a list a paragraph is a continuation line of the item, not a new block.
+    if self._lists:
+      if not self._at_bullet:
+        self._prose.append("\n" + _INDENT * len(self._lists))
+    else:
+      self._flush()
+
+  def _flush(self):
+    text = "".join(self._prose)
+    self._prose = []
+    lines, blank = [], False
+    for line in text.split("\n"):
+      line = re.sub(r" {2,}", " ", line).strip(" ").replace(_INDENT, "  ")
+      if not line.strip():
+        blank = bool(lines)
+        continue
+      if blank:
+        lines.append("")
+        blank = False
+      lines.append(line)
+    if lines:
+      self._blocks.append("\n".join(lines))
+
+  def _end_code(self):
+    code = "".join(self._code or [])
+    self._code = None
+    # Browsers drop the newline right after <pre>; trailing blank lines carry nothing either.
+    code = code.lstrip("\n").rstrip()
+    if not code:
+      return
+    fence = "```"
+    while fence in code:
+      fence += "`"
+    self._blocks.append(f"{fence}\n{code}\n{fence}")
+
+  def _end_quote(self, start: int):
+    self._flush()
+    quoted = "\n\n".join(self._blocks[start:])
+    del self._blocks[start:]
+    if quoted:
+      self._blocks.append("\n".join(("> " + line).rstrip() for line in quoted.split("\n")))
+
+  def text(self) -> str:
+    self.close()
+    if self._code is not None:
+      self._end_code()  # an unclosed <pre> still keeps its code
+    while self._quotes:
+      start = self._quotes.pop()
+      if start is not None:
+        self._end_quote(start)
+    self._flush()
+    return "\n\n".join(self._blocks)
+
+
+def _plain(body: str) -> str:
+  """Crude tag stripping: the cheap emptiness test in pass 1 and the fallback if the converter gives nothing."""
+  text = html.unescape(re.sub(r"<[^>]*>", " ", body)).replace(_INDENT, "")
+  return re.sub(r"\s+", " ", text).strip()
+
+
+def html_to_text(body: str) -> str:
+  """Post HTML as readable text: code blocks kept as ``` fences, paragraphs and bullets as lines, entities unescaped."""
+  try:
+    parser = _HtmlToText()
+    parser.feed(body)
+    text = parser.text()
+  except Exception:  # html.parser has raised on odd markup in some Python versions; never fail on data
+    text = ""
+  if text.strip():
+    return text
+  return _plain(body) or ("[image]" if "<img" in body.lower() else "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming the XML
+
+
+def _rows(stream: IO[bytes], label: str, stats: MineStats | None) -> Iterator[tuple[str, dict[str, str]]]:
+  """Yields (tag, attributes) of each child of the root element, in constant memory.
+
+  Stops quietly at the first XML error, counting it as "truncated_xml" when `stats` is given (passes that
+  re-read a file pass None so the error is counted once).
+  """
+  parser = ET.XMLPullParser(events=("start", "end"))
+  root, depth = None, 0
+  while True:
+    chunk = stream.read(_READ_SIZE)
+    try:
+      if chunk:
+        parser.feed(chunk)
+      else:
+        parser.close()
+      for event, elem in parser.read_events():
+        if event == "start":
+          depth += 1
+          if root is None:
+            root = elem
+          continue
+        depth -= 1
+        if depth == 1:
+          yield elem.tag, dict(elem.attrib)
+          elem.clear()
+          # Cleared rows still hang off the root; dropping them keeps memory flat.
+          root.clear()
+    except ET.ParseError as e:
+      if stats is not None:
+        line = e.position[0] if getattr(e, "position", None) else "?"
+        stats.skip("truncated_xml", f"{label}:{line}")
+      return
+    if not chunk:
+      return
+
+
+def _to_int(value: str | None) -> int | None:
+  return int(value) if value is not None and _INT_RE.fullmatch(value.strip()) else None
+
+
+def _classify(tag: str, attrs: dict[str, str], ordinal: int) -> tuple[str, int | str, int, int]:
+  """("q", id, accepted_id or 0, 0), ("a", id, parent_id, Score) or (skip reason, where, 0, 0)."""
+  where: int | str = f"row {ordinal}"
+  if tag != "row":
+    return "malformed_row", where, 0, 0
+  if "Id" not in attrs:
+    return "missing_attribute", where, 0, 0
+  post_id = _to_int(attrs["Id"])
+  if post_id is None:
+    return "invalid_number", where, 0, 0
+  if "PostTypeId" not in attrs:
+    return "missing_attribute", post_id, 0, 0
+  post_type = _to_int(attrs["PostTypeId"])
+  if post_type is None:
+    return "invalid_number", post_id, 0, 0
+  if post_type not in (_QUESTION, _ANSWER):
+    return "other_post_type", post_id, 0, 0
+  body = attrs.get("Body")
+  if "DeletionDate" in attrs or body is None or not body.strip():
+    return "deleted", post_id, 0, 0
+  if "CommunityOwnedDate" in attrs:
+    return "community_wiki", post_id, 0, 0
+  if post_type == _QUESTION:
+    if not (attrs.get("Title") or "").strip():
+      return "missing_attribute", post_id, 0, 0
+    accepted = attrs.get("AcceptedAnswerId")
+    accepted_id = 0 if accepted is None else _to_int(accepted)
+    if accepted_id is None:
+      return "invalid_number", post_id, 0, 0
+  else:
+    if "ParentId" not in attrs or "Score" not in attrs:
+      return "missing_attribute", post_id, 0, 0
+    parent, score = _to_int(attrs["ParentId"]), _to_int(attrs["Score"])
+    if parent is None or score is None:
+      return "invalid_number", post_id, 0, 0
+  if not _plain(body) and "<img" not in body.lower():
+    return "empty_body", post_id, 0, 0
+  if post_type == _QUESTION:
+    return "q", post_id, accepted_id, 0
+  return "a", post_id, parent, score
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Locating the dump
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dump:
+  site: str
+  posts: pathlib.Path  # Posts.xml, or the .7z holding it
+  posts_member: str | None  # the member name when `posts` is an archive
+  votes: pathlib.Path | None
+  votes_member: str | None
+
+
+def _find_file(folder: pathlib.Path, name: str) -> pathlib.Path | None:
+  exact = folder / name
+  if exact.is_file():
+    return exact
+  for p in sorted(folder.iterdir()):
+    if p.name.lower() == name.lower() and p.is_file():
+      return p
+  return None
+
+
+def _archive_member(archive: pathlib.Path, name: str) -> str | None:
+  """The archive member whose file name is `name` (case-insensitive; the shallowest if several)."""
+  import py7zr
+  try:
+    with py7zr.SevenZipFile(archive, "r") as z:
+      names = z.getnames()
+  except Exception as e:  # py7zr raises many types for a damaged header
+    raise ValueError(f"{archive}: not a readable 7z archive ({type(e).__name__}: {e})") from None
+  hits = [n for n in names if n.replace("\\", "/").rsplit("/", 1)[-1].lower() == name.lower()]
+  return min(hits, key=lambda n: (n.count("/"), n)) if hits else None
+
+
+def _locate(path: pathlib.Path) -> _Dump:
+  if not path.exists():
+    raise FileNotFoundError(f"stackexchange dump not found: {path}")
+  if path.is_dir():
+    posts = _find_file(path, "Posts.xml")
+    if posts is None:
+      raise ValueError(f"{path}: no Posts.xml in this folder (expected one site's unpacked Stack Exchange dump)")
+    return _Dump(path.resolve().name, posts, None, _find_file(path, "Votes.xml"), None)
+  if path.suffix.lower() == ".7z":
+    stem = path.name[:-3]
+    # Stack Overflow ships one archive per table: stackoverflow.com-Posts.7z next to stackoverflow.com-Votes.7z.
+    split_tables = stem.lower().endswith("-posts")
+    site = stem[:-len("-posts")] if split_tables else stem
+    member = _archive_member(path, "Posts.xml")
+    if member is None:
+      raise ValueError(f"{path}: no Posts.xml in this archive")
+    votes, votes_member = path, _archive_member(path, "Votes.xml")
+    if votes_member is None and split_tables:
+      sibling = path.with_name(f"{site}-Votes.7z")
+      if sibling.is_file():
+        votes, votes_member = sibling, _archive_member(sibling, "Votes.xml")
+    return _Dump(site, path, member, votes if votes_member else None, votes_member)
+  # A Posts.xml given directly: the site is its folder's name.
+  votes = _find_file(path.parent, "Votes.xml")
+  return _Dump(path.resolve().parent.name, path, None, votes, None)
+
+
+def _extract(archive: pathlib.Path, member: str, target: pathlib.Path, stats: MineStats) -> pathlib.Path | None:
+  """Extracts one member into the folder `target`; its path there, or None when nothing came out."""
+  import py7zr
+  target.mkdir()
+  try:
+    with py7zr.SevenZipFile(archive, "r") as z:
+      z.extract(path=target, targets=[member])
+  except Exception as e:  # a damaged stream: count it and read whatever was written
+    stats.skip("archive_error", f"{archive.name}:{member} ({type(e).__name__})")
+  out = target / member
+  return out if out.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Mining
+
+
+def mine(path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  """Yields (question id, comparison) for each question of one site's dump; see the module doc for the rules.
+
+  `path` is the unpacked site folder (Posts.xml, optional Votes.xml), the site's .7z archive, or a Posts.xml.
+  Raises FileNotFoundError for a missing path and ValueError for a folder/archive without Posts.xml (both
+  at call time); bad data never raises but is counted in `stats`.
+  """
+  dump = _locate(pathlib.Path(os.fspath(path)))
+  return _mine(dump, options, stats)
+
+
+def _mine(dump: _Dump, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  if dump.posts_member is None:
+    yield from _mine_files(dump.site, dump.posts, dump.votes, options, stats)
+    return
+  with tempfile.TemporaryDirectory(prefix="hhh-stackexchange-") as tmp:
+    # Posts.xml is read three times, so it is extracted once rather than decompressed per pass.
+    posts = _extract(dump.posts, dump.posts_member, pathlib.Path(tmp) / "posts", stats)
+    votes = None
+    if dump.votes is not None and dump.votes_member is not None and options.use_votes:
+      votes = _extract(dump.votes, dump.votes_member, pathlib.Path(tmp) / "votes", stats)
+    if posts is not None:
+      yield from _mine_files(dump.site, posts, votes, options, stats)
+
+
+def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | None, options: Options,
+                stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  label = posts_path.name
+  # Pass 1: ids, parents, accepted ids and Score; every Posts.xml row is counted and classified here.
+  questions: dict[int, int] = {}
+  answers: dict[int, list[int]] = {}  # id -> [question id, Score, upvotes, downvotes]
+  dropped_questions: set[int] = set()
+  with open_binary(posts_path) as f:
+    for ordinal, (tag, attrs) in enumerate(_rows(f, label, stats), 1):
+      stats.records_read += 1
+      kind, where, a, b = _classify(tag, attrs, ordinal)
+      if kind in ("q", "a") and (where in questions or where in answers):
+        kind = "duplicate_id"
+      if kind == "q":
+        questions[where] = a
+      elif kind == "a":
+        answers[where] = [a, b, 0, 0]
+      else:
+        stats.skip(kind, where)
+        if tag == "row" and isinstance(where, int) and attrs.get("PostTypeId", "").strip() == "1":
+          dropped_questions.add(where)
+  dropped_questions.difference_update(questions)
+
+  by_question: dict[int, list[int]] = {}
+  for answer_id in list(answers):
+    parent = answers[answer_id][0]
+    if parent in questions:
+      by_question.setdefault(parent, []).append(answer_id)
+    else:
+      stats.skip("question_dropped" if parent in dropped_questions else "no_question", answer_id)
+      del answers[answer_id]
+  del dropped_questions
+
+  # Pass 2: votes, for the answers still in play only.
+  use_votes = options.use_votes and votes_path is not None
+  if use_votes:
+    with open_binary(votes_path) as f:
+      for ordinal, (tag, attrs) in enumerate(_rows(f, votes_path.name, stats), 1):
+        post, vote_type = _to_int(attrs.get("PostId")), _to_int(attrs.get("VoteTypeId"))
+        if tag != "row" or post is None or vote_type is None:
+          stats.skip("malformed_vote", f"{votes_path.name} row {ordinal}")
+          continue
+        entry = answers.get(post)
+        if entry is not None and vote_type == _UPVOTE:
+          entry[2] += 1
+        elif entry is not None and vote_type == _DOWNVOTE:
+          entry[3] += 1
+
+  # Which answers each question keeps, in final order.
+  plan: dict[int, list[tuple[int, int]]] = {}  # question id -> [(answer id, score)] best first
+  owner: dict[int, int] = {}  # kept answer id -> question id
+  for question_id, accepted_id in questions.items():
+    ranked = []
+    for answer_id in by_question.get(question_id, ()):
+      _, net_score, up, down = answers[answer_id]
+      upvotes, net = (up, up - down) if use_votes else (net_score, net_score)
+      ranked.append((answer_score(upvotes, net, answer_id == accepted_id), answer_id))
+    ranked.sort(key=lambda t: (-t[0], t[1]))
+    if len(ranked) < options.min_answers:
+      stats.skip("too_few_answers", question_id)
+      if ranked:
+        stats.skip("question_dropped", question_id, n=len(ranked))
+      continue
+    if options.max_answers and len(ranked) > options.max_answers:
+      stats.skip("over_max_answers", question_id, n=len(ranked) - options.max_answers)
+      ranked = ranked[:options.max_answers]
+    if ranked[0][0] - ranked[-1][0] < options.min_score_gap:
+      stats.skip("score_gap", question_id)
+      stats.skip("question_dropped", question_id, n=len(ranked))
+      continue
+    plan[question_id] = [(answer_id, score) for score, answer_id in ranked]
+    owner.update((answer_id, question_id) for _, answer_id in ranked)
+  del questions, answers, by_question
+
+  # Pass 3: text for the kept posts; a comparison leaves as soon as its question and answers are all read.
+  contexts: dict[int, str] = {}
+  texts: dict[int, dict[int, str]] = {}
+  with open_binary(posts_path) as f:
+    for ordinal, (tag, attrs) in enumerate(_rows(f, label, None), 1):
+      if not plan:
+        break
+      kind, post_id, a, _ = _classify(tag, attrs, ordinal)
+      if kind == "q" and post_id in plan and post_id not in contexts:
+        question_id = post_id
+        body = html_to_text(attrs["Body"])
+        contexts[question_id] = attrs["Title"].strip() + ("\n\n" + body if body else "")
+      elif kind == "a" and owner.get(post_id) == a:
+        question_id = owner.pop(post_id)
+        texts.setdefault(question_id, {})[post_id] = html_to_text(attrs["Body"])
+      else:
+        continue
+      kept = plan[question_id]
+      got = texts.get(question_id, {})
+      if question_id in contexts and len(got) == len(kept):
+        del plan[question_id]
+        comparison = Comparison(
+            context=contexts.pop(question_id), responses=tuple(got[answer_id] for answer_id, _ in kept),
+            scores=tuple(float(score) for _, score in kept), source=SOURCE,
+            id=f"{SOURCE}/{site}/{question_id}")
+        texts.pop(question_id, None)
+        stats.comparisons += 1
+        yield str(question_id), comparison
+  # Only reachable if the file changed between passes.
+  for question_id in plan:
+    stats.skip("incomplete", question_id)

@@ -1,0 +1,553 @@
+"""Wikipedia reverted edits: comparisons from MediaWiki full-history exports (restored text good, reverted edit bad).
+
+Askell et al. 2021 pre-train preference models on Wikipedia edits that were later
+reverted. This miner streams a `pages-meta-history` export (plain, .bz2, .xz, .lzma,
+.gz or .7z; export schema 0.4 to 0.11) and finds identity reverts. From a .7z only the first
+file is read, streamed through py7zr; a cut-off .7z is "corrupt_input", since its index is at the end.
+
+Revert rule. Every revision gets a text hash: its `<sha1>` when the dump has one, else
+MediaWiki's own (base36 SHA-1 of the UTF-8 text, 31 digits), so dumps with and without
+`<sha1>` agree. Revision R is an identity revert when its hash equals that of an
+earlier revision B of the same page at distance 2..revert_radius (distance 1 is a null
+edit). The search takes the most recent such B. The revisions strictly between B and R
+are the reverted edits; with each_reverted (the default, as in the paper) every one of
+them gives a comparison, otherwise only the one right before R. Each comparison is R's
+text (good, score 1) against the reverted edit's text (bad, score 0). These are dropped,
+and counted under the reason in brackets:
+  - R's comment has no revert word, when comment_signal is set ("no_revert_comment", per revert);
+  - R restores a text that an earlier kept comparison judged bad. This is an edit war, and the
+    first revert wins ("edit_war", per revert; drop_edit_wars);
+  - a reverted edit with the same hash as a later one in the same revert ("duplicate_pair");
+  - a (good hash, bad hash) pair that this page already produced ("duplicate_pair"; dedupe);
+  - windows (context, good, bad) that this page already produced, from texts that differ only
+    outside the window ("duplicate_window"; dedupe);
+  - a reverted edit that an earlier revert already used. Ids stay unique ("reverted_twice"; a
+    revision id that the page repeats, which only happens in broken dumps, is "duplicate_rev_id");
+  - windows that differ only in whitespace ("identical_texts").
+
+Window rule. Let P be the common prefix and S the common suffix of the good and bad texts
+(they do not overlap). A cut that is not already between words (whitespace, or a text's
+end, on one side in both texts) moves out to whitespace: the end of P back, the start of S
+forward, at most 80 characters each. That way no word is split between context and
+response. The differing middles are M_good and M_bad, and S is the shared text after them.
+  context  = title + "\\n\\n" + the last window_chars of P (starting after a newline or space)
+  response = M[:window_chars] + S[:window_chars - max(len M_good, len M_bad)]
+Both responses end in the same shared text after the change, so they differ only in the
+change itself. A middle longer than window_chars is cut and gets no S, so no text runs on
+across the cut. The other response then takes S up to its own budget, window_chars - len M.
+If a response would still be blank (a pure append at the end of the text, or an insertion
+longer than the window), P moves back to the start of the line before the change (of the
+word, for a line longer than window_chars/2), and the windows are cut again. Each response
+is at most window_chars long, and so is the context after the title. Cuts fall on
+whitespace when there is whitespace in the second half of the window.
+A blanked page stays a comparison, with an empty bad response.
+
+Memory is bounded by one page's window. iterparse clears each revision once it has been
+read, and only the last revert_radius revisions (hash and text) are kept in a deque.
+A page's full history is never held.
+
+Bad data never raises. These are counted in `stats` with the revision id as `where`:
+"no_text" (deleted or stub text), "malformed_revision" (id missing or not a number),
+"no_page_id", "namespace" (page outside `namespaces`). If the input stops short,
+"truncated_xml" is counted and everything complete so far has been yielded already.
+Other broken XML counts as "malformed_xml", an unreadable compressed stream as
+"corrupt_input". For these three, `where` is the last revision id read. Only a missing
+path raises (FileNotFoundError).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import io
+import lzma
+import pathlib
+import queue
+import re
+import threading
+import xml.etree.ElementTree as ET
+import zlib
+from typing import IO, Iterator
+
+from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.schema import Comparison
+
+SOURCE = "wikipedia"
+
+# Revert-like edit summaries: "rv", "rvv", "rvt", "Reverted edits by ...", "Undid revision ...", "vandalism".
+REVERT_COMMENT = re.compile(r"\b(?:rvv?|rvt|revert\w*|undid|undo(?:ne)?|vandal\w*)\b", re.IGNORECASE)
+
+_DUMP_SUFFIXES = (".xml", ".bz2", ".7z", ".xz", ".lzma", ".gz")
+# How far a cut may move to reach whitespace. Past this the text has no word boundaries worth keeping.
+_SNAP = 80
+# Keys remembered per page (emitted ids; for dedupe also hash pairs and window digests).
+# Bounded so a huge page cannot grow it.
+_MAX_PAIRS = 4096
+# expat error codes that mean "the input ended early" rather than "the input is wrong".
+_EARLY_END = {3, 5, 6}  # no element found, unclosed token, partial character
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  window_chars: int = 1500       # context/response window around the changed region
+  revert_radius: int = 15        # an identity revert may restore a revision at most this many revisions back
+  comment_signal: bool = False   # also require a revert-like comment ("rv", "revert", "undid", "vandal") on R
+  namespaces: tuple[int, ...] = (0,)  # page namespaces to mine; () keeps all
+  each_reverted: bool = True     # one comparison per reverted edit between B and R; False: only the edit right before R
+  drop_edit_wars: bool = True    # skip a revert restoring a text that an earlier kept comparison judged bad
+  dedupe: bool = True            # skip a (good text, bad text) pair the page already produced
+
+  def __post_init__(self):
+    if self.window_chars < 1:
+      raise ValueError(f"window_chars must be >= 1, got {self.window_chars}")
+    if self.revert_radius < 2:
+      raise ValueError(f"revert_radius must be >= 2 (distance 1 is a null edit), got {self.revert_radius}")
+
+
+def mediawiki_sha1(text: str) -> str:
+  """MediaWiki's revision sha1: SHA-1 of the UTF-8 text in base 36, zero-padded to 31 digits."""
+  n = int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), "big")
+  digits = []
+  while n:
+    n, r = divmod(n, 36)
+    digits.append(_B36[r])
+  return "".join(reversed(digits)).rjust(31, "0")
+
+
+def mine(path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  """Yields (split_key, comparison); split_key = the page id, so one page never straddles splits.
+
+  `path` is a dump file or a folder of them. A folder is read in sorted name order, and only its
+  .xml/.bz2/.7z/.xz/.lzma/.gz files are used. A missing path raises FileNotFoundError right away,
+  not at the first next().
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"wikipedia dump not found: {path}")
+  files = ([p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in _DUMP_SUFFIXES]
+           if path.is_dir() else [path])
+  return _mine_files(files, options, stats)
+
+
+def _mine_files(files, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  for f in files:
+    yield from _mine_file(f, options, stats)
+
+
+def _open(path: pathlib.Path) -> IO[bytes]:
+  if path.suffix.lower() == ".7z":
+    return io.BufferedReader(_SevenZipStream(path), buffer_size=1 << 16)
+  return open_binary(path)
+
+
+def _mine_file(path: pathlib.Path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+  reader = _DumpReader(options, stats)
+  try:
+    stream = _open(path)
+  except (OSError, EOFError, lzma.LZMAError) as e:
+    stats.skip("corrupt_input", f"{path.name}: {e}")
+    return
+  try:
+    yield from reader.read(stream)
+  except ET.ParseError as e:
+    stats.skip("truncated_xml" if e.code in _EARLY_END else "malformed_xml", reader.last_rev_id)
+  except EOFError:  # a compressed stream that stops short is a truncated dump too
+    stats.skip("truncated_xml", reader.last_rev_id)
+  except (OSError, lzma.LZMAError, zlib.error):
+    stats.skip("corrupt_input", reader.last_rev_id)
+  finally:
+    stream.close()
+
+
+def _local(tag) -> str:
+  # Namespaces differ per export version (export-0.4 ... export-0.11). Match local names only.
+  return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _int_text(elem) -> str | None:
+  """The element's text when it is a plain decimal id, else None."""
+  s = (elem.text or "").strip() if elem is not None else ""
+  return s if s.isdigit() and s.isascii() else None
+
+
+def _signed_int(s: str | None) -> int | None:
+  s = (s or "").strip()
+  return int(s) if re.fullmatch(r"-?[0-9]+", s) else None
+
+
+@dataclasses.dataclass
+class _Rev:
+  rev_id: str | None
+  sha1: str | None          # None when there is no text to compare
+  text: str | None
+  judged_bad: bool = False  # a kept comparison used this text as the bad side
+  used: bool = False        # this revision is already the bad side of a kept comparison
+
+
+@dataclasses.dataclass
+class _Page:
+  elem: ET.Element
+  window: collections.deque  # the last revert_radius revisions
+  title: str = ""
+  ns: int | None = None
+  page_id: str | None = None
+  seen: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)  # recent emitted keys
+
+
+class _DumpReader:
+  """Walks iterparse events. Page and siteinfo fields are read as they end, and revisions are mined one by one."""
+
+  def __init__(self, options: Options, stats: MineStats):
+    self.options, self.stats = options, stats
+    self.namespace_names: dict[str, int] = {}  # siteinfo; export-0.4 pages have no <ns>, only a title prefix
+    self.last_rev_id: str | None = None
+
+  def read(self, stream: IO[bytes]) -> Iterator[tuple[str, Comparison]]:
+    stack: list[str] = []
+    pages: list[_Page] = []
+    root = None
+    for event, elem in ET.iterparse(stream, events=("start", "end")):
+      tag = _local(elem.tag)
+      if event == "start":
+        if root is None:
+          root = elem
+        stack.append(tag)
+        if tag == "page":
+          pages.append(_Page(elem, collections.deque(maxlen=self.options.revert_radius)))
+        continue
+      stack.pop()
+      parent = stack[-1] if stack else None
+      if parent == "page" and pages:
+        page = pages[-1]
+        if tag == "revision":
+          yield from self._revision(page, elem)
+          # Drop finished revisions from the page element. This keeps memory bounded by the deque.
+          page.elem.clear()
+        elif tag == "title":
+          page.title = (elem.text or "").strip()
+        elif tag == "ns":
+          page.ns = _signed_int(elem.text)
+        elif tag == "id":
+          page.page_id = _int_text(elem)
+      elif tag == "namespace" and parent == "namespaces":
+        key = (elem.get("key") or "").strip()
+        if _signed_int(key) is not None and elem.text:
+          self.namespace_names[elem.text.strip().casefold()] = int(key)
+      if tag == "page" and pages:
+        pages.pop()
+      if len(stack) == 1:  # a child of the root ended: nothing under the root is needed any more
+        root.clear()
+
+  def _namespace(self, page: _Page) -> int:
+    if page.ns is not None:
+      return page.ns
+    prefix, colon, _ = page.title.partition(":")
+    return self.namespace_names.get(prefix.strip().casefold(), 0) if colon else 0
+
+  def _revision(self, page: _Page, elem: ET.Element) -> Iterator[tuple[str, Comparison]]:
+    opts, stats = self.options, self.stats
+    stats.records_read += 1
+    fields = {}
+    for child in elem:
+      fields.setdefault(_local(child.tag), child)
+    rev_id = _int_text(fields.get("id"))
+    if rev_id is not None:
+      self.last_rev_id = rev_id
+    where = rev_id if rev_id is not None else f"page:{page.page_id}"
+    if opts.namespaces and self._namespace(page) not in opts.namespaces:
+      stats.skip("namespace", where)
+      return
+    if page.page_id is None:
+      stats.skip("no_page_id", where)
+      return
+    if rev_id is None:
+      stats.skip("malformed_revision", where)
+      # Keep its place in the window so revert distances stay right. It can never match.
+      page.window.append(_Rev(None, None, None))
+      return
+    text_elem = fields.get("text")
+    text = None if text_elem is None else text_elem.text
+    if text_elem is not None and text is None:
+      # <text/> is an empty page (blanking). <text deleted=.../> and stub <text bytes="N" id=.../> have no text.
+      if text_elem.get("deleted") is None and (text_elem.get("bytes") or "0").strip() == "0":
+        text = ""
+    if text is None:
+      stats.skip("no_text", rev_id)
+      page.window.append(_Rev(rev_id, None, None))
+      return
+    sha1_elem = fields.get("sha1")
+    sha1 = (sha1_elem.text or "").strip() if sha1_elem is not None else ""
+    sha1 = sha1 or mediawiki_sha1(text)
+    comment_elem = fields.get("comment")
+    comment = (comment_elem.text or "") if comment_elem is not None else ""
+    new = _Rev(rev_id, sha1, text)
+
+    distance, base = 0, None
+    for d, r in enumerate(reversed(page.window), 1):
+      if r.sha1 == sha1:
+        distance, base = d, r
+        break
+    if base is not None:
+      new.judged_bad = base.judged_bad  # same text, same verdict
+    if distance >= 2:
+      reverted = list(page.window)[len(page.window) - (distance - 1):]
+      if opts.comment_signal and not REVERT_COMMENT.search(comment):
+        stats.skip("no_revert_comment", rev_id)
+      elif opts.drop_edit_wars and base.judged_bad:
+        stats.skip("edit_war", rev_id)
+      else:
+        yield from self._comparisons(page, new, reverted if opts.each_reverted else reverted[-1:])
+    page.window.append(new)
+
+  def _comparisons(self, page: _Page, good: _Rev, reverted: list[_Rev]) -> Iterator[tuple[str, Comparison]]:
+    opts, stats = self.options, self.stats
+    later = set()
+    keep = []
+    for r in reversed(reverted):  # for repeated texts, the latest revision carries the comparison
+      if r.sha1 is None:
+        continue  # counted as no_text / malformed_revision when it was read
+      if r.sha1 in later:
+        stats.skip("duplicate_pair", r.rev_id)
+        continue
+      later.add(r.sha1)
+      keep.append(r)
+    for bad in reversed(keep):
+      if bad.used:
+        stats.skip("reverted_twice", bad.rev_id)
+        continue
+      if ("id", bad.rev_id) in page.seen:  # only broken dumps repeat a revision id
+        stats.skip("duplicate_rev_id", bad.rev_id)
+        continue
+      pair = (good.sha1, bad.sha1)
+      if opts.dedupe and pair in page.seen:
+        stats.skip("duplicate_pair", bad.rev_id)
+        continue
+      context, good_window, bad_window = windows(page.title, good.text, bad.text, opts.window_chars)
+      if good_window.split() == bad_window.split():
+        stats.skip("identical_texts", bad.rev_id)
+        continue
+      # Two reverted edits can differ only beyond the window and then look the same.
+      seen = hashlib.sha1("\0".join((context, good_window, bad_window)).encode("utf-8", "surrogatepass")).digest()
+      if opts.dedupe and seen in page.seen:
+        stats.skip("duplicate_window", bad.rev_id)
+        continue
+      page.seen["id", bad.rev_id] = None
+      if opts.dedupe:
+        page.seen[pair] = page.seen[seen] = None
+      while len(page.seen) > _MAX_PAIRS:
+        page.seen.popitem(last=False)
+      bad.used = bad.judged_bad = True
+      stats.comparisons += 1
+      yield page.page_id, Comparison(
+          context=context, responses=(good_window, bad_window), scores=(1.0, 0.0), source=SOURCE,
+          id=f"wikipedia/{page.page_id}/{bad.rev_id}")
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+  # Binary search over slice comparisons. C-speed memcmp instead of a per-character Python loop.
+  n = min(len(a), len(b))
+  if a[:n] == b[:n]:
+    return n
+  lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if a[lo:mid] == b[lo:mid]:
+      lo = mid
+    else:
+      hi = mid
+  return lo
+
+
+def _common_suffix_len(a: str, b: str, limit: int) -> int:
+  la, lb = len(a), len(b)
+  if limit <= 0:
+    return 0
+  if a[la - limit:] == b[lb - limit:]:
+    return limit
+  lo, hi = 0, limit
+  while hi - lo > 1:
+    mid = (lo + hi) // 2
+    if a[la - mid:la - lo] == b[lb - mid:lb - lo]:
+      lo = mid
+    else:
+      hi = mid
+  return lo
+
+
+def _head(text: str, n: int) -> str:
+  """The first <= n characters, cut at the last whitespace when that falls in the second half."""
+  if n <= 0:
+    return ""
+  if len(text) <= n:
+    return text
+  cut = text[:n]
+  i = max(cut.rfind(" "), cut.rfind("\n"))
+  return cut[:i] if i >= n // 2 else cut
+
+
+def _tail(text: str, n: int) -> str:
+  """The last <= n characters, starting after a newline (or else a space) in the first half."""
+  if n <= 0:
+    return ""
+  if len(text) <= n:
+    return text
+  cut = text[-n:]
+  for sep in ("\n", " "):
+    i = cut.find(sep)
+    if 0 <= i < n // 2:
+      return cut[i + 1:]
+  return cut
+
+
+def windows(title: str, good: str, bad: str, window_chars: int) -> tuple[str, str, str]:
+  """(context, good response, bad response) around the region where the texts differ (see the module doc)."""
+  p = _common_prefix_len(good, bad)
+  s = _common_suffix_len(good, bad, min(len(good), len(bad)) - p)
+  # Move both cuts out to whitespace, so a word is not split between context and response.
+  # A cut already sits between words when whitespace (or a text's end) is on one side in both texts.
+  if not (p == 0 or good[p - 1].isspace() or all(p == len(x) or x[p].isspace() for x in (good, bad))):
+    q = p
+    while q > 0 and not good[q - 1].isspace() and p - q < _SNAP:
+      q -= 1
+    if q == 0 or good[q - 1].isspace():
+      p = q
+  if not (s == 0 or good[len(good) - s].isspace()
+          or all(len(x) == s or x[len(x) - s - 1].isspace() for x in (good, bad))):
+    t = s
+    while t > 0 and not good[len(good) - t].isspace() and s - t < _SNAP:
+      t -= 1
+    if t == 0 or good[len(good) - t].isspace():
+      s = t
+  context, good_window, bad_window = _cut(title, good, bad, p, s, window_chars)
+  j = len(good[:p].rstrip())
+  if j and not (good_window.strip() and bad_window.strip()):
+    # A pure append (or an insertion longer than the window) would leave one response blank.
+    # Start both at the line (or, for a long line, the word) before the change instead.
+    line = good.rfind("\n", 0, j) + 1
+    p = line if j - line <= window_chars // 2 else good.rfind(" ", 0, j) + 1
+    context, good_window, bad_window = _cut(title, good, bad, p, s, window_chars)
+  return context, good_window, bad_window
+
+
+def _cut(title: str, good: str, bad: str, p: int, s: int, window_chars: int) -> tuple[str, str, str]:
+  good_mid, bad_mid = good[p:len(good) - s], bad[p:len(bad) - s]
+  after = good[len(good) - s:]
+  if len(good_mid) <= window_chars and len(bad_mid) <= window_chars:
+    # The same shared tail on both, so the responses differ only in the change.
+    budget = window_chars - max(len(good_mid), len(bad_mid))
+    budgets = (budget, budget)
+  else:
+    # A middle cut short must not run on into the text after the change. The other one gets the tail.
+    budgets = tuple(window_chars - len(m) if len(m) <= window_chars else 0 for m in (good_mid, bad_mid))
+  return (f"{title}\n\n{_tail(good[:p], window_chars)}",
+          _head(good_mid, window_chars) + _head(after, budgets[0]),
+          _head(bad_mid, window_chars) + _head(after, budgets[1]))
+
+
+class _SevenZipStream(io.RawIOBase):
+  """The first file in a .7z archive as a readable stream.
+
+  py7zr only pushes data into writers, so a thread runs the extraction into a bounded
+  queue and this reader pulls from it. Memory stays at a few chunks, and the member is
+  never fully decompressed into memory or onto disk.
+  """
+
+  _END = object()
+
+  def __init__(self, path: pathlib.Path):
+    try:  # optional: only .7z input needs it
+      import py7zr
+      import py7zr.io
+    except ImportError as e:
+      raise ImportError("reading .7z Wikipedia dumps needs py7zr (pip install py7zr)") from e
+
+    self._queue: queue.Queue = queue.Queue(maxsize=16)
+    self._stop = threading.Event()
+    self._buf = memoryview(b"")
+    self._error: BaseException | None = None
+    self._done = False
+    stop, q = self._stop, self._queue
+
+    class _Cancelled(Exception):
+      pass
+
+    class Writer(py7zr.io.Py7zIO):
+      def write(self, s) -> int:
+        data = bytes(s)
+        while not stop.is_set():
+          try:
+            q.put(data, timeout=0.1)
+            return len(data)
+          except queue.Full:
+            pass
+        raise _Cancelled()
+
+      def read(self, size=None) -> bytes:
+        return b""
+
+      def seek(self, offset, whence=0) -> int:
+        return 0
+
+      def flush(self) -> None:
+        pass
+
+      def size(self) -> int:
+        return 0
+
+    class Factory(py7zr.io.WriterFactory):
+      def create(self, filename):
+        return Writer()
+
+    def run():
+      try:
+        with py7zr.SevenZipFile(path, "r") as archive:
+          names = [i.filename for i in archive.list() if not i.is_directory]
+          if names:
+            archive.extract(targets=[names[0]], factory=Factory())
+      except _Cancelled:
+        pass
+      except BaseException as e:  # handed to the reading thread, which reports it as corrupt input
+        self._error = e
+      finally:
+        while not stop.is_set():
+          try:
+            q.put(self._END, timeout=0.1)
+            break
+          except queue.Full:
+            pass
+
+    self._thread = threading.Thread(target=run, name=f"7z:{path.name}", daemon=True)
+    self._thread.start()
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, b) -> int:
+    while not len(self._buf):
+      if self._done:
+        return 0
+      item = self._queue.get()
+      if item is self._END:
+        self._done = True
+        if self._error is not None:
+          raise OSError(f"7z extraction failed: {self._error}")
+        return 0
+      self._buf = memoryview(item)
+    n = min(len(b), len(self._buf))
+    b[:n] = self._buf[:n]
+    self._buf = self._buf[n:]
+    return n
+
+  def close(self) -> None:
+    if not self.closed:
+      self._stop.set()
+      # Drain so a writer blocked on a full queue sees the stop flag.
+      while self._thread.is_alive():
+        try:
+          self._queue.get(timeout=0.05)
+        except queue.Empty:
+          pass
+      self._thread.join()
+    super().close()

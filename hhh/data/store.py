@@ -1,0 +1,210 @@
+"""Comparison datasets on disk: TFDS ArrayRecord (built and read without TensorFlow), plus JSONL/parquet/HF readers.
+
+A mined or loaded dataset directory looks like:
+
+    DIR/summary.json                     counts: read, kept per split, skipped by reason (+ first offsets)
+    DIR/tfds/comparisons/<version>/      the TFDS dataset: train / validation / test ArrayRecord shards
+
+Writing streams: comparisons go to per-split JSONL staging files first (constant
+memory), then TFDS builds the ArrayRecord shards from them, then staging is removed.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import pathlib
+import shutil
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from hhh.data.mine.common import SPLITS, MineStats, split_of
+from hhh.data.schema import Comparison, read_jsonl
+
+VERSION = "1.0.0"
+_NAME = "comparisons"
+
+
+class NothingMined(RuntimeError):
+  """A run that produced no comparisons: the CLI exits non-zero with the reason."""
+
+
+def _builder_cls():
+  import tensorflow_datasets as tfds
+
+  class Comparisons(tfds.core.GeneratorBasedBuilder):
+    """The hhh comparison schema as a TFDS dataset."""
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {str(VERSION): "hhh comparison schema: id, source, context, responses, scores."}
+
+    def __init__(self, *, staging: pathlib.Path | None = None, description: str = "", **kwargs):
+      self._staging, self._description = staging, description
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, description=self._description,
+          features=tfds.features.FeaturesDict({
+              "id": tfds.features.Text(), "source": tfds.features.Text(), "context": tfds.features.Text(),
+              "responses": tfds.features.Sequence(tfds.features.Text()),
+              "scores": tfds.features.Sequence(np.float32)}))
+
+    def _split_generators(self, dl_manager):
+      return {s: self._generate_examples(s) for s in SPLITS if (self._staging / f"{s}.jsonl").exists()}
+
+    def _generate_examples(self, split):
+      with open(self._staging / f"{split}.jsonl", encoding="utf-8") as f:
+        for line in f:
+          d = json.loads(line)
+          yield d["id"], d
+
+  Comparisons.name = _NAME
+  return Comparisons
+
+
+def write_dataset(out_dir, keyed: Iterable[tuple[str, Comparison]], stats: MineStats, *,
+                  description: str = "", extra_summary: dict | None = None) -> dict:
+  """Splits by a hash of each key, writes the TFDS dataset and summary.json; returns the summary."""
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  out = pathlib.Path(out_dir)
+  staging = out / "_staging"
+  shutil.rmtree(staging, ignore_errors=True)
+  staging.mkdir(parents=True)
+  files = {s: open(staging / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
+  kept = collections.Counter()
+  seen: set[str] = set()
+  hist = {s: collections.Counter() for s in SPLITS}
+  k_hist = collections.Counter()
+  try:
+    for key, c in keyed:
+      if c.id in seen:
+        stats.skip("duplicate_id", c.id)
+        continue
+      seen.add(c.id)
+      split = split_of(key)
+      files[split].write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
+      kept[split] += 1
+      k_hist[c.k] += 1
+      for s in c.scores:
+        hist[split][_bin(s)] += 1
+  finally:
+    for f in files.values():
+      f.close()
+  for s in SPLITS:
+    if not kept[s]:
+      (staging / f"{s}.jsonl").unlink()
+  summary = {**stats.to_json(), "kept": {s: kept[s] for s in SPLITS}, "total_kept": sum(kept.values()),
+             "responses_per_comparison": {str(k): n for k, n in sorted(k_hist.items())},
+             "score_histogram": {s: {str(b): n for b, n in sorted(h.items())} for s, h in hist.items()},
+             "format": "tfds/array_record", "version": VERSION, **(extra_summary or {})}
+  if not summary["total_kept"]:
+    shutil.rmtree(staging, ignore_errors=True)
+    reasons = ", ".join(f"{r}: {n}" for r, n in stats.skipped.most_common(5)) or "no skips recorded"
+    raise NothingMined(f"no comparisons mined from {stats.records_read} records read ({reasons})")
+  data_dir = out / "tfds"
+  shutil.rmtree(data_dir / _NAME / VERSION, ignore_errors=True)
+  builder = _builder_cls()(staging=staging, description=description, data_dir=str(data_dir),
+                           file_format="array_record")
+  builder.download_and_prepare()
+  shutil.rmtree(staging, ignore_errors=True)
+  shutil.rmtree(data_dir / "downloads", ignore_errors=True)
+  (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary
+
+
+def _bin(score: float) -> float:
+  """Histogram bin: integer scores as themselves, others to one decimal."""
+  return float(score) if float(score).is_integer() else round(float(score), 1)
+
+
+def _tfds_dir(path: pathlib.Path) -> pathlib.Path:
+  d = path / "tfds" / _NAME
+  if not d.is_dir():
+    raise FileNotFoundError(f"{path} holds no hhh dataset (expected {d})")
+  versions = sorted((v for v in d.iterdir() if (v / "dataset_info.json").exists()),
+                    key=lambda v: tuple(int(x) for x in v.name.split(".")))
+  if not versions:
+    raise FileNotFoundError(f"{d} holds no finished dataset version")
+  return versions[-1]
+
+
+class DataSource:
+  """Random access to one split of a stored dataset, decoded into `Comparison`s (a grain-compatible source)."""
+
+  def __init__(self, path, split: str):
+    import tensorflow_datasets as tfds
+    builder = tfds.builder_from_directory(str(_tfds_dir(pathlib.Path(path))))
+    if split not in builder.info.splits:
+      raise ValueError(f"{path} has no split {split!r} (has: {', '.join(builder.info.splits)})")
+    self._src = builder.as_data_source(split=split)
+    self.info = builder.info
+
+  def __len__(self) -> int:
+    return len(self._src)
+
+  def __getitem__(self, i: int) -> Comparison:
+    return from_tfds(self._src[i])
+
+  def __iter__(self) -> Iterator[Comparison]:
+    return (self[i] for i in range(len(self)))
+
+
+def from_tfds(d: dict) -> Comparison:
+  text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
+  return Comparison(context=text(d["context"]), responses=tuple(text(r) for r in d["responses"]),
+                    scores=tuple(float(s) for s in d["scores"]), source=text(d["source"]), id=text(d["id"]))
+
+
+def read_summary(path) -> dict:
+  p = pathlib.Path(path) / "summary.json"
+  if not p.exists():
+    raise FileNotFoundError(f"{path} has no summary.json (not an hhh dataset directory)")
+  return json.loads(p.read_text())
+
+
+def splits_of(path) -> list[str]:
+  import tensorflow_datasets as tfds
+  return list(tfds.builder_from_directory(str(_tfds_dir(pathlib.Path(path)))).info.splits)
+
+
+def is_dataset_dir(path) -> bool:
+  return (pathlib.Path(path) / "tfds" / _NAME).is_dir()
+
+
+def load(spec: str, split: str = "train") -> list[Comparison]:
+  """Comparisons from a dataset directory, a .jsonl file, a local .parquet, or `hf:NAME` (HF hub, online only)."""
+  path = pathlib.Path(spec)
+  if is_dataset_dir(path):
+    return list(DataSource(path, split))
+  if path.suffix == ".jsonl" and path.is_file():
+    return read_jsonl(path)
+  if path.suffix == ".parquet" or spec.startswith("hf:"):
+    return list(from_hf(spec, split))
+  raise FileNotFoundError(f"{spec}: not an hhh dataset directory, .jsonl, .parquet or hf:NAME")
+
+
+def from_hf(spec: str, split: str = "train") -> Iterator[Comparison]:
+  """Reads the comparison schema through HF `datasets`: a local parquet/jsonl file or a hub name (`hf:NAME`).
+
+  Rows need `context`, `responses` and `scores` (and optionally `id`, `source`).
+  """
+  import datasets
+  if spec.startswith("hf:"):
+    ds = datasets.load_dataset(spec[3:], split=split)
+  else:
+    kind = "parquet" if spec.endswith(".parquet") else "json"
+    ds = datasets.load_dataset(kind, data_files={split: spec}, split=split)
+  for i, row in enumerate(ds):
+    yield Comparison(context=row["context"], responses=tuple(row["responses"]),
+                     scores=tuple(float(s) for s in row["scores"]), source=row.get("source") or spec,
+                     id=str(row.get("id") or f"{spec}#{i}"))
+
+
+def score_histogram_text(hist: dict[str, int], width: int = 40) -> str:
+  if not hist:
+    return "  (empty)"
+  top = max(hist.values())
+  return "\n".join(f"  {b:>8} {n:>8}  {'#' * max(1, math.ceil(width * n / top))}" for b, n in hist.items())
