@@ -91,3 +91,23 @@ def test_hf_datasets_bridge_reads_local_files(tmp_path):
   import datasets
   datasets.load_dataset("json", data_files=str(path), split="train").to_parquet(str(tmp_path / "x.parquet"))
   assert store.load(str(tmp_path / "x.parquet")) == got
+
+
+def test_hf_rows_in_shp_and_h4_schemas(tmp_path):
+  shp = {"post_id": "p1", "domain": "askscience_train", "upvote_ratio": 0.9, "history": "Why is the sky blue?",
+         "c_root_id_A": "ca", "c_root_id_B": "cb", "created_at_utc_A": 2, "created_at_utc_B": 1, "score_A": 5,
+         "score_B": 9, "human_ref_A": "Rayleigh scattering.", "human_ref_B": "Because.", "labels": 1,
+         "seconds_difference": 1.0, "score_ratio": 0.55}
+  h4 = {"qid": 7, "question": "How do I exit vim?", "date": "2020", "metadata": [],
+        "answers": [{"answer_id": 1, "author": "a", "author_id": 1, "author_profile": "", "pm_score": 1,
+                     "selected": False, "text": "Reboot."},
+                    {"answer_id": 2, "author": "b", "author_id": 2, "author_profile": "", "pm_score": 4,
+                     "selected": True, "text": ":q"}]}
+  (tmp_path / "shp.jsonl").write_text(json.dumps(shp) + "\n")
+  (tmp_path / "h4.jsonl").write_text(json.dumps(h4) + "\n")
+  assert store.load(str(tmp_path / "shp.jsonl")) == [Comparison(
+      "Why is the sky blue?", ("Rayleigh scattering.", "Because."), (1.0, 0.0), "shp", "shp/p1/ca/cb")]
+  assert store.load(str(tmp_path / "h4.jsonl")) == [Comparison(
+      "How do I exit vim?", (":q", "Reboot."), (4.0, 1.0), "stackexchange", "h4-stackexchange/7")]
+  with pytest.raises(ValueError, match="neither our fields"):
+    store.row_to_comparison({"text": "x"}, 0, "bad")

@@ -105,3 +105,12 @@ def test_tiny_pm_learns_above_chance(tmp_path):
 def test_tiny_pm_full_run(tmp_path):
   """The full 300-step smoke run, as the README's quickstart runs it."""
   assert _tiny_pm_accuracy(tmp_path / "tiny_pm", 300) > 0.72
+
+
+def test_bf16_compute_keeps_fp32_parameters(tiny_experiment, tmp_path):
+  wd = tmp_path / "bf16"
+  run_hhh("train", tiny_experiment, "--workdir", wd, "--set", "model.dtype=bfloat16", "--set", "lm_coef=0.5")
+  assert all(math.isfinite(r["loss"]) and math.isfinite(r["lm_loss"]) for r in read_metrics(wd))
+  params, meta = ckpt_lib.load_params(wd)
+  assert meta["config"]["model"]["dtype"] == "bfloat16"
+  assert {str(x.dtype) for x in __import__("jax").tree.leaves(params)} == {"float32"}

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hhh.data.mine.common import SPLITS, MineStats, split_of
-from hhh.data.schema import Comparison, read_jsonl
+from hhh.data.schema import Comparison
 
 VERSION = "1.0.0"
 _NAME = "comparisons"
@@ -180,16 +180,46 @@ def load(spec: str, split: str = "train") -> list[Comparison]:
   if is_dataset_dir(path):
     return list(DataSource(path, split))
   if path.suffix == ".jsonl" and path.is_file():
-    return read_jsonl(path)
+    return list(_read_jsonl_any(path))
   if path.suffix == ".parquet" or spec.startswith("hf:"):
     return list(from_hf(spec, split))
   raise FileNotFoundError(f"{spec}: not an hhh dataset directory, .jsonl, .parquet or hf:NAME")
 
 
-def from_hf(spec: str, split: str = "train") -> Iterator[Comparison]:
-  """Reads the comparison schema through HF `datasets`: a local parquet/jsonl file or a hub name (`hf:NAME`).
+def row_to_comparison(row: dict, i: int, name: str) -> Comparison:
+  """One HF row in our schema, SHP's (stanfordnlp/SHP) or H4's (HuggingFaceH4/stack-exchange-preferences)."""
+  if "responses" in row:
+    return Comparison(context=row["context"], responses=tuple(row["responses"]),
+                      scores=tuple(float(s) for s in row["scores"]), source=row.get("source") or name,
+                      id=str(row.get("id") or f"{name}#{i}"))
+  if "human_ref_A" in row:  # SHP: labels == 1 when A is preferred
+    a_wins = float(row["labels"] == 1)
+    return Comparison(context=row["history"], responses=(row["human_ref_A"], row["human_ref_B"]),
+                      scores=(a_wins, 1.0 - a_wins), source="shp",
+                      id=f"shp/{row.get('post_id', i)}/{row.get('c_root_id_A', '')}/{row.get('c_root_id_B', '')}")
+  if "answers" in row and "question" in row:  # H4 stack-exchange-preferences: pm_score follows the paper's recipe
+    answers = sorted(row["answers"], key=lambda a: -float(a["pm_score"]))
+    return Comparison(context=row["question"], responses=tuple(a["text"] for a in answers),
+                      scores=tuple(float(a["pm_score"]) for a in answers), source="stackexchange",
+                      id=f"h4-stackexchange/{row.get('qid', i)}")
+  raise ValueError(f"{name}: row {i} has neither our fields (context/responses/scores), SHP's nor H4's "
+                   f"(columns: {', '.join(sorted(row))})")
 
-  Rows need `context`, `responses` and `scores` (and optionally `id`, `source`).
+
+def _read_jsonl_any(path: pathlib.Path) -> Iterator[Comparison]:
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          yield row_to_comparison(json.loads(line), lineno, str(path))
+        except (ValueError, KeyError, TypeError) as e:
+          raise ValueError(f"{path}:{lineno}: bad comparison record: {e}") from None
+
+
+def from_hf(spec: str, split: str = "train") -> Iterator[Comparison]:
+  """Reads comparisons through HF `datasets`: a local parquet/jsonl file or a hub name (`hf:NAME`, online only).
+
+  Rows may be in our schema (context, responses, scores, id, source), SHP's, or H4 stack-exchange-preferences'.
   """
   import datasets
   if spec.startswith("hf:"):
@@ -198,9 +228,7 @@ def from_hf(spec: str, split: str = "train") -> Iterator[Comparison]:
     kind = "parquet" if spec.endswith(".parquet") else "json"
     ds = datasets.load_dataset(kind, data_files={split: spec}, split=split)
   for i, row in enumerate(ds):
-    yield Comparison(context=row["context"], responses=tuple(row["responses"]),
-                     scores=tuple(float(s) for s in row["scores"]), source=row.get("source") or spec,
-                     id=str(row.get("id") or f"{spec}#{i}"))
+    yield row_to_comparison(row, i, spec)
 
 
 def score_histogram_text(hist: dict[str, int], width: int = 40) -> str:
