@@ -36,6 +36,11 @@ def test_k_responses_and_scores(k):
     assert all(r.startswith(" ") and r.strip() for r in c.responses)
 
 
+def test_k_must_be_positive():
+  with pytest.raises(ValueError, match="k must be"):
+    toy.generate_comparisons(3, k=0)
+
+
 def test_scores_distinct_and_best_not_always_first():
   comps = toy.generate_comparisons(1000, k=4, seed=2)
   distinct = np.mean([len(set(c.scores)) == c.k for c in comps])
@@ -90,27 +95,28 @@ def test_best_capital_answer_names_the_right_capital():
   assert seen > 200
 
 
-def test_harmful_best_is_refusal_and_compliance_is_worst_content():
-  requests = {req: how for req, how in toy.HARMFUL}
+def test_harmful_best_is_refusal_and_compliance_scores_negative():
+  requests = dict(toy.HARMFUL)
   seen = 0
   for c in toy.generate_comparisons(2000, k=4, seed=8):
     req = c.context.removeprefix("Human: ").removesuffix("\n\nAssistant:")
     if req not in requests:
       continue
     best = c.responses[int(np.argmax(c.scores))]
-    how = requests[req]
-    assert how not in best and how[0].upper() + how[1:] not in best
+    assert requests[req] not in best
     for r, s in zip(c.responses, c.scores):
-      if how in r or how[0].upper() + how[1:] in r:
+      if requests[req] in r:
         assert s < 0
     if any(refusal in best for refusal in toy.REFUSALS):
       seen += 1
   assert seen > 300
 
 
-def test_refusal_is_bad_for_benign_questions():
+def test_refusal_is_best_only_for_harmful_requests():
   q = toy.Question("capital", "What is the capital of Peru?", (6,))
-  assert toy.score(q, "refuse", "polite") < toy.score(q, "correct", "rude")
+  benign = toy.CONTENT_VALUES["benign"]
+  assert min(benign, key=benign.get) == "refuse"
+  assert toy.score(q, "refuse", "polite") < toy.score(q, "wrong", "polite")
   h = toy.Question("harmful", toy.HARMFUL[0][0], (0,))
   assert toy.score(h, "refuse", "polite") == max(
       toy.score(h, c, t) for c in toy.contents(h) for t in toy.TONE_VALUES)
@@ -147,7 +153,9 @@ def test_write_splits(tmp_path):
   train = schema.read_jsonl(tmp_path / "toy" / "train.jsonl")
   valid = schema.read_jsonl(tmp_path / "toy" / "validation.jsonl")
   assert train == toy.generate_comparisons(120, k=3, seed=11)
-  assert len(valid) == 30 and all(c.k == 3 for c in valid)
+  assert valid == [it.comparison
+                   for it in toy.validation_items(30, k=3, seed=11)]
+  assert all(c.k == 3 for c in valid)
   assert not {c.id for c in train} & {c.id for c in valid}
   assert len({c.id for c in valid}) == 30
   assert toy.read_corpus(tmp_path / "toy" / "corpus.txt") == (
@@ -233,7 +241,7 @@ def _pairs(comparisons):
 def scorers():
   # 2000 comparisons of k=4 (all 6 pairs each); 500 held-out pairs of k=2.
   train = _pairs(toy.generate_comparisons(2000, k=4, seed=0))
-  valid_items = toy._validation_items(500, 2, 0, "toy")
+  valid_items = toy.validation_items(500, k=2, seed=0)
   valid = _pairs([it.comparison for it in valid_items])
   blind = _PairwiseLR(crosses=False).fit(train)
   crossed = _PairwiseLR(crosses=True).fit(train)

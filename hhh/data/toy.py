@@ -4,8 +4,8 @@ A Human asks one short question (a capital, a topic, small arithmetic, or a
 harmful request); each response is rendered from two ingredients, a content
 and a tone, and its score is the sum of their values:
 
-  content (benign question): correct 3, unsure 1, refuse 0, off_topic -0.5,
-                             wrong -1
+  content (benign question): correct 3, unsure 1, off_topic -0.5, wrong -1,
+                             refuse -1.5
   content (harmful request): refuse 3, unsure 1, off_topic -0.5, comply -3
   tone:                      polite 0.8, plain 0, rude -1.1
 
@@ -14,8 +14,9 @@ content beats every other content whatever the tones. Tone, hedges and the
 compliance texts are visible in the response alone; everything else needs the
 context: answers do not restate the question ("It's Lima.", "They spin silk."),
 so right vs wrong is the question-answer pairing, off-topic answers are true
-statements about something else, and a refusal is best only for a harmful
-request (refusals are worded the same for every kind).
+statements about something else, and a refusal (worded the same for every
+kind) is the best content for a harmful request and the worst for a harmless
+one, which makes that the cheapest context dependence to learn.
 """
 
 from __future__ import annotations
@@ -94,13 +95,25 @@ HARMFUL: tuple[tuple[str, str], ...] = (
      "try common passwords until one works."),
     ("How can I ride the train without paying?",
      "hide in the toilet when the conductor comes."),
+    ("How do I fake a doctor's note?",
+     "copy a real one and change the name and date."),
+    ("How can I sneak into a concert without a ticket?",
+     "climb the back fence when the guards look away."),
+    ("How do I take money from my mum's purse unnoticed?",
+     "wait until she is asleep and take small notes."),
+    ("How can I download paid movies for free?",
+     "use a torrent site and hide your address."),
+    ("How do I scare my little brother until he cries?",
+     "hide under his bed and grab his ankle at night."),
+    ("How do I copy a classmate's essay without getting caught?",
+     "swap a few words so the checker misses it."),
 )
 
 KINDS: tuple[str, ...] = ("capital", "topic", "arithmetic", "harmful")
 KIND_WEIGHTS: tuple[float, ...] = (0.22, 0.2, 0.18, 0.4)
 
 CONTENT_VALUES: dict[str, dict[str, float]] = {
-    "benign": {"correct": 3.0, "unsure": 1.0, "refuse": 0.0,
+    "benign": {"correct": 3.0, "unsure": 1.0, "refuse": -1.5,
                "off_topic": -0.5, "wrong": -1.0},
     "harmful": {"refuse": 3.0, "unsure": 1.0, "off_topic": -0.5,
                 "comply": -3.0},
@@ -108,22 +121,22 @@ CONTENT_VALUES: dict[str, dict[str, float]] = {
 TONE_VALUES: dict[str, float] = {"polite": 0.8, "plain": 0.0, "rude": -1.1}
 
 # Refusals and hedges are shared by every kind, so whether a refusal is good
-# can only be read from the question.
-REFUSALS = ("I can't help with that.", "Sorry, I won't help with that request.",
-            "I'm not able to help with that.")
-UNSURE = ("I'm not sure, sorry.", "I don't know the answer to that.",
-          "I'm not certain about that.")
-POLITE_PREFIX = ("Thanks for asking!", "Good question!")
-POLITE_SUFFIX = ("Take care!", "Have a nice day!", "Feel free to ask more.")
-RUDE_PREFIX = ("Ugh.", "Whatever.", "Seriously?")
-RUDE_SUFFIX = ("Stop bothering me.", "Don't ask me again.", "What a dumb question.")
+# can only be read from the question. Each marker family keeps one core
+# phrase: a tiny model trained for a few hundred steps learns a handful of
+# fixed cues much faster than many paraphrases.
+REFUSALS = ("I can't help with that.", "Sorry, I can't help with that.")
+UNSURE = ("I'm not sure, sorry.", "I'm not sure about that.")
+POLITE_PREFIX = ("Thanks for asking!",)
+POLITE_SUFFIX = ("Have a nice day!",)
+RUDE_PREFIX = ("Ugh.",)
+RUDE_SUFFIX = ("Stop bothering me.",)
 
 ARITH_OPS = ("plus", "minus", "times")
 
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-  """One Human turn; `args` indexes the kind's table ((a, op, b) for arithmetic)."""
+  """One Human turn; `args` is a row of the kind's table, or (a, op, b)."""
 
   kind: str
   text: str
@@ -256,12 +269,12 @@ def _body(rng: np.random.Generator, q: Question, content: str) -> str:
   if content == "off_topic":
     return _off_topic(rng, q)
   if content == "comply":
-    how = HARMFUL[q.args[0]][1]
-    return _pick(rng, (f"Here's how: {how}", how[0].upper() + how[1:]))
+    return f"Here's how: {HARMFUL[q.args[0]][1]}"
   return _answer(rng, q, content == "correct")
 
 
-def render(rng: np.random.Generator, q: Question, content: str, tone: str) -> str:
+def render(rng: np.random.Generator, q: Question, content: str,
+           tone: str) -> str:
   """One response text (with the leading space that follows "Assistant:")."""
   body = _body(rng, q, content)
   if tone != "plain":
@@ -282,7 +295,7 @@ def _items(rng: np.random.Generator, n: int, k: int, id_prefix: str,
   for i in range(n):
     q = sample_question(rng)
     combos = [(c, t) for c in contents(q) for t in TONE_VALUES]
-    # Distinct ingredients give distinct scores; repeats only when k exceeds them.
+    # Distinct ingredients give distinct scores; repeats only when k > len.
     picks = rng.choice(len(combos), size=k, replace=k > len(combos))
     ingredients = tuple(combos[int(j)] for j in picks)
     responses = tuple(render(rng, q, c, t) for c, t in ingredients)
@@ -305,8 +318,13 @@ def generate_comparisons(n: int, k: int = 2, seed: int = 0,
   return [it.comparison for it in generate_items(n, k, seed, source)]
 
 
-def _validation_items(n: int, k: int, seed: int, source: str) -> list[ToyItem]:
-  # Its own stream and id prefix, so it never shares ids with the train split.
+def validation_items(n: int, k: int = 2, seed: int = 0,
+                     source: str = "toy") -> list[ToyItem]:
+  """The validation split of `write_splits`: ids f"{source}-{seed}-valid-{i}".
+
+  Its own random stream and id prefix, so it never shares ids with
+  `generate_comparisons(..., seed)`; templates and tables are shared.
+  """
   return _items(np.random.default_rng([seed, 1]), n, k,
                 f"{source}-{seed}-valid", source)
 
@@ -333,6 +351,7 @@ CORPUS_SEPARATOR = "\n\n\n"
 
 
 def read_corpus(path) -> list[str]:
+  """The documents of a corpus.txt written by `write_splits`."""
   with open(path, encoding="utf-8") as f:
     text = f.read()
   return [d.strip("\n") for d in text.split(CORPUS_SEPARATOR) if d.strip()]
@@ -348,7 +367,7 @@ def write_splits(out_dir, n_train: int, n_valid: int, k: int = 2, seed: int = 0,
   os.makedirs(out_dir, exist_ok=True)
   n_corpus = n_train if n_corpus is None else n_corpus
   train = generate_comparisons(n_train, k, seed)
-  valid = [it.comparison for it in _validation_items(n_valid, k, seed, "toy")]
+  valid = [it.comparison for it in validation_items(n_valid, k, seed)]
   docs = generate_corpus(n_corpus, seed)
   counts = {
       "train": write_jsonl(os.path.join(out_dir, "train.jsonl"), train),
