@@ -24,8 +24,9 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Peak RSS is VmHWM: it resets at exec, unlike ru_maxrss, which a child inherits from the parent it forked from.
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 kind, miner, path = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 n = 0
@@ -46,13 +47,15 @@ elif miner == "reddit":
 else:
   import pathlib
   import xml.etree.ElementTree as ET
-  files = sorted(pathlib.Path(path).glob("*.xml")) if pathlib.Path(path).is_dir() else [path]
+  p = pathlib.Path(path)
+  files = [p / n for n in ("Posts.xml", "Votes.xml") if (p / n).exists()] if p.is_dir() else [p]
   for f in files:
     for _, elem in ET.iterparse(f, events=("end",)):
       n += 1
       elem.clear()
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "items": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "items": n, "peak_rss_mb": hwm_kb / 1024}))
 """
 
 
@@ -64,7 +67,8 @@ def _measure(kind: str, miner: str, path: pathlib.Path) -> dict:
 
 
 def _size_mb(path: pathlib.Path) -> float:
-  files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+  """Bytes the miner reads: for a Stack Exchange site, Posts.xml and Votes.xml."""
+  files = [path / n for n in ("Posts.xml", "Votes.xml") if (path / n).exists()] if path.is_dir() else [path]
   return sum(p.stat().st_size for p in files) / 2**20
 
 

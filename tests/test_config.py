@@ -97,7 +97,7 @@ def test_overrides_are_validated_together_in_any_order():
 def test_overrides_apply_to_an_experiment():
   cfg = C.load_experiment(str(TINY_PM))
   new = C.apply_overrides(cfg, ["batch_size=8", "data.max_k=3"])
-  assert (new.batch_size, new.data.max_k, new.data.buckets) == (8, 3, (64, 96, 128))
+  assert (new.batch_size, new.data.max_k, new.data.buckets) == (8, 3, (64, 96, 160))
   assert (cfg.batch_size, cfg.data.max_k) == (16, 4)
 
 
@@ -154,7 +154,7 @@ def test_load_experiment():
   assert cfg.objective == "ranked"
   assert cfg.model == dataclasses.replace(family.FAMILY["100k"], max_len=128)
   assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == (64, 2, 2)
-  assert cfg.data.buckets == (64, 96, 128)
+  assert cfg.data.buckets == (64, 96, 160)
   assert (cfg.optim.lr, cfg.optim.warmup_steps) == (3e-3, 20)
   assert (cfg.batch_size, cfg.steps, cfg.eval_every) == (16, 300, 100)
 
