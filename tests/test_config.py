@@ -152,7 +152,7 @@ def test_load_experiment():
   cfg = C.load_experiment(str(TINY_PM))
   assert isinstance(cfg, C.TrainConfig)
   assert cfg.objective == "ranked"
-  assert cfg.model == dataclasses.replace(family.FAMILY["100k"], max_len=128)
+  assert cfg.model == dataclasses.replace(family.FAMILY["100k"], max_len=160)
   assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == (64, 2, 2)
   assert cfg.data.buckets == (64, 96, 160)
   assert (cfg.optim.lr, cfg.optim.warmup_steps) == (3e-3, 20)
