@@ -18,6 +18,14 @@ def _model_list(args):
   print(family.format_table(family.table(vocab_size=args.vocab_size)))
 
 
+def _export(args):
+  from hhh.reward import bundle
+  info = bundle.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference)
+  norm = info["normalization"]
+  print(f"hhh: wrote reward bundle {args.out} ({info['objective']} PM; normalization over {norm['n']} responses "
+        f"of {norm['reference']}: mean {norm['mean']:.4f}, std {norm['std']:.4f})")
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="hhh", description="Preference modeling and HHH alignment baselines.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -31,6 +39,13 @@ def main(argv=None) -> int:
   ml = msub.add_parser("list", help="print the size family: shapes, parameters, training FLOPs per token")
   ml.add_argument("--vocab-size", type=int, default=259)
   ml.set_defaults(func=_model_list)
+  e = sub.add_parser("export", help="write a self-contained reward-model bundle from a PM checkpoint")
+  e.add_argument("ckpt", help="a training workdir (its latest checkpoint) or a checkpoint step dir")
+  e.add_argument("--out", required=True, help="bundle directory")
+  e.add_argument("--reference", default=None,
+                 help="data for the normalization statistics (default: the run's validation data)")
+  e.add_argument("--max-reference", type=int, default=2000, help="at most this many reference comparisons")
+  e.set_defaults(func=_export)
   from hhh.data import commands as data_commands
   data_commands.add_parsers(sub)
   args = parser.parse_args(argv)
@@ -39,7 +54,7 @@ def main(argv=None) -> int:
   from hhh.train.loop import NonFiniteLoss
   try:
     args.func(args)
-  except (ConfigError, FileNotFoundError, NonFiniteLoss, NothingMined) as e:
+  except (ConfigError, FileNotFoundError, NonFiniteLoss, NothingMined, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2 if isinstance(e, ConfigError) else 1
   except BrokenPipeError:

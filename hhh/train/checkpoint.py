@@ -73,8 +73,9 @@ def load_params(path, abstract_params=None):
     state = ocp.load_checkpointables(step_dir, {"state": None})["state"]
     return state["params"], meta
   abstract = {"state": {"params": abstract_params}}
-  with ocp.Context(pytree_options=ocp.options.PyTreeOptions(
-      loading=ocp.options.PyTreeOptions.Loading(partial_load=True))):
+  ctx = ocp.Context()
+  ctx.pytree.loading.partial_load = True  # the checkpoint also holds opt_state, step and rng
+  with ctx:
     state = ocp.load_checkpointables(step_dir, abstract)["state"]
   return state["params"], meta
 
