@@ -46,8 +46,11 @@ def main(argv=None) -> int:
                  help="data for the normalization statistics (default: the run's validation data)")
   e.add_argument("--max-reference", type=int, default=2000, help="at most this many reference comparisons")
   e.set_defaults(func=_export)
-  from hhh.reward import server as reward_server
+  from hhh import generate
+  from hhh.reward import bestofn, server as reward_server
   reward_server.add_cli(sub)
+  generate.add_cli(sub)
+  bestofn.add_cli(sub)
   from hhh.data import commands as data_commands
   data_commands.add_parsers(sub)
   args = parser.parse_args(argv)
