@@ -183,22 +183,36 @@ class Transformer(nnx.Module):
     self.lm_head = None if cfg.tie_embeddings else _param(rngs, (cfg.d_model, cfg.vocab_size))
     self.reward_head = nnx.Dict(kernel=_param(rngs, (cfg.d_model, 1)), bias=_zeros((1,)))
 
-  def __call__(self, tokens_BxL, valid_BxL=None, *, cache: Cache | None = None, dropout_rng=None):
+  def __call__(self, tokens_BxL, valid_BxL=None, *, cache: Cache | None = None, dropout_rng=None,
+               positions_BxL=None, mask_BxLxL=None):
     """Hidden states [B, L, D] (float32), and the updated cache when one is given.
 
     Without a cache, attention is causal over valid tokens of the same row. With
     a cache (from `init_cache`), the L new tokens are written at `cache["index"]`
     and attend to every valid slot before them.
+
+    `positions_BxL` (int) and `mask_BxLxL` (bool, [query, key]) replace the
+    positions and the attention mask built from `valid_BxL`, for layouts that are
+    not one sequence per row (several responses packed after one shared context,
+    `hhh.reward.packed`). A given mask is used as is: it must already exclude
+    padded keys. Neither may be combined with a cache.
     """
     cfg = self.cfg
     B, L = tokens_BxL.shape
     if valid_BxL is None:
       valid_BxL = jnp.ones((B, L), bool)
     valid_BxL = valid_BxL.astype(bool)
+    if cache is not None and (positions_BxL is not None or mask_BxLxL is not None):
+      # The cache derives positions and the key mask from its own slots; a second source would silently disagree.
+      raise ValueError("positions_BxL and mask_BxLxL cannot be combined with a cache")
     if cache is None:
-      positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
-      idx_L = jnp.arange(L)
-      mask_BxLxS = (idx_L[:, None] >= idx_L[None, :])[None] & valid_BxL[:, None, :]
+      if positions_BxL is None:
+        positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
+      if mask_BxLxL is None:
+        idx_L = jnp.arange(L)
+        mask_BxLxS = (idx_L[:, None] >= idx_L[None, :])[None] & valid_BxL[:, None, :]
+      else:
+        mask_BxLxS = mask_BxLxL.astype(bool)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     else:
       cache_index = cache["index"]
