@@ -53,14 +53,16 @@ def write_jsonl(path, comparisons) -> int:
   return n
 
 
-def read_jsonl(path) -> list[Comparison]:
+def read_jsonl(path, parse=None) -> list[Comparison]:
+  """Comparisons from a JSONL file; `parse(row, lineno)` maps other row layouts (default: our own fields)."""
+  parse = parse or (lambda row, lineno: Comparison.from_json(row))
   out = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
       try:
-        out.append(Comparison.from_json(json.loads(line)))
+        out.append(parse(json.loads(line), lineno))
       except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{lineno}: bad comparison record: {e}") from e
+        raise ValueError(f"{path}:{lineno}: bad comparison record: {e}") from None
   return out

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hhh.data.mine.common import SPLITS, MineStats, split_of
-from hhh.data.schema import Comparison
+from hhh.data.schema import Comparison, read_jsonl
 
 VERSION = "1.0.0"
 _NAME = "comparisons"
@@ -180,7 +180,7 @@ def load(spec: str, split: str = "train") -> list[Comparison]:
   if is_dataset_dir(path):
     return list(DataSource(path, split))
   if path.suffix == ".jsonl" and path.is_file():
-    return list(_read_jsonl_any(path))
+    return read_jsonl(path, parse=lambda row, lineno: row_to_comparison(row, lineno, str(path)))
   if path.suffix == ".parquet" or spec.startswith("hf:"):
     return list(from_hf(spec, split))
   raise FileNotFoundError(f"{spec}: not an hhh dataset directory, .jsonl, .parquet or hf:NAME")
@@ -204,16 +204,6 @@ def row_to_comparison(row: dict, i: int, name: str) -> Comparison:
                       id=f"h4-stackexchange/{row.get('qid', i)}")
   raise ValueError(f"{name}: row {i} has neither our fields (context/responses/scores), SHP's nor H4's "
                    f"(columns: {', '.join(sorted(row))})")
-
-
-def _read_jsonl_any(path: pathlib.Path) -> Iterator[Comparison]:
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          yield row_to_comparison(json.loads(line), lineno, str(path))
-        except (ValueError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{lineno}: bad comparison record: {e}") from None
 
 
 def from_hf(spec: str, split: str = "train") -> Iterator[Comparison]:

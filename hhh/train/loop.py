@@ -52,26 +52,32 @@ def _named_keys(seed: int):
   return {name: jax.random.fold_in(root, i) for i, name in enumerate(("model", "data", "train"))}
 
 
-def _prepare_data(cfg, tok):
+def _load_raw(cfg, split: str):
+  """Texts (objective lm) or comparisons of one split, read once per run."""
+  d = cfg.data
+  spec = d.train if split == "train" else d.validation
+  if cfg.objective == "lm":
+    return sources.load_texts(spec, d, split)
+  return sources.load_comparisons(spec, d, split, cfg.seed)
+
+
+def _prepare_data(cfg, tok, raw_train, raw_valid):
   """Tokenize once; LM runs cut text into max_len windows, PM runs encode comparisons."""
   d = cfg.data
   if cfg.objective == "lm":
-    enc = lambda split, spec: pipeline.encode_text(sources.load_texts(spec, d, split), tok, d.max_len)
-    return enc("train", d.train), enc("validation", d.validation), None
-  train, stats = pipeline.encode_all(sources.load_comparisons(d.train, d, "train", cfg.seed), tok, d.max_len, d.max_k)
-  valid, _ = pipeline.encode_all(sources.load_comparisons(d.validation, d, "validation"), tok, d.max_len, d.max_k)
+    return pipeline.encode_text(raw_train, tok, d.max_len), pipeline.encode_text(raw_valid, tok, d.max_len), None
+  train, stats = pipeline.encode_all(raw_train, tok, d.max_len, d.max_k)
+  valid, _ = pipeline.encode_all(raw_valid, tok, d.max_len, d.max_k)
   return train, valid, stats
 
 
-def _tokenizer(cfg, resume_meta, init_meta):
+def _tokenizer(cfg, resume_meta, init_meta, raw_train):
   for meta in (resume_meta, init_meta):
     if meta is not None:
       return ckpt_lib.tokenizer_from_meta(meta)
   corpus = None
   if cfg.data.tokenizer.startswith("bpe:"):
-    d = cfg.data
-    corpus = (sources.load_texts(d.train, d, "train") if cfg.objective == "lm"
-              else sources.texts_of(sources.load_comparisons(d.train, d, "train", cfg.seed)))
+    corpus = raw_train if cfg.objective == "lm" else sources.texts_of(raw_train)
   return tokenizer_lib.from_spec(cfg.data.tokenizer, corpus)
 
 
@@ -118,7 +124,8 @@ def train(cfg, workdir) -> dict[str, float]:
   latest = ckpts.latest_step()
   resume_meta = ckpt_lib.load_meta(ckpts.dir / str(latest)) if latest is not None else None
   init_meta = ckpt_lib.load_meta(cfg.init_from) if cfg.init_from and latest is None else None
-  tok = _tokenizer(cfg, resume_meta, init_meta)
+  raw_train, raw_valid = _load_raw(cfg, "train"), _load_raw(cfg, "validation")
+  tok = _tokenizer(cfg, resume_meta, init_meta, raw_train)
   model_cfg = resume_meta and config_lib.from_dict(ModelConfig, resume_meta["config"]["model"])
   model_cfg = model_cfg or _model_config(cfg, tok, init_meta)
   cfg = dataclasses.replace(cfg, model=model_cfg)
@@ -126,7 +133,7 @@ def train(cfg, workdir) -> dict[str, float]:
   if lead:
     (workdir / "config.json").write_text(config_lib.dumps(cfg))
 
-  train_ex, valid_ex, stats = _prepare_data(cfg, tok)
+  train_ex, valid_ex, stats = _prepare_data(cfg, tok, raw_train, raw_valid)
   data_seed = int(jax.random.randint(keys["data"], (), 0, 2**31 - 1))
   src = lambda ex, seed: pipeline.BatchSource(
       ex, batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
