@@ -32,7 +32,7 @@ def test_mine_writes_versioned_splits_and_summary(mined):
   assert summary["records_read"] == 2630 and summary["total_kept"] == 378
   assert sum(summary["kept"].values()) == 378 and summary["kept"]["train"] > 300
   assert summary["skipped"]["community_wiki"] == 1 and summary["first_skipped_at"]["community_wiki"] == [4327]
-  assert (root / "se" / "tfds" / "comparisons" / "1.0.0" / "dataset_info.json").exists()
+  assert (root / "se" / "tfds" / "comparisons" / "1.1.0" / "dataset_info.json").exists()
   assert "378 comparisons kept" in se.stdout
   # 60 reverted-edit pairs, each binarized into two GOOD:/BAD: comparisons.
   wsum = json.loads((root / "wiki" / "summary.json").read_text())

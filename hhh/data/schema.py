@@ -20,6 +20,8 @@ class Comparison:
   scores: tuple[float, ...]
   source: str
   id: str
+  # Per-record facts a source keeps beside the ranking (e.g. Learn to Summarize's split and worker confidence).
+  meta: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
   def __post_init__(self):
     if len(self.responses) != len(self.scores):
@@ -34,14 +36,17 @@ class Comparison:
     return len(self.responses)
 
   def to_json(self) -> dict[str, Any]:
-    return {"id": self.id, "source": self.source, "context": self.context,
-            "responses": list(self.responses), "scores": list(self.scores)}
+    d = {"id": self.id, "source": self.source, "context": self.context,
+         "responses": list(self.responses), "scores": list(self.scores)}
+    if self.meta:
+      d["meta"] = dict(self.meta)
+    return d
 
   @classmethod
   def from_json(cls, d: dict[str, Any]) -> "Comparison":
     return cls(context=d["context"], responses=tuple(d["responses"]),
                scores=tuple(float(s) for s in d["scores"]),
-               source=d.get("source", ""), id=str(d["id"]))
+               source=d.get("source", ""), id=str(d["id"]), meta=dict(d.get("meta") or {}))
 
 
 def write_jsonl(path, comparisons) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from hhh.data.mine.common import SPLITS, MineStats, split_of
 from hhh.data.schema import Comparison, read_jsonl
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0 added `meta` (a JSON object per record); 1.0.0 datasets still read.
 _NAME = "comparisons"
 
 
@@ -37,7 +37,8 @@ def _builder_cls():
   class Comparisons(tfds.core.GeneratorBasedBuilder):
     """The hhh comparison schema as a TFDS dataset."""
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {str(VERSION): "hhh comparison schema: id, source, context, responses, scores."}
+    RELEASE_NOTES = {"1.0.0": "hhh comparison schema: id, source, context, responses, scores.",
+                     "1.1.0": "adds meta: a JSON object of per-record facts (e.g. a source's own split)."}
 
     def __init__(self, *, staging: pathlib.Path | None = None, description: str = "", **kwargs):
       self._staging, self._description = staging, description
@@ -49,7 +50,7 @@ def _builder_cls():
           features=tfds.features.FeaturesDict({
               "id": tfds.features.Text(), "source": tfds.features.Text(), "context": tfds.features.Text(),
               "responses": tfds.features.Sequence(tfds.features.Text()),
-              "scores": tfds.features.Sequence(np.float32)}))
+              "scores": tfds.features.Sequence(np.float32), "meta": tfds.features.Text()}))
 
     def _split_generators(self, dl_manager):
       return {s: self._generate_examples(s) for s in SPLITS if (self._staging / f"{s}.jsonl").exists()}
@@ -58,15 +59,19 @@ def _builder_cls():
       with open(self._staging / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
           d = json.loads(line)
+          d["meta"] = json.dumps(d.get("meta") or {}, ensure_ascii=False, sort_keys=True)
           yield d["id"], d
 
   Comparisons.name = _NAME
   return Comparisons
 
 
-def write_dataset(out_dir, keyed: Iterable[tuple[str, Comparison]], stats: MineStats, *,
+def write_dataset(out_dir, keyed: Iterable[tuple], stats: MineStats, *,
                   description: str = "", extra_summary: dict | None = None) -> dict:
-  """Splits by a hash of each key, writes the TFDS dataset and summary.json; returns the summary."""
+  """Writes the TFDS dataset and summary.json from (key, comparison) or (key, comparison, split) items.
+
+  The split is a hash of the grouping key unless the item names one (a source that ships its own splits).
+  """
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   out = pathlib.Path(out_dir)
@@ -79,12 +84,15 @@ def write_dataset(out_dir, keyed: Iterable[tuple[str, Comparison]], stats: MineS
   hist = {s: collections.Counter() for s in SPLITS}
   k_hist = collections.Counter()
   try:
-    for key, c in keyed:
+    for item in keyed:
+      key, c = item[0], item[1]
+      split = item[2] if len(item) > 2 and item[2] else split_of(key)
+      if split not in SPLITS:
+        raise ValueError(f"{c.id}: split {split!r} is not one of {', '.join(SPLITS)}")
       if c.id in seen:
         stats.skip("duplicate_id", c.id)
         continue
       seen.add(c.id)
-      split = split_of(key)
       files[split].write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
       kept[split] += 1
       k_hist[c.k] += 1
@@ -155,7 +163,8 @@ class DataSource:
 def from_tfds(d: dict) -> Comparison:
   text = lambda x: x.decode("utf-8") if isinstance(x, bytes) else str(x)
   return Comparison(context=text(d["context"]), responses=tuple(text(r) for r in d["responses"]),
-                    scores=tuple(float(s) for s in d["scores"]), source=text(d["source"]), id=text(d["id"]))
+                    scores=tuple(float(s) for s in d["scores"]), source=text(d["source"]), id=text(d["id"]),
+                    meta=json.loads(text(d["meta"]) or "{}") if "meta" in d else {})
 
 
 def read_summary(path) -> dict:
