@@ -53,6 +53,10 @@ def main(argv=None) -> int:
   bestofn.add_cli(sub)
   from hhh.data import commands as data_commands
   data_commands.add_parsers(sub)
+  from hhh import distill
+  from hhh.pretrained import convert
+  distill.add_cli(sub)
+  convert.add_cli(sub)
   args = parser.parse_args(argv)
   from hhh.config import ConfigError
   from hhh.data.store import NothingMined

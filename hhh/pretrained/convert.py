@@ -1,0 +1,49 @@
+"""Any loaded LM (GGUF, HF directory, hhh run) as an hhh checkpoint: `hhh convert MODEL --out DIR`.
+
+The result is an ordinary training workdir (`DIR/checkpoints/0/{state,meta}`), so everything that takes an hhh
+checkpoint takes it: `init_from=DIR` starts LM or PM training from a pretrained model, and `hhh generate`,
+`hhh eval` and `load_lm` read it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from hhh import config as config_lib
+
+
+def save_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = None) -> pathlib.Path:
+  """Writes `lm` as checkpoint `step` of a workdir; returns the step directory."""
+  from hhh.train import checkpoint as ckpt_lib
+  width = min(lm.cfg.max_len, 512)
+  run_cfg = config_lib.TrainConfig(
+      objective="lm", model=lm.cfg,
+      data=dataclasses.replace(config_lib.DataConfig(), max_len=width, buckets=(width,)))
+  meta = {"config": config_lib.to_dict(run_cfg), "tokenizer": lm.tokenizer.to_json(), "objective": "lm",
+          "converted_from": lm.name, **(extra_meta or {})}
+  if lm.chat_template:
+    meta["chat_template"] = lm.chat_template
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=1)
+  try:
+    ckpts.save(step, {"params": lm.params}, None, meta)
+  finally:
+    ckpts.close()
+  (pathlib.Path(workdir) / "config.json").write_text(config_lib.dumps(run_cfg))
+  return pathlib.Path(workdir).absolute() / "checkpoints" / str(step)
+
+
+def convert_command(args) -> None:
+  from hhh.model import family
+  from hhh.pretrained import load_lm
+  lm = load_lm(args.model)
+  where = save_checkpoint(lm, args.out)
+  n = family.param_counts(lm.cfg)
+  print(f"hhh: wrote {lm.name} ({n['total']:,} parameters) as an hhh checkpoint: {where}")
+
+
+def add_cli(sub) -> None:
+  p = sub.add_parser("convert", help="write a pretrained LM (name, .gguf, HF dir) as an hhh checkpoint")
+  p.add_argument("model", help="smollm2-135m-instruct, a .gguf file, an HF directory, or an hhh run")
+  p.add_argument("--out", required=True, help="output workdir (usable as init_from=DIR)")
+  p.set_defaults(func=convert_command)
