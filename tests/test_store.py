@@ -111,3 +111,21 @@ def test_hf_rows_in_shp_and_h4_schemas(tmp_path):
       "How do I exit vim?", (":q", "Reboot."), (4.0, 1.0), "stackexchange", "h4-stackexchange/7")]
   with pytest.raises(ValueError, match="neither our fields"):
     store.row_to_comparison({"text": "x"}, 0, "bad")
+
+
+def test_meta_and_a_sources_own_split_survive_the_store_and_binarization(tmp_path):
+  meta = {"split": "valid1", "confidence": 7, "policies": ["sup2", "ref"], "note": None}
+  c = Comparison("ctx", ("a", "b"), (1.0, 0.0), "summarize", "s/1", meta)
+  plain = _cmp(2)
+  items = [("k1", c, "validation"), ("k2", plain, "test")]
+  summary = store.write_dataset(tmp_path / "ds", items, MineStats(source="summarize", records_read=2))
+  assert summary["kept"] == {"train": 0, "validation": 1, "test": 1}
+  (back,) = store.DataSource(tmp_path / "ds", "validation")
+  assert back == c and back.meta == meta
+  (back_plain,) = store.DataSource(tmp_path / "ds", "test")
+  assert back_plain.meta == {} and back_plain == plain
+  assert [b.meta for b in binarize.binarize(c)] == [meta, meta]
+  write_jsonl(tmp_path / "c.jsonl", [c])
+  assert json.loads((tmp_path / "c.jsonl").read_text())["meta"] == meta
+  with pytest.raises(ValueError, match="split"):
+    store.write_dataset(tmp_path / "bad", [("k", c, "dev")], MineStats(source="x"))

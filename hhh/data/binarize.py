@@ -28,9 +28,11 @@ def binarize(c: Comparison) -> list[Comparison]:
   out = []
   for i, (resp, s) in enumerate(zip(c.responses, c.scores)):
     if s == top:
-      out.append(Comparison(c.context, (GOOD + resp, BAD + resp), (1.0, 0.0), c.source, f"{c.id}/good{i}"))
+      out.append(Comparison(c.context, (GOOD + resp, BAD + resp), (1.0, 0.0), c.source, f"{c.id}/good{i}",
+                            c.meta))
     elif s == low:
-      out.append(Comparison(c.context, (BAD + resp, GOOD + resp), (1.0, 0.0), c.source, f"{c.id}/bad{i}"))
+      out.append(Comparison(c.context, (BAD + resp, GOOD + resp), (1.0, 0.0), c.source, f"{c.id}/bad{i}",
+                            c.meta))
   return out
 
 

@@ -1,4 +1,4 @@
-"""`hhh data mine|info|dump`: miners -> stored datasets, and looking inside them."""
+"""`hhh data mine|load|info|dump`: miners and dataset loaders -> stored datasets, and looking inside them."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ import typing
 from tqdm import tqdm
 
 from hhh.data import binarize as binarize_lib
+from hhh.data import load as load_lib
 from hhh.data import store
 from hhh.data.mine.common import SPLITS, MineStats
 
 MINERS = ("stackexchange", "reddit", "wikipedia")
+LOAD_EPILOG = ("A held-out Stack Exchange set needs no loader: `hhh data mine stackexchange DUMP --out DIR` already "
+               "writes a test split (questions hashed by id), which `hhh data dump DIR --split test` prints.")
 
 
 def miner(name: str):
@@ -39,7 +42,7 @@ def add_option_flags(parser: argparse.ArgumentParser, options_cls) -> None:
 
 
 def add_parsers(sub) -> None:
-  data = sub.add_parser("data", help="mine, inspect and dump comparison datasets")
+  data = sub.add_parser("data", help="mine or load, inspect and dump comparison datasets")
   dsub = data.add_subparsers(dest="data_command", required=True)
   mine = dsub.add_parser("mine", help="mine comparisons from a raw public dump into a TFDS dataset")
   msub = mine.add_subparsers(dest="miner", required=True)
@@ -50,6 +53,27 @@ def add_parsers(sub) -> None:
     p.add_argument("--binarize", action="store_true", help="store GOOD:/BAD: binary comparisons instead of rankings")
     add_option_flags(p, miner(name).Options)
     p.set_defaults(func=mine_command)
+  load = dsub.add_parser(
+      "load", help="load a published preference or evaluation dataset into a TFDS dataset",
+      description="Load a published dataset (a local file or folder in its public format, or hf:[NAME[:CONFIG]] "
+                  "to read the HF hub copy) into the same store and summary.json as `hhh data mine`.",
+      epilog=LOAD_EPILOG)
+  lsub = load.add_subparsers(dest="loader", required=True, metavar="NAME")
+  for name in load_lib.LOADERS:
+    try:
+      mod = load_lib.loader(name)
+    except Exception as e:  # a missing or broken loader must not take `hhh` (or the other loaders) down
+      p = lsub.add_parser(name, help=f"(unavailable: {type(e).__name__}: {e})", add_help=False)
+      p.add_argument("rest", nargs=argparse.REMAINDER)
+      p.set_defaults(func=_unavailable(name, e))
+      continue
+    p = lsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0], epilog=LOAD_EPILOG)
+    p.add_argument("path", help=f"the dataset: file or folder in its public format, or hf: (= {mod.HUB}), "
+                                "hf:NAME or hf:NAME:CONFIG")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--binarize", action="store_true", help="store GOOD:/BAD: binary comparisons instead of rankings")
+    add_option_flags(p, mod.Options)
+    p.set_defaults(func=load_command)
   info = dsub.add_parser("info", help="counts, score histograms and a few examples of a dataset")
   info.add_argument("dir")
   info.add_argument("--examples", type=int, default=2)
@@ -63,13 +87,36 @@ def add_parsers(sub) -> None:
 
 def mine_command(args) -> None:
   mod = miner(args.miner)
-  fields = {f.name for f in dataclasses.fields(mod.Options)}
-  options = mod.Options(**{k: v for k, v in vars(args).items() if k in fields})
+  options = _options(mod.Options, args)
   stats = MineStats(source=args.miner)
-  keyed = mod.mine(args.path, options, stats)
+  _write(args, mod.mine(args.path, options, stats), stats, options, f"mine {args.miner}",
+         f"hhh comparisons mined from {args.miner}: {args.path}", {})
+
+
+def load_command(args) -> None:
+  mod = load_lib.loader(args.loader)
+  options = _options(mod.Options, args)
+  stats = MineStats(source=args.loader)
+  _write(args, mod.load(args.path, options, stats), stats, options, f"load {args.loader}",
+         f"hhh comparisons loaded from {args.loader}: {args.path}", {"loader": args.loader})
+
+
+def _unavailable(name: str, error: Exception):
+  def fail(args) -> None:
+    raise ValueError(f"loader {name!r} is unavailable: {type(error).__name__}: {error}")
+  return fail
+
+
+def _options(options_cls, args):
+  fields = {f.name for f in dataclasses.fields(options_cls)}
+  return options_cls(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _write(args, keyed, stats: MineStats, options, desc: str, description: str, extra: dict) -> None:
+  """Streams (key, comparison[, split]) items, binarized on request, into the store with a progress bar."""
   if args.binarize:
-    keyed = ((key, b) for key, c in keyed for b in binarize_lib.binarize(c))
-  bar = tqdm(desc=f"mine {args.miner}", unit=" records", dynamic_ncols=True, mininterval=0.5)
+    keyed = ((item[0], b, *item[2:]) for item in keyed for b in binarize_lib.binarize(item[1]))
+  bar = tqdm(desc=desc, unit=" records", dynamic_ncols=True, mininterval=0.5)
 
   def counted():
     for item in keyed:
@@ -81,8 +128,9 @@ def mine_command(args) -> None:
     bar.close()
 
   summary = store.write_dataset(
-      args.out, counted(), stats, description=f"hhh comparisons mined from {args.miner}: {args.path}",
-      extra_summary={"input": str(args.path), "options": dataclasses.asdict(options), "binarized": args.binarize})
+      args.out, counted(), stats, description=description,
+      extra_summary={"input": str(args.path), **extra, "options": dataclasses.asdict(options),
+                     "binarized": args.binarize})
   print_summary(summary)
 
 

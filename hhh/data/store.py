@@ -12,6 +12,7 @@ memory), then TFDS builds the ArrayRecord shards from them, then staging is remo
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import pathlib
@@ -31,7 +32,9 @@ class NothingMined(RuntimeError):
   """A run that produced no comparisons: the CLI exits non-zero with the reason."""
 
 
+@functools.lru_cache(maxsize=None)
 def _builder_cls():
+  # TFDS registers a builder class by name when it is defined: define it once per process.
   import tensorflow_datasets as tfds
 
   class Comparisons(tfds.core.GeneratorBasedBuilder):

@@ -1,0 +1,378 @@
+"""The objective comparison (imitation vs binary discrimination vs ranked preference) across model sizes.
+
+For each target dataset and model size, three fine-tunes start from the same base LM on the same training
+comparisons and are scored on the same held-out comparisons by pairwise accuracy (imitation ranks the options by
+their log-likelihood). `sweeps/objectives.py` drives it; the stages are importable and each is idempotent:
+
+  prepare_data   loaders -> DIR/data/NAME/{train,heldout}.jsonl (capped; one fixed split per dataset)
+  build_corpus   DIR/corpus/{train,validation}.jsonl: the base LMs' pretraining text (see `build_corpus`)
+  base_runs      `hhh train experiments/base_lm.py` per size
+  finetune_runs  `hhh train experiments/objectives.py` per (dataset, size, objective, seed)
+  plot / table   the objective-scaling figure (one panel per dataset) and a markdown table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import pathlib
+import random
+from typing import Any, Iterable, Sequence
+
+from hhh import sweep as sweep_lib
+from hhh.data import schema
+from hhh.data.mine.common import MineStats, split_of
+from hhh.model import family
+
+OBJECTIVES = ("imitation", "binary", "ranked")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  loader: str                                   # hhh.data.load.<loader>, or "stackexchange" (the miner)
+  options: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+
+# What each target dataset's cell trains and tests on. Sources with a train and a test split keep them; a source
+# with one split only (the HH-RLHF and HellaSwag files readable offline are test/validation files) is re-split by
+# a hash of its group key, 80/20, so a group (a dialogue, a problem, a question) never straddles the two.
+DATASETS = {
+    "hh_rlhf": Dataset("hh_rlhf", "hh_rlhf"),
+    "hellaswag": Dataset("hellaswag", "hellaswag"),
+    "code": Dataset("code", "code"),
+    "truthfulqa": Dataset("truthfulqa", "truthfulqa"),
+    "summarize": Dataset("summarize", "summarize"),
+    "stackexchange": Dataset("stackexchange", "stackexchange"),
+}
+
+
+def _iter_source(ds: Dataset, path: str, stats: MineStats):
+  """(group_key, Comparison, split or None) from a loader, or from the Stack Exchange miner."""
+  if ds.loader == "stackexchange":
+    from hhh.data.mine import stackexchange as se
+    for key, c in se.mine(path, se.Options(**ds.options), stats):
+      yield key, c, None
+    return
+  mod = importlib.import_module(f"hhh.data.load.{ds.loader}")
+  yield from mod.load(path, mod.Options(**ds.options), stats)
+
+
+def prepare_data(paths: dict[str, str], out_dir, *, max_train: int = 2000, max_heldout: int = 500,
+                 seed: int = 0) -> dict[str, dict]:
+  """Writes DIR/data/NAME/{train,heldout}.jsonl for each dataset in `paths` (name -> local path or hf:...).
+
+  Held-out comparisons are the source's test and validation splits when it has a train split too, else a
+  hashed 20% of groups. Both files are capped by a seeded draw of whole groups. A dataset already prepared
+  with the same inputs is left as it is.
+  """
+  out = {}
+  for name, path in paths.items():
+    ds = DATASETS[name]
+    d = pathlib.Path(out_dir) / "data" / name
+    info_path = d / "info.json"
+    want = {"path": str(path), "loader": ds.loader, "options": ds.options, "max_train": max_train,
+            "max_heldout": max_heldout, "seed": seed}
+    if info_path.exists() and json.loads(info_path.read_text()).get("inputs") == want:
+      out[name] = json.loads(info_path.read_text())
+      continue
+    stats = MineStats(source=name)
+    groups: dict[str, dict[str, list]] = {}
+    for key, c, split in _iter_source(ds, path, stats):
+      groups.setdefault(split or split_of(f"{name}/{key}"), {}).setdefault(key, []).append(c)
+    train, held = _assign(groups)
+    rng = random.Random(seed)
+    train_c, held_c = _cap(train, max_train, rng), _cap(held, max_heldout, rng)
+    if not train_c or not held_c:
+      raise ValueError(f"{name} ({path}): {len(train_c)} training and {len(held_c)} held-out comparisons; "
+                       "need both")
+    d.mkdir(parents=True, exist_ok=True)
+    schema.write_jsonl(d / "train.jsonl", train_c)
+    schema.write_jsonl(d / "heldout.jsonl", held_c)
+    info = {"inputs": want, "train": len(train_c), "heldout": len(held_c),
+            "available": {"train_groups": len(train), "heldout_groups": len(held)},
+            "mean_k": {"train": _mean_k(train_c), "heldout": _mean_k(held_c)},
+            "stats": stats.to_json()}
+    info_path.write_text(json.dumps(info, indent=2))
+    out[name] = info
+  return out
+
+
+def _assign(groups: dict[str, dict[str, list]]) -> tuple[dict, dict]:
+  """(train groups, held-out groups) from the source's splits, re-splitting a single-split source by hash."""
+  if "train" in groups and ("test" in groups or "validation" in groups):
+    # Both held-out splits: a small source (one Stack Exchange site) has few groups in each.
+    return groups["train"], {**groups.get("validation", {}), **groups.get("test", {})}
+  merged = {k: v for g in groups.values() for k, v in g.items()}
+  train, held = {}, {}
+  for key, cs in merged.items():
+    (held if split_of("heldout/" + key, (0.8, 0.2, 0.0)) == "validation" else train)[key] = cs
+  return train, held
+
+
+def _cap(groups: dict[str, list], limit: int, rng: random.Random) -> list:
+  keys = sorted(groups)
+  rng.shuffle(keys)
+  out = []
+  for k in keys:
+    if len(out) >= limit:
+      break
+    out.extend(groups[k][: limit - len(out)])
+  return out
+
+
+def _mean_k(cs) -> float:
+  return round(sum(c.k for c in cs) / max(1, len(cs)), 3)
+
+
+def corpus_texts(data_dirs: Iterable[pathlib.Path], wikipedia: str | None = None) -> list[str]:
+  """The base LMs' pretraining text, all readable offline on any machine:
+
+  - Python's own documentation topics (`pydoc_data`, ~0.5 MB of English technical prose, shipped with every
+    Python), for general English;
+  - the latest revision of a Wikipedia article as plain prose (when a history dump is given);
+  - the unlabeled text (contexts and every response, no preference labels) of the target datasets' TRAINING
+    comparisons, so the base LMs know the domains' language the way a pretrained LM would. Held-out text is
+    never included.
+  """
+  import pydoc_data.topics
+  texts = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+  if wikipedia:
+    from hhh.data import wikitext
+    texts.extend(wikitext.article_paragraphs(wikipedia))
+  for d in data_dirs:
+    for c in schema.read_jsonl(pathlib.Path(d) / "train.jsonl"):
+      texts.append(c.context + "".join(c.responses[:1]))
+      texts.extend(c.responses[1:])
+  return [t for t in texts if t.strip()]
+
+
+def build_corpus(out_dir, data_names: Sequence[str], wikipedia: str | None = None,
+                 validation_fraction: float = 0.02) -> pathlib.Path:
+  d = pathlib.Path(out_dir) / "corpus"
+  want = {"datasets": list(data_names), "wikipedia": wikipedia, "validation_fraction": validation_fraction}
+  if (d / "info.json").exists() and json.loads((d / "info.json").read_text()).get("inputs") == want:
+    return d
+  texts = corpus_texts([pathlib.Path(out_dir) / "data" / n for n in data_names], wikipedia)
+  rng = random.Random(0)
+  rng.shuffle(texts)
+  n_val = max(1, int(len(texts) * validation_fraction))
+  d.mkdir(parents=True, exist_ok=True)
+  for name, part in (("validation", texts[:n_val]), ("train", texts[n_val:])):
+    with open(d / f"{name}.jsonl.tmp", "w", encoding="utf-8") as f:
+      for t in part:
+        f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
+    (d / f"{name}.jsonl.tmp").rename(d / f"{name}.jsonl")
+  chars = sum(map(len, texts))
+  (d / "info.json").write_text(json.dumps({"inputs": want, "documents": len(texts), "characters": chars}, indent=2))
+  return d
+
+
+def size_overrides(size: str) -> tuple[str, ...]:
+  """`--set` items giving a config the shape of a family size (the experiment keeps its other model fields)."""
+  m = family.get(size)
+  return (f"model.d_model={m.d_model}", f"model.n_layers={m.n_layers}", f"model.n_heads={m.n_heads}")
+
+
+def base_runs(out_dir, sizes: Sequence[str], *, steps: int, experiment: str = "experiments/base_lm.py",
+              extra: Sequence[str] = ()) -> list[sweep_lib.Run]:
+  corpus = pathlib.Path(out_dir) / "corpus"
+  return [sweep_lib.Run(
+      name=f"base-{size}", experiment=experiment,
+      overrides=(*size_overrides(size), f"data.train={corpus / 'train.jsonl'}",
+                 f"data.validation={corpus / 'validation.jsonl'}", f"steps={steps}", *extra),
+      tags={"stage": "base", "size": size}) for size in sizes]
+
+
+def finetune_runs(out_dir, datasets: Sequence[str], sizes: Sequence[str], *, steps: int, seeds: Sequence[int] = (0,),
+                  objectives: Sequence[str] = OBJECTIVES, experiment: str = "experiments/objectives.py",
+                  extra: Sequence[str] = ()) -> list[sweep_lib.Run]:
+  out_dir = pathlib.Path(out_dir)
+  runs = []
+  for ds in datasets:
+    for size in sizes:
+      for objective in objectives:
+        for seed in seeds:
+          data = out_dir / "data" / ds
+          runs.append(sweep_lib.Run(
+              name=f"{ds}-{size}-{objective}-s{seed}", experiment=experiment,
+              overrides=(f"objective={objective}", f"init_from={out_dir / 'runs' / f'base-{size}'}",
+                         f"data.train={data / 'train.jsonl'}", f"data.validation={data / 'heldout.jsonl'}",
+                         f"steps={steps}", f"seed={seed}", *extra),
+              tags={"stage": "finetune", "dataset": ds, "size": size, "objective": objective, "seed": seed}))
+  return runs
+
+
+def with_params(results: Iterable[dict], out_dir) -> list[dict]:
+  """Adds each fine-tune's non-embedding parameter count (the paper's x axis), read from its config."""
+  from hhh import config as config_lib
+  from hhh.model.config import ModelConfig
+  out = []
+  for r in results:
+    cfg_path = pathlib.Path(out_dir) / "runs" / r["name"] / "config.json"
+    if "params" not in r and cfg_path.exists():
+      model = config_lib.from_dict(ModelConfig, json.loads(cfg_path.read_text())["model"])
+      r = dict(r, params=family.param_counts(model)["non_embedding"])
+    out.append(r)
+  return out
+
+
+def aggregate(results: Iterable[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
+  """(dataset, size, objective) -> mean and standard error of held-out accuracy over seeds, and params."""
+  cells: dict[tuple, list] = {}
+  for r in results:
+    if r.get("stage") == "finetune" and "error" not in r:
+      cells.setdefault((r["dataset"], r["size"], r["objective"]), []).append(r)
+  out = {}
+  for key, rs in cells.items():
+    acc = [r["metrics"]["accuracy"] for r in rs]
+    mean = sum(acc) / len(acc)
+    se = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1) / len(acc)) if len(acc) > 1 else 0.0
+    out[key] = {"accuracy": mean, "stderr": se, "seeds": len(acc), "params": rs[0].get("params"),
+                "pairs": rs[0]["metrics"].get("pairs")}
+  return out
+
+
+def plot(results: Iterable[dict], out_png) -> pathlib.Path:
+  """One panel per dataset: held-out pairwise accuracy against non-embedding parameters (log x), one line per
+  objective, error bars over seeds, chance at 0.5."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  agg = aggregate(results)
+  datasets = sorted({k[0] for k in agg})
+  if not datasets:
+    raise ValueError("no finished fine-tuning runs to plot")
+  cols = min(3, len(datasets))
+  rows = math.ceil(len(datasets) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+  style = {"imitation": ("tab:gray", "s"), "binary": ("tab:blue", "^"), "ranked": ("tab:red", "o")}
+  for ax, ds in zip(axes.flat, datasets):
+    for obj in OBJECTIVES:
+      pts = sorted((v["params"], v["accuracy"], v["stderr"]) for (d, _, o), v in agg.items()
+                   if d == ds and o == obj and v["params"])
+      if pts:
+        color, marker = style[obj]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
+                    marker=marker, label=obj, capsize=3)
+    ax.axhline(0.5, color="k", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_title(ds)
+    ax.set_xlabel("non-embedding parameters")
+    ax.set_ylabel("held-out pairwise accuracy")
+    ax.grid(alpha=0.3, which="both")
+  for ax in list(axes.flat)[len(datasets):]:
+    ax.axis("off")
+  axes.flat[0].legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  out_png = pathlib.Path(out_png)
+  out_png.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out_png, dpi=130)
+  plt.close(fig)
+  return out_png
+
+
+def table(results: Iterable[dict]) -> str:
+  """Markdown: one row per (dataset, size), one column per objective (accuracy +- stderr over seeds)."""
+  agg = aggregate(results)
+  rows = sorted({(d, s) for d, s, _ in agg}, key=lambda x: (x[0], agg[(x[0], x[1], next(
+      o for o in OBJECTIVES if (x[0], x[1], o) in agg))]["params"] or 0))
+  lines = ["| dataset | size | params | held-out pairs | " + " | ".join(OBJECTIVES) + " |",
+           "|---|---|---|---|" + "---|" * len(OBJECTIVES)]
+  for d, s in rows:
+    any_cell = next(agg[(d, s, o)] for o in OBJECTIVES if (d, s, o) in agg)
+    cells = []
+    for o in OBJECTIVES:
+      v = agg.get((d, s, o))
+      cells.append("" if v is None else f"{v['accuracy']:.3f}" + (f" ± {v['stderr']:.3f}" if v["seeds"] > 1 else ""))
+    pairs = any_cell["pairs"]
+    lines.append(f"| {d} | {s} | {family.human_count(any_cell['params']) if any_cell['params'] else '?'} | "
+                 f"{int(pairs) if pairs else '?'} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  out: str = "runs/objectives"
+  shared: str = "../shared/data"              # where the default local paths of the datasets live
+  datasets: tuple[str, ...] = ("hh_rlhf", "hellaswag", "code", "truthfulqa", "stackexchange")
+  paths: tuple[str, ...] = ()                 # NAME=PATH items replacing a dataset's default path (or hf:NAME)
+  wikipedia: str = "wikipedia/enwiki_Anarchism_full_history_2001-2010.xml.lzma"  # for the corpus; "" = none
+  # The base LMs' corpus takes the training text of these datasets (see `corpus_texts`). Code is left out:
+  # its candidates are machine-made mutants, and pydoc already gives the base LMs Python.
+  corpus_datasets: tuple[str, ...] = ("hh_rlhf", "hellaswag", "truthfulqa", "stackexchange")
+  # CPU scale (2 cores, ~1 hour); on accelerators add sizes (5m, 13m, 42m, ...) and steps.
+  sizes: tuple[str, ...] = ("100k", "1.6m")
+  seeds: tuple[int, ...] = (0,)
+  base_steps: int = 400
+  steps: int = 100
+  max_train: int = 1000
+  max_heldout: int = 300
+  jobs: int = 1                               # concurrent runs on this host (no devices given)
+  devices: tuple[str, ...] = ()               # one run per device at a time (CUDA_VISIBLE_DEVICES)
+  base_set: tuple[str, ...] = ()              # extra `--set` items for the base LMs
+  finetune_set: tuple[str, ...] = ()          # ... and for the fine-tunes
+
+
+# Default local files, relative to SweepConfig.shared (the public formats each loader reads).
+DEFAULT_PATHS = {
+    "hh_rlhf": "hh_rlhf",
+    "hellaswag": "hellaswag/hellaswag_val_full.txt.bz2",
+    "code": "code/mbpp.jsonl",
+    "truthfulqa": "truthfulqa/mc_task.json",
+    "stackexchange": "stackexchange/cardano.stackexchange.com",
+}
+
+
+def dataset_paths(cfg: SweepConfig) -> dict[str, str]:
+  given = {}
+  for item in cfg.paths:
+    name, sep, path = item.partition("=")
+    if not sep or name not in DATASETS:
+      raise ValueError(f"paths item {item!r}: expected NAME=PATH with NAME one of {', '.join(DATASETS)}")
+    given[name] = path
+  out = {}
+  for name in cfg.datasets:
+    if name not in DATASETS:
+      raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if name in given:
+      out[name] = given[name]
+    elif name in DEFAULT_PATHS:
+      out[name] = str(pathlib.Path(cfg.shared) / DEFAULT_PATHS[name])
+    else:
+      raise ValueError(f"dataset {name!r} has no local default; give paths={name}=PATH (or hf:NAME)")
+    if not out[name].startswith("hf:") and not pathlib.Path(out[name]).exists():
+      raise FileNotFoundError(f"dataset {name}: {out[name]} does not exist")
+  return out
+
+
+def run(cfg: SweepConfig) -> dict:
+  """All stages; returns {"results": [...], "plot": path, "table": markdown}. Safe to re-run (resumes)."""
+  out = pathlib.Path(cfg.out)
+  paths = dataset_paths(cfg)
+  infos = prepare_data(paths, out, max_train=cfg.max_train, max_heldout=cfg.max_heldout)
+  for name, info in infos.items():
+    print(f"hhh: {name}: {info['train']} train / {info['heldout']} held-out comparisons "
+          f"(mean k {info['mean_k']['train']} / {info['mean_k']['heldout']})")
+  wiki = ""
+  if cfg.wikipedia:
+    wiki = cfg.wikipedia if pathlib.Path(cfg.wikipedia).is_absolute() else str(pathlib.Path(cfg.shared) / cfg.wikipedia)
+    wiki = wiki if pathlib.Path(wiki).exists() else ""
+  missing = [n for n in cfg.corpus_datasets if n not in paths]
+  if missing:
+    prepare_data(dataset_paths(dataclasses.replace(cfg, datasets=tuple(missing))), out,
+                 max_train=cfg.max_train, max_heldout=cfg.max_heldout)
+  build_corpus(out, list(cfg.corpus_datasets), wiki or None)
+  launch = dict(jobs=cfg.jobs, devices=cfg.devices)
+  sweep_lib.run_grid(base_runs(out, cfg.sizes, steps=cfg.base_steps, extra=cfg.base_set), out, **launch)
+  runs = finetune_runs(out, list(paths), cfg.sizes, steps=cfg.steps, seeds=cfg.seeds, extra=cfg.finetune_set)
+  results = with_params(sweep_lib.run_grid(runs, out, **launch), out)
+  failed = [r["name"] for r in results if "error" in r]
+  report = {"results": results, "failed": failed}
+  if len(failed) < len(results):
+    report["plot"] = str(plot(results, out / "objectives.png"))
+    report["table"] = table(results)
+    (out / "objectives.md").write_text(report["table"] + "\n")
+  return report
