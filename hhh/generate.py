@@ -1,7 +1,14 @@
-"""Sampling from a trained LM (or a PM run's LM head) through the Transformer's KV cache.
+"""Sampling from a trained LM (or a PM run's LM head, or a pretrained LM) through the Transformer's KV cache.
 
     gen = Generator.from_checkpoint("runs/tiny_lm")
     gen.generate(["Human: hi\n\nAssistant:"], SamplingConfig(temperature=0.7, top_p=0.9), n=4)
+    gen = Generator.from_lm(load_lm("smollm2-135m-instruct"))
+    gen.generate(["What is the capital of France?"], SamplingConfig(temperature=0), chat=True)
+
+With `chat=True` each prompt becomes one user message rendered through the
+model's own chat template (Jinja), ending with the assistant's turn opening.
+The template's text may spell special tokens ("<|im_start|>"), which become
+their ids; the user's text is encoded as plain text, so it cannot forge them.
 
 How a batch is generated: the prompts are left-padded to a common width (pads
 are invalid slots, so they change nothing), prefilled into the cache in one
@@ -127,11 +134,17 @@ def _generate(params, tokens_BxW, valid_BxW, budget_B, row_keys_B, temperature, 
 class Generator:
   """Batched sampling from a Transformer's LM head; see the module docstring for the policies."""
 
-  def __init__(self, cfg: ModelConfig, params, tokenizer, *, batch_size: int = 64):
+  def __init__(self, cfg: ModelConfig, params, tokenizer, *, batch_size: int = 64, chat_template: str | None = None):
     self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
     self.batch_size = batch_size
-    from hhh.train.step import abstract_params
-    self._graphdef = abstract_params(cfg)[0]
+    self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+    from hhh.pretrained import model_structure
+    self._graphdef = model_structure(cfg)[0]
+
+  @classmethod
+  def from_lm(cls, lm, **kwargs) -> "Generator":
+    """Any `hhh.pretrained.LM` (`load_lm`: names, hhh checkpoints and bundles, HF directories, .gguf files)."""
+    return cls(lm.cfg, lm.params, lm.tokenizer, chat_template=lm.chat_template, **kwargs)
 
   @classmethod
   def from_checkpoint(cls, path, **kwargs) -> "Generator":
@@ -154,19 +167,40 @@ class Generator:
     params, meta = ckpt_lib.load_params(path, abstract)
     return cls(cfg, params, ckpt_lib.tokenizer_from_meta(meta), **kwargs)
 
-  def encode_prompt(self, prompt: str) -> list[int]:
-    ids = self.tokenizer.encode(prompt)
-    if not ids:
+  def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
+    if chat:
+      prefix, ids = [], self.encode_chat(prompt)
+    else:
+      # The ids a pretrained model expects before any text (e.g. Llama's <s>); none for hhh tokenizers.
+      prefix, ids = list(getattr(self.tokenizer, "bos_prefix", ())), self.tokenizer.encode(prompt)
+    if not prefix and not ids:
       # The first token needs something to be predicted from; in LM data a document follows <eos>.
       ids = [self.tokenizer.eos_id]
-    limit = self.cfg.max_len - 1
+    limit = self.cfg.max_len - 1 - len(prefix)
     if len(ids) > limit:
-      warnings.warn(f"a prompt of {len(ids)} tokens exceeds max_len - 1 = {limit}; keeping its last {limit} "
-                    "tokens", stacklevel=2)
+      warnings.warn(f"a prompt of {len(ids) + len(prefix)} tokens exceeds max_len - 1 = {self.cfg.max_len - 1}; "
+                    f"keeping its last {limit} tokens", stacklevel=2)
       ids = ids[-limit:]
-    return ids
+    return prefix + ids
 
-  def generate_ids(self, prompts: Sequence[str], sc: SamplingConfig, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  def encode_chat(self, prompt: str) -> list[int]:
+    """`prompt` as one user message in the model's chat template, up to the opening of the assistant's turn."""
+    encode_special = getattr(self.tokenizer, "encode_special", None)
+    if not self.chat_template or encode_special is None:
+      raise ValueError(f"chat=True needs a model with a chat template; {self.tokenizer!r} has none")
+    # Render around a marker, then encode the template's text (special tokens allowed) apart from the user's.
+    marker = "\x00hhh-user-message\x00"
+    tok = self.tokenizer
+    bos = tok.token(tok.bos_prefix[0]) if getattr(tok, "bos_prefix", ()) else ""
+    text = render_chat(self.chat_template, [{"role": "user", "content": marker}], bos_token=bos,
+                       eos_token=tok.token(tok.eoc_id))
+    if text.count(marker) != 1:
+      raise ValueError("the chat template does not place the user message exactly once")
+    before, after = text.split(marker)
+    return encode_special(before) + tok.encode(prompt) + encode_special(after)
+
+  def generate_ids(self, prompts: Sequence[str], sc: SamplingConfig, n: int = 1,
+                   chat: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(ids [len(prompts) * n, max_new_tokens], lengths [len(prompts) * n]), rows ordered prompt-major.
 
     Row i * n + j is sample j of prompt i; `ids[r, :lengths[r]]` is its completion, then comes the stop
@@ -174,7 +208,7 @@ class Generator:
     """
     if n < 1:
       raise ValueError(f"n={n} must be >= 1")
-    encoded = [self.encode_prompt(p) for p in prompts]
+    encoded = [self.encode_prompt(p, chat=chat) for p in prompts]
     rows = [encoded[r // n] for r in range(len(encoded) * n)]
     T = sc.max_new_tokens
     out_NxT = np.full((len(rows), T), self.tokenizer.pad_id, np.int32)
@@ -215,11 +249,29 @@ class Generator:
     special = {self.tokenizer.pad_id, self.tokenizer.eoc_id, self.tokenizer.eos_id}
     return self.tokenizer.decode([int(i) for i in ids if int(i) not in special])
 
-  def generate(self, prompts: Sequence[str], sc: SamplingConfig, n: int = 1) -> list[list[str]]:
+  def generate(self, prompts: Sequence[str], sc: SamplingConfig, n: int = 1, chat: bool = False) -> list[list[str]]:
     """n completions per prompt (without the prompt and without the stop token)."""
-    ids_NxT, lengths_N = self.generate_ids(prompts, sc, n)
+    ids_NxT, lengths_N = self.generate_ids(prompts, sc, n, chat=chat)
     texts = [self.decode(ids_NxT[r, :lengths_N[r]]) for r in range(len(lengths_N))]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+def render_chat(template: str, messages: Sequence[dict], *, add_generation_prompt: bool = True, **variables) -> str:
+  """A Jinja chat template rendered the way checkpoints expect (sandboxed, trim_blocks, lstrip_blocks)."""
+  import json
+  try:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+  except ImportError as e:
+    raise ImportError("chat templates need the jinja2 package (pip install jinja2)") from e
+
+  def raise_exception(message):
+    raise ValueError(f"chat template: {message}")
+
+  env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+  env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
+  env.globals["raise_exception"] = raise_exception
+  return env.from_string(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                          **variables)
 
 
 def add_sampling_flags(p) -> None:
@@ -238,8 +290,9 @@ def sampling_config(args) -> SamplingConfig:
 
 
 def cli_generate(args) -> None:
-  gen = Generator.from_checkpoint(args.model, batch_size=args.batch_size)
-  outs = gen.generate(args.prompt, sampling_config(args), n=args.n)
+  from hhh.pretrained import load_lm
+  gen = Generator.from_lm(load_lm(args.model), batch_size=args.batch_size)
+  outs = gen.generate(args.prompt, sampling_config(args), n=args.n, chat=args.chat)
   single = len(args.prompt) == 1 and args.n == 1
   for i, samples in enumerate(outs):
     for j, text in enumerate(samples):
@@ -251,8 +304,11 @@ def cli_generate(args) -> None:
 
 def add_cli(sub) -> None:
   p = sub.add_parser("generate", help="sample completions of prompts from an LM (or a PM run's LM head)")
-  p.add_argument("--model", required=True, help="a training workdir, checkpoint step dir or reward bundle")
+  p.add_argument("--model", required=True,
+                 help="a model name (e.g. smollm2-135m-instruct), training workdir, checkpoint step dir, reward "
+                      "bundle, HF directory or .gguf file")
   p.add_argument("--n", type=int, default=1, help="samples per prompt")
+  p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the model's chat template")
   add_sampling_flags(p)
   p.add_argument("prompt", nargs="+", help="prompt text (one completion block is printed per sample)")
   p.set_defaults(func=cli_generate)

@@ -1,4 +1,4 @@
-"""Byte and byte-level BPE tokenizers that serialise to a single JSON dict.
+"""Byte, byte-level BPE and pretrained-checkpoint tokenizers that serialise to a single JSON dict.
 
 The JSON dict is stored inside every checkpoint, so `from_json(tok.to_json())`
 must rebuild an identical tokenizer with no side files.
@@ -145,6 +145,106 @@ def train_bpe(texts: Iterable[str], vocab_size: int,
   return BPETokenizer(tok)
 
 
+# Names pretrained vocabularies give their special tokens, most specific first. A pretrained
+# tokenizer keeps its own vocabulary: our pad/eoc/eos roles are mapped onto these ids.
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
+DOC_END_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>")
+PAD_TOKENS = ("<pad>", "<|padding|>", "<|pad|>", "[PAD]")
+
+
+class PretrainedTokenizer:
+  """A pretrained checkpoint's own tokenizer (GGUF metadata or an HF tokenizer.json).
+
+  Nothing is added and the vocabulary is not resized: pad, eoc and eos are ids
+  of tokens the checkpoint already has (see `choose_special_ids`). As with
+  `BPETokenizer`, `encode` never emits special tokens; `encode_special` does,
+  for text rendered from the model's chat template. `bos_prefix` holds the ids
+  the model expects before any text (Llama's <s>; empty for most BPE models).
+  """
+
+  def __init__(self, tok: tokenizers.Tokenizer, *, pad_id: int, eoc_id: int, eos_id: int,
+               bos_prefix: Sequence[int] = (), chat_template: str | None = None):
+    s = tok.to_str()
+    self._tok = tokenizers.Tokenizer.from_str(s)
+    # A second copy parses special tokens in its input; only trusted template text goes through it.
+    self._tok_special = tokenizers.Tokenizer.from_str(s)
+    self._tok.encode_special_tokens = True
+    self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+    self.pad_id, self.eoc_id, self.eos_id = _check_ids([pad_id, eoc_id, eos_id], self.vocab_size)
+    self.bos_prefix = tuple(_check_ids(bos_prefix, self.vocab_size))
+    if self.pad_id in (self.eoc_id, self.eos_id):
+      # Generation masks <pad>, and a PM reads its score at <eoc>: they must differ.
+      raise ValueError(f"pad id {self.pad_id} must differ from eoc id {self.eoc_id} and eos id {self.eos_id}")
+    self.chat_template = chat_template
+
+  @property
+  def hf_tokenizer(self) -> tokenizers.Tokenizer:
+    """The wrapped library tokenizer (special tokens in text are not parsed)."""
+    return self._tok
+
+  def token(self, i: int) -> str:
+    return self._tok.id_to_token(_check_ids([i], self.vocab_size)[0])
+
+  def encode(self, text: str) -> list[int]:
+    return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_special(self, text: str) -> list[int]:
+    """Like `encode`, but literal special tokens in `text` (e.g. "<|im_start|>") become their ids."""
+    return self._tok_special.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = _check_ids(ids, self.vocab_size)
+    return self._tok.decode(ids, skip_special_tokens=True)
+
+  def to_json(self) -> dict[str, Any]:
+    return {"kind": "pretrained", "tokenizer_json": self._tok.to_str(), "pad_id": self.pad_id,
+            "eoc_id": self.eoc_id, "eos_id": self.eos_id, "bos_prefix": list(self.bos_prefix),
+            "chat_template": self.chat_template}
+
+  def __repr__(self) -> str:
+    names = {r: self._tok.id_to_token(i) for r, i in (("pad", self.pad_id), ("eoc", self.eoc_id),
+                                                       ("eos", self.eos_id))}
+    return f"PretrainedTokenizer(vocab_size={self.vocab_size}, {names})"
+
+
+def choose_special_ids(tok: tokenizers.Tokenizer, *, eos: int | None = None, pad: int | None = None,
+                       eoc: int | None = None, bos: int | None = None, unk: int | None = None) -> dict[str, int]:
+  """{"pad_id", "eoc_id", "eos_id"} for a pretrained vocabulary, from its declared ids and token names.
+
+  Explicit `eoc` (and `eos`, `pad`) win. Otherwise eoc is the chat turn-end token
+  (<|im_end|>, <|eot_id|>, ...) or else eos: in an instruct model a response ends
+  there, so a PM built on it reads its score where the base model already marks
+  an end. eos is the declared eos when that differs from eoc, else the document
+  separator (<|endoftext|>, </s>, ...), else eoc itself. pad is the declared pad
+  when it is neither, else a <pad>-like token, else the highest-id special token
+  that is not bos/eos/eoc/unk (the model never needs to emit it, since
+  generation masks <pad>). E.g. SmolLM2-Instruct: eos <|endoftext|>=0,
+  eoc <|im_end|>=2, pad <empty_output>=16.
+  """
+  special = {i: t.content for i, t in tok.get_added_tokens_decoder().items() if t.special}
+  by_name = {c: i for i, c in special.items()}
+  first = lambda names, avoid=(): next((by_name[n] for n in names if n in by_name and by_name[n] not in avoid),
+                                       None)
+  if eoc is None:
+    eoc = first(TURN_END_TOKENS)
+  if eoc is None:
+    eoc = eos if eos is not None else first(DOC_END_TOKENS)
+  if eoc is None:
+    raise ValueError(f"no end-of-turn or end-of-text token among the special tokens {sorted(special.values())}")
+  if eos is None or eos == eoc:
+    eos = first(DOC_END_TOKENS, avoid=(eoc,))
+    eos = eoc if eos is None else eos
+  if pad is None or pad in (eoc, eos):
+    pad = first(PAD_TOKENS, avoid=(eoc, eos))
+  if pad is None:
+    spare = sorted(set(special) - {bos, eos, eoc, unk})
+    if not spare:
+      raise ValueError(f"no special token is free to serve as <pad> (special tokens: {sorted(special.values())}); "
+                       "name one as pad_token in tokenizer_config.json")
+    pad = spare[-1]
+  return {"pad_id": int(pad), "eoc_id": int(eoc), "eos_id": int(eos)}
+
+
 def from_json(d: dict[str, Any]) -> Tokenizer:
   """Inverse of `to_json`."""
   kind = d.get("kind") if isinstance(d, dict) else None
@@ -159,8 +259,19 @@ def from_json(d: dict[str, Any]) -> Tokenizer:
     except Exception as e:  # The library raises a bare Exception.
       raise ValueError(f"bad bpe tokenizer_json: {e}") from e
     return BPETokenizer(hf)
+  if kind == "pretrained":
+    s = d.get("tokenizer_json")
+    ids = [d.get(k) for k in ("pad_id", "eoc_id", "eos_id")]
+    if not isinstance(s, str) or not all(isinstance(i, int) for i in ids):
+      raise ValueError("pretrained tokenizer dict needs a 'tokenizer_json' string and int pad_id, eoc_id, eos_id")
+    try:
+      hf = tokenizers.Tokenizer.from_str(s)
+    except Exception as e:  # The library raises a bare Exception.
+      raise ValueError(f"bad pretrained tokenizer_json: {e}") from e
+    return PretrainedTokenizer(hf, pad_id=ids[0], eoc_id=ids[1], eos_id=ids[2],
+                               bos_prefix=d.get("bos_prefix") or (), chat_template=d.get("chat_template"))
   raise ValueError(
-      f"unknown tokenizer kind {kind!r} (expected 'byte' or 'bpe')")
+      f"unknown tokenizer kind {kind!r} (expected 'byte', 'bpe' or 'pretrained')")
 
 
 def save(tok: Tokenizer, path: str | os.PathLike) -> None:

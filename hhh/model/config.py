@@ -20,7 +20,7 @@ class ModelConfig:
   pos: Literal["rope", "learned"] = "rope"
   rope_theta: float = 10000.0
   rotary_pct: float = 1.0      # fraction of head_dim that is rotated (GPT-NeoX/Pythia uses 0.25).
-  mlp: Literal["swiglu", "gelu"] = "swiglu"
+  mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"  # gelu_tanh: GPT-2's tanh approximation
   tie_embeddings: bool = True
   attn_bias: bool = False      # q/k/v/o biases (GPT-2, GPT-NeoX).
   mlp_bias: bool = False
@@ -52,6 +52,6 @@ class ModelConfig:
   def ff_dim(self) -> int:
     if self.d_ff:
       return self.d_ff
-    if self.mlp == "gelu":
+    if self.mlp in ("gelu", "gelu_tanh"):
       return 4 * self.d_model
     return 8 * ((8 * self.d_model // 3 + 7) // 8)

@@ -139,7 +139,7 @@ class MLP(nnx.Module):
         gate_BxLxF = gate_BxLxF + self.b_gate[...]
       h_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
     else:
-      h_BxLxF = jax.nn.gelu(up_BxLxF, approximate=False)
+      h_BxLxF = jax.nn.gelu(up_BxLxF, approximate=self.cfg.mlp == "gelu_tanh")
     out = _matmul(h_BxLxF, self.w_down[...], dt)
     return out + self.b_down[...] if self.b_down is not None else out
 
