@@ -54,9 +54,11 @@ def main(argv=None) -> int:
   from hhh.data import commands as data_commands
   data_commands.add_parsers(sub)
   from hhh import distill
+  from hhh.evals import commands as eval_commands
   from hhh.pretrained import convert
   distill.add_cli(sub)
   convert.add_cli(sub)
+  eval_commands.add_cli(sub)
   args = parser.parse_args(argv)
   from hhh.config import ConfigError
   from hhh.data.store import NothingMined

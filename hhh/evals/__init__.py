@@ -1,0 +1,1 @@
+"""Prompted evaluations: log-likelihood multiple choice after a cached prompt, tasks, and `hhh eval`."""
