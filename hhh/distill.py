@@ -49,17 +49,9 @@ class DistillConfig:
 
 
 def prompt_text(spec: str) -> str:
-  """"hhh" -> data/prompts/hhh.txt; "none" -> ""; else a file path."""
-  if spec == "none":
-    return ""
-  if spec == "hhh":
-    import hhh
-    path = pathlib.Path(hhh.__file__).resolve().parents[1] / "data" / "prompts" / "hhh.txt"
-  else:
-    path = pathlib.Path(spec)
-  if not path.is_file():
-    raise FileNotFoundError(f"prompt file {path} not found")
-  return path.read_text(encoding="utf-8")
+  """"hhh" -> data/prompts/hhh.txt; "none" -> ""; else a file path (the same specs as `hhh eval --prompt`)."""
+  from hhh.evals.commands import resolve_prompt
+  return resolve_prompt(spec)[1]
 
 
 def broadcast_cache(cache, batch: int):

@@ -368,11 +368,19 @@ def run(cfg: SweepConfig) -> dict:
   launch = dict(jobs=cfg.jobs, devices=cfg.devices)
   sweep_lib.run_grid(base_runs(out, cfg.sizes, steps=cfg.base_steps, extra=cfg.base_set), out, **launch)
   runs = finetune_runs(out, list(paths), cfg.sizes, steps=cfg.steps, seeds=cfg.seeds, extra=cfg.finetune_set)
-  results = with_params(sweep_lib.run_grid(runs, out, **launch), out)
+  results = sweep_lib.run_grid(runs, out, **launch)
   failed = [r["name"] for r in results if "error" in r]
   report = {"results": results, "failed": failed}
   if len(failed) < len(results):
-    report["plot"] = str(plot(results, out / "objectives.png"))
-    report["table"] = table(results)
-    (out / "objectives.md").write_text(report["table"] + "\n")
+    report.update(write_report(out))
   return report
+
+
+def write_report(out_dir) -> dict:
+  """The figure and table over every finished run in the sweep directory (earlier grids' too, e.g. more seeds
+  for some sizes), so a partial re-run never shrinks the report."""
+  out_dir = pathlib.Path(out_dir)
+  every = with_params(sweep_lib.latest_by_name(sweep_lib.read_results(out_dir / "results.jsonl")).values(), out_dir)
+  md = table(every)
+  (out_dir / "objectives.md").write_text(md + "\n")
+  return {"plot": str(plot(every, out_dir / "objectives.png")), "table": md}
