@@ -86,3 +86,11 @@ def test_convert_hf_dir_then_load_and_distill_cli(tmp_path):
   assert summary["texts"] == 4 and summary["last"]["step"] == 2
   bad = run_hhh("distill", tmp_path / "exp.py", "--out", tmp_path / "e", "--set", "nope=1", check=False)
   assert bad.returncode == 2 and "unknown config key 'nope'" in bad.stderr
+
+
+def test_conditions_and_only():
+  cfg = baselines.BaselinesConfig(model="m", distilled="d", prompt="hhh")
+  assert baselines.conditions(cfg) == [("no_prompt", "m", "none"), ("prompt", "m", "hhh"), ("distilled", "d", "none")]
+  assert baselines.conditions(baselines.BaselinesConfig(distilled="", only=("prompt",)))[0][0] == "prompt"
+  with pytest.raises(ValueError, match="conditions are"):
+    baselines.conditions(baselines.BaselinesConfig(distilled="", only=("distilled",)))
