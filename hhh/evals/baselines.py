@@ -38,7 +38,7 @@ class BaselinesConfig:
   prompt: str = "hhh"
   tasks: tuple[str, ...] = ("hhh_alignment", "truthfulqa_mc", "lambada_wiki", "hellaswag")
   # First-N limits (TASK=N) for CPU time: after a 7k-token prompt a scored row costs ~8 s on 2 CPU cores.
-  limits: tuple[str, ...] = ("truthfulqa_mc=20", "lambada_wiki=20", "hellaswag=10")
+  limits: tuple[str, ...] = ("truthfulqa_mc=40", "hellaswag=60")
   batch_size: int = 8
   only: tuple[str, ...] = ()               # run just these conditions (e.g. two processes side by side)
 
