@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -45,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hhh import config as config_lib
 from hhh.model.config import ModelConfig
 
 
@@ -152,20 +150,8 @@ class Generator:
 
     LM and PM runs alike: every Transformer has an LM head (a PM's is only trained with lm_coef > 0).
     """
-    from hhh.reward import bundle as bundle_lib
-    from hhh.train import checkpoint as ckpt_lib
-    from hhh.train.step import abstract_params
-    path = pathlib.Path(path)
-    if (path / "bundle.json").exists():
-      cfg, params, tok, _ = bundle_lib.read(path)
-      return cls(cfg, params, tok, **kwargs)
-    cfg = config_lib.from_dict(ModelConfig, ckpt_lib.load_meta(path)["config"]["model"])
-    # Restore onto one local device, whatever topology the run was trained on.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-                            abstract_params(cfg)[1])
-    params, meta = ckpt_lib.load_params(path, abstract)
-    return cls(cfg, params, ckpt_lib.tokenizer_from_meta(meta), **kwargs)
+    from hhh.pretrained import load_hhh
+    return cls.from_lm(load_hhh(path), **kwargs)
 
   def encode_prompt(self, prompt: str, chat: bool = False) -> list[int]:
     if chat:
