@@ -29,11 +29,13 @@ def mined(tmp_path_factory):
 def test_mine_writes_versioned_splits_and_summary(mined):
   root, se, wiki = mined
   summary = json.loads((root / "se" / "summary.json").read_text())
-  assert summary["records_read"] == 2630 and summary["total_kept"] == 378
-  assert sum(summary["kept"].values()) == 378 and summary["kept"]["train"] > 300
+  # 378 questions with >= 2 answers, less the 55 whose answers all tie.
+  assert summary["records_read"] == 2630 and summary["total_kept"] == 323
+  assert summary["skipped"]["all_tied"] == 55
+  assert sum(summary["kept"].values()) == 323 and summary["kept"]["train"] > 270
   assert summary["skipped"]["community_wiki"] == 1 and summary["first_skipped_at"]["community_wiki"] == [4327]
   assert (root / "se" / "tfds" / "comparisons" / "1.1.0" / "dataset_info.json").exists()
-  assert "378 comparisons kept" in se.stdout
+  assert "323 comparisons kept" in se.stdout
   # 60 reverted-edit pairs, each binarized into two GOOD:/BAD: comparisons.
   wsum = json.loads((root / "wiki" / "summary.json").read_text())
   assert wsum["total_kept"] == 120 and wsum["binarized"] is True
@@ -50,11 +52,14 @@ def test_dump_and_info(mined):
     assert rec["source"] == "stackexchange" and rec["id"].startswith("stackexchange/cardano.stackexchange.com/")
     assert len(rec["responses"]) == len(rec["scores"]) >= 2
     assert rec["scores"] == sorted(rec["scores"], reverse=True)
+  # No --split: every split, train then validation then test.
+  every = [json.loads(l)["id"] for l in run_hhh("data", "dump", root / "se").stdout.splitlines()]
+  assert len(every) == len(set(every)) == 323
   wiki = [json.loads(l) for l in run_hhh("data", "dump", root / "wiki").stdout.splitlines()]
   assert len(wiki) == 120 and all(r["responses"][0].startswith(("GOOD: ", "BAD: ")) for r in wiki)
   info = run_hhh("data", "info", root / "se").stdout
-  assert "2630 records read, 378 comparisons kept" in info and "score histogram (train)" in info
-  assert "K=2: 263" in info
+  assert "2630 records read, 323 comparisons kept" in info and "score histogram (train)" in info
+  assert "K=2: 213" in info
 
 
 def test_mining_nothing_fails_with_reason(tmp_path):

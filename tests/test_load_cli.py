@@ -83,3 +83,26 @@ def test_registry_and_a_broken_loader(monkeypatch, capsys):
   help_text = " ".join(capsys.readouterr().out.split())
   assert "`hhh data mine stackexchange DUMP --out DIR` already writes a test split" in help_text
   assert "no_such_loader (unavailable: ModuleNotFoundError" in help_text
+
+
+def test_dump_and_info_without_split_read_every_split(tmp_path, capsys):
+  """A Learn to Summarize file of valid2 rows only has no train split: dump and info still show it all."""
+  from hhh import cli
+  from tests.test_load_summarize import CNNDM, write_batch
+  rows = [json.loads(json.dumps(CNNDM)) for _ in range(3)]
+  for i, r in enumerate(rows):
+    r["worker"] = f"w{i}"  # distinct records (the id hashes the worker too)
+  write_batch(tmp_path / "batch_valid2.json", rows)
+  out = tmp_path / "valid2"
+  assert cli.main(["data", "load", "summarize", str(tmp_path / "batch_valid2.json"), "--out", str(out)]) == 0
+  assert "3 comparisons kept (train 0, validation 3, test 0)" in capsys.readouterr().out
+  assert cli.main(["data", "dump", str(out)]) == 0
+  dumped = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert len(dumped) == 3 and {d["meta"]["worker"] for d in dumped} == {"w0", "w1", "w2"}
+  assert all(d["meta"]["split"] == "valid2" for d in dumped)
+  # Asking for the missing split by name is still a clear one-line error.
+  assert cli.main(["data", "dump", str(out), "--split", "train"]) == 1
+  assert "has no split 'train' (has: validation)" in capsys.readouterr().err
+  assert cli.main(["data", "info", str(out), "--examples", "1"]) == 0
+  info = capsys.readouterr().out
+  assert "score histogram (validation)" in info and info.count("(validation) ---") == 1

@@ -108,13 +108,15 @@ def test_real_totals():
   assert stats.comparisons == len(out) == 17
   assert sum(c.k for _, c in out) == 42
   assert dict(stats.skipped) == {"deleted": 105, "removed": 15, "too_short": 14, "duplicate_body": 2,
-                                 "no_siblings": 475, "karma_gap": 135, "no_context": 285, "parent_deleted": 2}
+                                 "no_siblings": 475, "all_tied": 47, "karma_gap": 88, "no_context": 285,
+                                 "parent_deleted": 2}
   assert_accounted(out, stats)
   # SOURCES.md: 172 parents have >= 2 replies, so at most that many comparisons; ids are unique within a file.
   assert len({c.id for _, c in out}) == len(out) <= 172
   for key, c in out:
     assert key.startswith("t3_") and c.id.startswith("reddit/t1_")
     assert list(c.scores) == sorted(c.scores, reverse=True) and c.scores[0] - c.scores[-1] >= 2
+    assert len(set(c.scores)) >= 2
     assert 2 <= c.k <= 8 and all(10 <= len(r) <= 4000 for r in c.responses)
   assert stats.first_offsets["deleted"][0] == f"{RC}:4"
 

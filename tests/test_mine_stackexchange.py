@@ -120,15 +120,18 @@ def test_cardano_totals(cardano_mined):
   # One of those 379 (4321) loses its community-wiki answer 4327 and is left with one.
   assert stats.skipped["community_wiki"] == 1 and stats.first_offsets["community_wiki"] == [4327]
   assert "4321" not in out
-  assert len(out) == stats.comparisons == 378 <= 379
+  # 378 questions keep >= 2 answers; in 55 of them every answer has the same score, which ranks nothing.
   assert stats.skipped["too_few_answers"] == 1042 - 378
-  assert stats.skipped["question_dropped"] == 564  # the lone answers of those questions (+ 4321's other)
+  assert stats.skipped["all_tied"] == 55 and len(out) == stats.comparisons == 378 - 55
+  # The lone answers of too_few_answers questions (+ 4321's other) are 564; the tied questions' answers 115.
+  assert stats.skipped["question_dropped"] == 564 + 115
   assert dict(stats.skipped) == {"other_post_type": 92, "community_wiki": 1, "too_few_answers": 664,
-                                 "question_dropped": 564}
+                                 "all_tied": 55, "question_dropped": 679}
   ks = [c.k for c in out.values()]
-  assert sum(ks) == 1496 - 1 - 564 and max(ks) == 7 and min(ks) == 2
+  assert sum(ks) == 1496 - 1 - 564 - 115 and max(ks) == 7 and min(ks) == 2
   check_accounting(out, stats)
   for c in out.values():
+    assert len(set(c.scores)) >= 2  # no tie-only ranking
     assert list(c.scores) == sorted(c.scores, reverse=True)
     assert all(s == -1 or s >= 0 for s in c.scores)
 
@@ -155,8 +158,11 @@ def test_cardano_without_votes_uses_score_attribute(cardano, tmp_path):
   # Q4: 25 Score 17 -> round(log2 18 = 4.17) + 1 = 5; 289 Score 3 -> 2; 197 Score 1 -> 1; 260 Score -2 -> -1.
   assert out["4"].scores == (5, 2, 1, -1)
   assert out["4"].id == "stackexchange/cardano.stackexchange.com/4"
-  assert len(out) == 378 and dict(stats.skipped) == {"other_post_type": 92, "community_wiki": 1,
-                                                      "too_few_answers": 664, "question_dropped": 564}
+  # By Score one more question ties throughout than by votes (56, not 55).
+  assert len(out) == 322 and dict(stats.skipped) == {"other_post_type": 92, "community_wiki": 1,
+                                                      "too_few_answers": 664, "all_tied": 56,
+                                                      "question_dropped": 682}
+  assert all(len(set(c.scores)) >= 2 for c in out.values())
   # The same via the option, with Votes.xml present.
   out2, _ = run(cardano, se.Options(use_votes=False))
   assert out2 == out
@@ -171,8 +177,9 @@ def test_cardano_truncated_posts(cardano, tmp_path):
   out, stats = run(site)
   full, _ = run(cardano)
   assert stats.skipped["truncated_xml"] == 1
-  assert stats.first_offsets["truncated_xml"][0].startswith("Posts.xml:")
-  assert 0 < stats.records_read < 2630 and 100 < len(out) < 378
+  # Reported at the byte where the cut row starts.
+  assert stats.first_offsets["truncated_xml"] == [f"Posts.xml byte {data.rfind(b'<row', 0, len(data) // 2)}"]
+  assert 0 < stats.records_read < 2630 and 100 < len(out) < 323
   assert set(out) <= set(full)
   # The cut falls in row 2518; Q4, Q184 and Q94 have all their answers before it, Q50 and Q735 lose one each.
   for qid in ("4", "184", "94"):
@@ -318,13 +325,18 @@ def test_truncated_small_dump(tmp_path):
   out, stats = run(folder)
   assert out == {"1": SMALL_EXPECTED["1"]}
   assert stats.skipped["truncated_xml"] == 1
-  assert stats.first_offsets["truncated_xml"] == ["Posts.xml:8"]
+  row6 = text.index('<row Id="6"')  # ASCII so far: characters are bytes
+  assert stats.first_offsets["truncated_xml"] == [f"Posts.xml byte {row6}"]
   check_accounting(out, stats)
   # Votes.xml cut off too: the votes before the cut still count.
   (folder / "Votes.xml").write_text(SMALL_VOTES[:SMALL_VOTES.index('PostId="4"')], encoding="utf-8")
   out, stats = run(folder)
-  assert out["1"].scores == (2.0, 1.0, 0.0)  # answer 4 lost its votes: 0 up, 0 down -> 0
+  # Answer 4 lost its votes (counted 0 up, 0 down against Score -1), so Q1 is scored from Score throughout:
+  # the same ranking as SMALL_EXPECTED, not answer 4 at 0 as if nobody had voted.
+  assert out["1"].scores == (2.0, 1.0, -1.0)
   assert stats.skipped["truncated_xml"] == 2
+  assert stats.notes["votes"]["complete"] is False and stats.notes["votes"]["damage"] == {"truncated_xml": 1}
+  assert stats.notes["votes"]["questions_scored_from_score"] == 1
 
 
 def test_garbage_appended_and_empty_files(tmp_path):

@@ -80,7 +80,7 @@ def add_parsers(sub) -> None:
   info.set_defaults(func=info_command)
   dump = dsub.add_parser("dump", help="print comparisons as JSON lines")
   dump.add_argument("dir", help="a dataset directory, .jsonl or .parquet")
-  dump.add_argument("--split", default="train", choices=SPLITS)
+  dump.add_argument("--split", default=None, choices=SPLITS, help="one split (default: every split the dataset has)")
   dump.add_argument("--limit", type=int, default=None)
   dump.set_defaults(func=dump_command)
 
@@ -152,16 +152,20 @@ def info_command(args) -> None:
       print(f"score histogram ({split}):\n{store.score_histogram_text(hist)}")
   if summary.get("first_skipped_at"):
     print("first skipped at: " + json.dumps(summary["first_skipped_at"]))
-  split = next((s for s in SPLITS if summary["kept"][s]), None)
-  for c in itertools.islice(store.DataSource(args.dir, split), args.examples):
-    print(f"\n--- {c.id} ({split}) ---\ncontext: {_short(c.context)}")
-    for r, s in zip(c.responses, c.scores):
-      print(f"  [{s:g}] {_short(r)}")
+  # Every split the dataset has: a source may ship only one (a Learn to Summarize file of valid2 rows).
+  for split in [s for s in SPLITS if s in store.splits_of(args.dir)]:
+    for c in itertools.islice(store.DataSource(args.dir, split), args.examples):
+      print(f"\n--- {c.id} ({split}) ---\ncontext: {_short(c.context)}")
+      for r, s in zip(c.responses, c.scores):
+        print(f"  [{s:g}] {_short(r)}")
 
 
 def dump_command(args) -> None:
-  source = (store.DataSource(args.dir, args.split) if store.is_dataset_dir(args.dir)
-            else store.load(args.dir, args.split))
+  if store.is_dataset_dir(args.dir):
+    splits = [args.split] if args.split else [s for s in SPLITS if s in store.splits_of(args.dir)]
+    source = itertools.chain.from_iterable(store.DataSource(args.dir, s) for s in splits)
+  else:
+    source = store.load(args.dir, args.split or "train")
   for c in itertools.islice(source, args.limit):
     sys.stdout.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
 

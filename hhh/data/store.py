@@ -7,16 +7,20 @@ A mined or loaded dataset directory looks like:
 
 Writing streams: comparisons go to per-split JSONL staging files first (constant
 memory), then TFDS builds the ArrayRecord shards from them, then staging is removed.
+All of it happens in ".DIR.building-PID" beside DIR, renamed to DIR only when finished.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import glob
 import json
 import math
+import os
 import pathlib
 import shutil
+import time
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -74,26 +78,103 @@ def write_dataset(out_dir, keyed: Iterable[tuple], stats: MineStats, *,
   """Writes the TFDS dataset and summary.json from (key, comparison) or (key, comparison, split) items.
 
   The split is a hash of the grouping key unless the item names one (a source that ships its own splits).
+  The dataset is built in a staging folder beside `out_dir` (".NAME.building-PID") and renamed into place only
+  once it is complete, so a run that fails or is killed leaves an existing dataset at `out_dir` as it was.
   """
+  out = pathlib.Path(out_dir)
+  _check_replaceable(out)
+  _remove_stale_builds(out)
+  build = _build_dir(out, os.getpid())
+  shutil.rmtree(build, ignore_errors=True)
+  build.mkdir(parents=True)
+  try:
+    summary = _write(build, keyed, stats, description, extra_summary or {})
+    _swap_in(build, out)
+  except BaseException:
+    shutil.rmtree(build, ignore_errors=True)
+    raise
+  return summary
+
+
+def _build_dir(out: pathlib.Path, pid: int) -> pathlib.Path:
+  return out.parent / f".{out.name}.building-{pid}"
+
+
+def _check_replaceable(out: pathlib.Path) -> None:
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out} is a file, not a dataset directory")
+  if out.is_dir() and any(out.iterdir()) and not ((out / "summary.json").exists() or is_dataset_dir(out)):
+    raise ValueError(f"--out {out} holds files that are not an hhh dataset; not replacing them")
+
+
+def _remove_stale_builds(out: pathlib.Path) -> None:
+  """Staging folders of runs into the same --out that were killed (their process is gone)."""
+  if not out.parent.is_dir():
+    return
+  for p in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
+    pid = p.name.rsplit("-", 1)[-1]
+    if pid.isdigit() and not _alive(int(pid)):
+      shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _swap_in(build: pathlib.Path, out: pathlib.Path) -> None:
+  """Renames the finished build to `out`; an old dataset there is moved aside first and removed after."""
+  if not out.exists():
+    os.rename(build, out)
+    return
+  old = out.parent / f".{out.name}.old-{os.getpid()}"
+  shutil.rmtree(old, ignore_errors=True)
+  os.rename(out, old)
+  os.rename(build, out)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _pause_after() -> int:
+  """HHH_DATA_PAUSE_AFTER=N: stop for good after N records (tests kill a run mid-build at a known point)."""
+  value = os.environ.get("HHH_DATA_PAUSE_AFTER", "")
+  return int(value) if value.isdigit() else 0
+
+
+def _write(out: pathlib.Path, keyed: Iterable[tuple], stats: MineStats, description: str,
+           extra_summary: dict) -> dict:
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
-  out = pathlib.Path(out_dir)
   staging = out / "_staging"
-  shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
   files = {s: open(staging / f"{s}.jsonl", "w", encoding="utf-8") for s in SPLITS}
   kept = collections.Counter()
   seen: set[str] = set()
   hist = {s: collections.Counter() for s in SPLITS}
   k_hist = collections.Counter()
+  pause = _pause_after()
   try:
-    for item in keyed:
+    for n, item in enumerate(keyed, 1):
+      if n == pause:
+        for f in files.values():
+          f.flush()
+        (out / "paused").write_text(f"{n}\n")
+        while True:
+          time.sleep(60)
       key, c = item[0], item[1]
       split = item[2] if len(item) > 2 and item[2] else split_of(key)
       if split not in SPLITS:
         raise ValueError(f"{c.id}: split {split!r} is not one of {', '.join(SPLITS)}")
       if c.id in seen:
         stats.skip("duplicate_id", c.id)
+        continue
+      if len(set(c.scores)) < 2:
+        # Sources drop these themselves; this keeps any that slip through (a new source, a bug) out of the store.
+        stats.skip("all_tied", c.id)
         continue
       seen.add(c.id)
       files[split].write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
@@ -110,13 +191,11 @@ def write_dataset(out_dir, keyed: Iterable[tuple], stats: MineStats, *,
   summary = {**stats.to_json(), "kept": {s: kept[s] for s in SPLITS}, "total_kept": sum(kept.values()),
              "responses_per_comparison": {str(k): n for k, n in sorted(k_hist.items())},
              "score_histogram": {s: {str(b): n for b, n in sorted(h.items())} for s, h in hist.items()},
-             "format": "tfds/array_record", "version": VERSION, **(extra_summary or {})}
+             "format": "tfds/array_record", "version": VERSION, **extra_summary}
   if not summary["total_kept"]:
-    shutil.rmtree(staging, ignore_errors=True)
     reasons = ", ".join(f"{r}: {n}" for r, n in stats.skipped.most_common(5)) or "no skips recorded"
     raise NothingMined(f"no comparisons mined from {stats.records_read} records read ({reasons})")
   data_dir = out / "tfds"
-  shutil.rmtree(data_dir / _NAME / VERSION, ignore_errors=True)
   builder = _builder_cls()(staging=staging, description=description, data_dir=str(data_dir),
                            file_format="array_record")
   builder.download_and_prepare()
@@ -134,7 +213,7 @@ def _bin(score: float) -> float:
 def _tfds_dir(path: pathlib.Path) -> pathlib.Path:
   d = path / "tfds" / _NAME
   if not d.is_dir():
-    raise FileNotFoundError(f"{path} holds no hhh dataset (expected {d})")
+    raise FileNotFoundError(no_dataset_message(path))
   versions = sorted((v for v in d.iterdir() if (v / "dataset_info.json").exists()),
                     key=lambda v: tuple(int(x) for x in v.name.split(".")))
   if not versions:
@@ -171,10 +250,22 @@ def from_tfds(d: dict) -> Comparison:
 
 
 def read_summary(path) -> dict:
-  p = pathlib.Path(path) / "summary.json"
+  path = pathlib.Path(path)
+  p = path / "summary.json"
   if not p.exists():
-    raise FileNotFoundError(f"{path} has no summary.json (not an hhh dataset directory)")
+    raise FileNotFoundError(no_dataset_message(path))
   return json.loads(p.read_text())
+
+
+def no_dataset_message(path: pathlib.Path) -> str:
+  """One line on why `path` is not a finished dataset (missing, empty, or a build that never finished)."""
+  builds = sorted(path.parent.glob(f".{glob.escape(path.name)}.building-*")) if path.parent.is_dir() else []
+  if builds:
+    return (f"{path} holds no finished hhh dataset: a build into it did not finish ({builds[-1].name} is "
+            "its staging folder; rerun the command to build it)")
+  if not path.exists():
+    return f"{path} holds no finished hhh dataset: no such directory"
+  return f"{path} holds no finished hhh dataset (no summary.json)"
 
 
 def splits_of(path) -> list[str]:

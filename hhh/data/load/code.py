@@ -26,8 +26,8 @@ Rules:
 - Skipped, counted: a reference that fails any of its own tests ("reference_fails"), does not parse
   ("reference_syntax_error"), has no tests ("no_tests") or no place to mutate ("no_mutants"); rows of neither
   format ("unknown_format"), missing or mistyped fields ("missing_field"), MBPP task ids outside 1-974
-  ("bad_task_id"), bad lines. Problems whose candidates all tie are still kept as a ranking and
-  counted under "all_tied_kept" (a note, not a skip); with --no-ranking they yield no pair ("all_tied").
+  ("bad_task_id"), bad lines, and problems whose candidates all pass the same fraction of tests ("all_tied":
+  a comparison needs two distinct scores, so such a problem is neither a ranking nor a pair).
 - Split: HumanEval is test; MBPP follows its task_id ranges: 11-510 test, 511-600 validation, 601-974 train, and
   1-10 (the few-shot prompt problems) go to train, with meta["mbpp_split"] = "prompt". Group key: the task id.
   Ids: "code/<task id>[/<i>-<j>]". meta: task_id, dataset, tests (how many), mutations ("reference",
@@ -528,9 +528,7 @@ def _load(rows, options: Options, stats: MineStats) -> Iterator[tuple[str, Compa
             lambda c: run_tests(problem, c[1], timeout_s=options.timeout_s, memory_mb=options.memory_mb),
             candidates[1:]))
         if len({o.fraction for o in outcomes}) < 2:
-          if not options.ranking:
-            raise Skip("all_tied")
-          stats.skip("all_tied_kept", problem.task_id)
+          raise Skip("all_tied")  # no candidate is better than another: nothing to rank
         for c in comparisons(problem, candidates, outcomes, options.ranking):
           stats.comparisons += 1
           yield problem.task_id, c, problem.split

@@ -24,6 +24,8 @@ class MineStats:
   skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   first_offsets: dict = dataclasses.field(default_factory=dict)
   max_offsets: int = 5
+  # Facts about the run that are not skips (e.g. where a miner's scores came from); summary.json "notes".
+  notes: dict = dataclasses.field(default_factory=dict)
 
   def skip(self, reason: str, where: str | int | None = None, n: int = 1):
     """Counts `n` skipped records for `reason`; `where` is a line number, byte offset or id for the report."""
@@ -36,7 +38,8 @@ class MineStats:
   def to_json(self) -> dict:
     return {"source": self.source, "records_read": self.records_read, "comparisons": self.comparisons,
             "skipped": dict(sorted(self.skipped.items())),
-            "first_skipped_at": {k: v for k, v in sorted(self.first_offsets.items())}}
+            "first_skipped_at": {k: v for k, v in sorted(self.first_offsets.items())},
+            **({"notes": self.notes} if self.notes else {})}
 
 
 def split_of(key: str, fractions=(0.9, 0.05, 0.05)) -> str:

@@ -9,7 +9,8 @@ Rules:
   `max_siblings - 1` by score plus the lowest-scored reply, so the ranking keeps its full karma range (the strongest
   signal); `max_siblings=2` therefore yields plain best-versus-worst pairs.
 - Karma gap: `min_karma_gap` applies to the ranking as a whole (best - worst >= gap), not to every adjacent pair;
-  pairs inside a ranking may differ by less or tie, and the ranked objective skips tied pairs.
+  pairs inside a ranking may differ by less or tie, and the ranked objective skips tied pairs. A group whose
+  replies all have the same score is "all_tied" even with `min_karma_gap` 0: a ranking needs two distinct scores.
 - Context (oldest first): "Subreddit: r/x", the submission title (+ selftext up to `max_selftext_length`) when the
   submissions dump has it, then up to `max_context_depth` comments of the parent chain, the last one labelled
   "Parent comment:". Context comments longer than `max_length` are cut to it. Replies to a submission
@@ -28,7 +29,7 @@ Rules:
   Blank lines are ignored. Only a missing path raises FileNotFoundError.
 - Accounting: every skip count is in comments, so records_read == sum(skipped) + responses yielded, apart from
   "corrupt_file" (one per broken file) and the "submission_*" reasons. Group-level
-  reasons (no_siblings, karma_gap, no_context, parent_*) count the replies in the group, "max_siblings" the replies
+  reasons (no_siblings, all_tied, karma_gap, no_context, parent_*) count the replies in the group, "max_siblings" the replies
   dropped from over-full groups. Submissions-file problems count as "submission_<reason>" and not as records read.
 
 Memory: one comment file is grouped at a time, holding a compact record per comment (key, parent key, score, body
@@ -296,6 +297,9 @@ def _mine_file(file: pathlib.Path, options: Options, stats: MineStats,
         unique.append(r)
     if len(unique) < 2:
       stats.skip("no_siblings", where, n=len(unique))
+      continue
+    if unique[0].score == unique[-1].score:  # no pair to learn from, whatever min_karma_gap says
+      stats.skip("all_tied", where, n=len(unique))
       continue
     if unique[0].score - unique[-1].score < options.min_karma_gap:
       stats.skip("karma_gap", where, n=len(unique))

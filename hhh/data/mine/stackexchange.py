@@ -31,14 +31,32 @@ What is dropped, one skip reason per Posts.xml row (so records_read == posts in 
   question_dropped   an answer whose question was dropped (for any reason here), counted on the question Id
   too_few_answers    a question with fewer than `min_answers` usable answers
   over_max_answers   answers past `max_answers` (counted on the question Id, n = how many)
+  all_tied           a question whose kept answers all have the same score (a ranking must hold two distinct
+                     scores; checked before `min_score_gap`)
   score_gap          a question whose kept answers' score gap is below `min_score_gap`
-Not per row: "truncated_xml" (parsing stopped at an XML error, e.g. a cut-off file or trailing garbage;
-everything before it is used; `where` = "Posts.xml:LINE"), "malformed_vote" (a Votes.xml row without an
-integer PostId / VoteTypeId; Votes.xml rows are not counted in records_read), "archive_error" (a .7z member
-failed to extract; whatever was extracted is still read).
+Also one per row, for a tag the scanner could not read (see Reading): "bad_encoding" (not UTF-8),
+"malformed_row" (not a well-formed tag: a flipped byte, a stray quote, a bad entity) and "oversize_row" (a
+row over 4 MB: skipped, see Memory); `where` = "Posts.xml byte OFFSET".
+Not per row: "truncated_xml" (the file ends before its root element does: a cut-off file or an empty one;
+everything before the cut is used; `where` = "Posts.xml byte OFFSET" of the cut row), "malformed_vote" (a
+Votes.xml row without an integer PostId / VoteTypeId, or one the scanner could not read; Votes.xml rows are not
+counted in records_read), "archive_error" (a .7z member failed to extract; whatever was extracted is still read).
 
-Memory. Posts.xml is streamed three times with ElementTree.XMLPullParser, clearing every row after use, so
-the parse itself is constant memory for any file size:
+A damaged Votes.xml (cut off, or with unreadable rows) has lost votes, and not only of the posts after the
+damage, since old posts keep getting votes. In a complete dump every answer's up - down equals its Score, so
+a question is then scored from Votes.xml only when that holds for each of its answers, and from Score (as
+without Votes.xml) otherwise: no ranking mixes complete and partial counts. summary.json "notes"."votes" says
+what the scores came from, what damage was seen and how many questions fell back to Score.
+
+Reading. The files are not handed to an XML parser whole, since one bad byte would end the parse there. A
+scanner cuts the input into tags at each "<" (well-formed XML never leaves one raw in an attribute value) and
+parses each tag's attributes itself, as an XML parser would (the five entities, character references,
+attribute-value normalisation; the result equals ElementTree's on the real dumps). A broken tag costs only
+itself, and the next "<" is the next row.
+
+Memory. Posts.xml is streamed three times, a 64 KB read at a time, holding one row at most, so the parse
+itself is constant memory for any file size; a row over 4 MB is dropped while scanning on to the next "<",
+so it never costs more than that. On top of the parse:
   1. ids only: {question id: accepted id} and {answer id: [question id, Score, up, down]}, i.e. a few
      small ints per question and answer (about 150 bytes each in CPython), no text;
   2. Votes.xml: tally up/down votes into (1) for answers only;
@@ -52,6 +70,7 @@ and Votes.xml) to a temporary folder that is removed when the generator finishes
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import html
 import html.parser
@@ -60,8 +79,7 @@ import os
 import pathlib
 import re
 import tempfile
-import xml.etree.ElementTree as ET
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from hhh.data.mine.common import MineStats, open_binary
 from hhh.data.schema import Comparison
@@ -71,7 +89,10 @@ _QUESTION, _ANSWER = 1, 2
 _UPVOTE, _DOWNVOTE = 2, 3
 # Ids and scores fit in 18 digits; longer strings are garbage (and int() refuses > 4300 digits anyway).
 _INT_RE = re.compile(r"-?[0-9]{1,18}")
-_READ_SIZE = 1 << 16  # small enough that one chunk's queued row events stay small (~1 MB)
+_READ_SIZE = 1 << 16
+# A row longer than this is skipped ("oversize_row"). Stack Exchange caps a post body at 30,000 characters
+# (about 200 KB as escaped XML at worst), so no real row comes near it; the scanner holds at most this much.
+_MAX_ROW_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,48 +291,174 @@ def html_to_text(body: str) -> str:
 # Streaming the XML
 
 
-def _rows(stream: IO[bytes], label: str, stats: MineStats | None) -> Iterator[tuple[str, dict[str, str]]]:
-  """Yields (tag, attributes) of each child of the root element, in constant memory.
+def _rows(stream: IO[bytes], label: str,
+          problem: Callable[[str, str], None] | None) -> Iterator[tuple[str, dict[str, str] | str, int]]:
+  """Yields (tag, attributes, byte offset) of each child of the root element, in constant memory.
 
-  Stops quietly at the first XML error, counting it as "truncated_xml" when `stats` is given (passes that
-  re-read a file pass None so the error is counted once).
+  A resynchronising scanner rather than one XML parse of the file: the input is cut into tags at each "<"
+  (which well-formed XML never leaves raw inside an attribute value), and each tag is parsed on its own, so
+  a broken tag costs only itself. A child that is not a usable tag comes out as ("", reason, offset):
+  "bad_encoding" (not UTF-8), "malformed_row" (not a well-formed tag) or "oversize_row" (longer than
+  _MAX_ROW_BYTES: dropped while scanning on to the next "<", so at most that much is held). `problem(reason,
+  where)` hears "truncated_xml" once when the input ends before the root element does (a cut-off file, an
+  empty one); passes that re-read a file pass None.
   """
-  parser = ET.XMLPullParser(events=("start", "end"))
-  root, depth = None, 0
-  while True:
+  buf = bytearray()
+  base = 0  # file offset of buf[0]
+  eof = False
+  root: bytes | None = None
+  root_closed = cut = False
+
+  def fill() -> None:
+    nonlocal eof
     chunk = stream.read(_READ_SIZE)
-    try:
-      if chunk:
-        parser.feed(chunk)
-      else:
-        parser.close()
-      for event, elem in parser.read_events():
-        if event == "start":
-          depth += 1
-          if root is None:
-            root = elem
-          continue
-        depth -= 1
-        if depth == 1:
-          yield elem.tag, dict(elem.attrib)
-          elem.clear()
-          # Cleared rows still hang off the root; dropping them keeps memory flat.
-          root.clear()
-    except ET.ParseError as e:
-      if stats is not None:
-        line = e.position[0] if getattr(e, "position", None) else "?"
-        stats.skip("truncated_xml", f"{label}:{line}")
-      return
-    if not chunk:
-      return
+    if chunk:
+      buf.extend(chunk)
+    else:
+      eof = True
+
+  def report(reason: str, offset: int) -> None:
+    if problem is not None:
+      problem(reason, f"{label} byte {offset}")
+
+  while True:
+    lt = buf.find(b"<")
+    if lt < 0:  # text between tags (whitespace in a dump) carries nothing
+      base += len(buf)
+      del buf[:]
+      if eof:
+        break
+      fill()
+      continue
+    base += lt
+    del buf[:lt]
+    # The tag runs to the next "<"; read on until one shows up, the file ends, or the tag is too long.
+    scanned, end = 1, -1
+    while True:
+      end = buf.find(b"<", scanned)
+      if end >= 0 or eof or len(buf) > _MAX_ROW_BYTES:
+        break
+      scanned = len(buf)
+      fill()
+    if end < 0 and not eof:
+      if root is not None:
+        yield "", "oversize_row", base
+      while True:  # drop bytes up to the next "<" without holding them
+        base += len(buf)
+        del buf[:]
+        fill()
+        lt = buf.find(b"<")
+        if lt >= 0 or eof:
+          break
+      continue
+    offset = base
+    seg_len = end if end >= 0 else len(buf)
+    seg = bytes(buf[:seg_len])
+    base += seg_len
+    del buf[:seg_len]
+    gt = seg.rfind(b">")
+    name = _NAME_RE.match(seg, 1)
+    if seg.startswith((b"<?", b"<!")) or (name is None and not seg.startswith(b"</")):
+      continue  # the XML declaration, comments, a stray "<" in text
+    if gt < 0:
+      if end < 0:  # the file stops inside the tag
+        cut = True
+        report("truncated_xml", offset)
+      elif root is not None:
+        yield "", "malformed_row", offset
+      continue
+    if seg.startswith(b"</"):
+      if root is not None and seg[2:gt].strip() == root:
+        root_closed = True
+      continue
+    if root is None:
+      root = name.group()
+      root_closed = seg[:gt].endswith(b"/")
+      continue
+    parsed = _parse_tag(seg[:gt + 1], name.end())
+    yield ("" if isinstance(parsed, str) else name.group().decode("ascii")), parsed, offset
+  if not root_closed and not cut:
+    report("truncated_xml", base)
+
+
+# One attribute: name = "value" or 'value' (no raw "<": that is where the scanner cut).
+_NAME_RE = re.compile(rb"[A-Za-z_:][-A-Za-z0-9_.:]*")
+_ATTR_RE = re.compile(rb"""\s+([A-Za-z_:][-A-Za-z0-9_.:]*)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+_TAG_END_RE = re.compile(rb"\s*/?>")
+_REF_RE = re.compile(r"&(#[0-9]+|#x[0-9a-fA-F]+|[A-Za-z]+);|&")
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+# Characters XML forbids even when escaped (Char production of XML 1.0), and raw ones that must be escaped.
+_BAD_CHAR_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+class _BadTag(Exception):
+  pass
+
+
+def _ref(m: re.Match) -> str:
+  ref = m.group(1)
+  if ref is None:
+    raise _BadTag("bare &")
+  if ref[0] != "#":
+    if ref not in _ENTITIES:
+      raise _BadTag(f"unknown entity {ref}")
+    return _ENTITIES[ref]
+  code = int(ref[2:], 16) if ref[1] == "x" else int(ref[1:])
+  if not (code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD
+          or 0x10000 <= code <= 0x10FFFF):
+    raise _BadTag(f"reference to invalid character {code}")
+  return chr(code)
+
+
+def _parse_tag(tag: bytes, pos: int) -> dict[str, str] | str:
+  """The attributes of one start tag, decoded as an XML parser would; or the skip reason when it is not valid.
+
+  Attribute values are unescaped (the five XML entities, character references) and normalised as XML says
+  (a literal tab, newline or carriage return becomes a space); a dump writes its newlines as "&#xA;".
+  """
+  attrs: dict[str, str] = {}
+  try:
+    while True:
+      m = _ATTR_RE.match(tag, pos)
+      if m is None:
+        break
+      key = m.group(1).decode("ascii")
+      raw = m.group(2) if m.group(2) is not None else m.group(3)
+      value = raw.decode("utf-8")
+      if _BAD_CHAR_RE.search(value) or key in attrs:
+        return "malformed_row"
+      if "\r" in value or "\n" in value or "\t" in value:
+        value = value.replace("\r\n", " ").replace("\r", " ").replace("\n", " ").replace("\t", " ")
+      if "&" in value:
+        value = _REF_RE.sub(_ref, value)
+      attrs[key] = value
+      pos = m.end()
+  except UnicodeDecodeError:
+    return "bad_encoding"
+  except _BadTag:
+    return "malformed_row"
+  if not _TAG_END_RE.fullmatch(tag, pos):
+    return "bad_encoding" if _not_utf8(tag) else "malformed_row"
+  return attrs
+
+
+def _not_utf8(data: bytes) -> bool:
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError:
+    return True
+  return False
 
 
 def _to_int(value: str | None) -> int | None:
   return int(value) if value is not None and _INT_RE.fullmatch(value.strip()) else None
 
 
-def _classify(tag: str, attrs: dict[str, str], ordinal: int) -> tuple[str, int | str, int, int]:
+def _classify(tag: str, attrs: dict[str, str] | str, ordinal: int,
+              label: str = "", offset: int = 0) -> tuple[str, int | str, int, int]:
   """("q", id, accepted_id or 0, 0), ("a", id, parent_id, Score) or (skip reason, where, 0, 0)."""
+  if isinstance(attrs, str):  # the scanner's reason for a tag it could not read
+    return attrs, f"{label} byte {offset}", 0, 0
   where: int | str = f"row {ordinal}"
   if tag != "row":
     return "malformed_row", where, 0, 0
@@ -459,14 +606,15 @@ def _mine(dump: _Dump, options: Options, stats: MineStats) -> Iterator[tuple[str
 def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | None, options: Options,
                 stats: MineStats) -> Iterator[tuple[str, Comparison]]:
   label = posts_path.name
+  report = lambda reason, where: stats.skip(reason, where)
   # Pass 1: ids, parents, accepted ids and Score; every Posts.xml row is counted and classified here.
   questions: dict[int, int] = {}
   answers: dict[int, list[int]] = {}  # id -> [question id, Score, upvotes, downvotes]
   dropped_questions: set[int] = set()
   with open_binary(posts_path) as f:
-    for ordinal, (tag, attrs) in enumerate(_rows(f, label, stats), 1):
+    for ordinal, (tag, attrs, offset) in enumerate(_rows(f, label, report), 1):
       stats.records_read += 1
-      kind, where, a, b = _classify(tag, attrs, ordinal)
+      kind, where, a, b = _classify(tag, attrs, ordinal, label, offset)
       if kind in ("q", "a") and (where in questions or where in answers):
         kind = "duplicate_id"
       if kind == "q":
@@ -491,11 +639,22 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
 
   # Pass 2: votes, for the answers still in play only.
   use_votes = options.use_votes and votes_path is not None
+  votes_damaged = collections.Counter()  # what went wrong in Votes.xml, by reason
+
+  def vote_problem(reason: str, where: str) -> None:
+    votes_damaged[reason] += 1
+    stats.skip(reason, where)
+
   if use_votes:
     with open_binary(votes_path) as f:
-      for ordinal, (tag, attrs) in enumerate(_rows(f, votes_path.name, stats), 1):
+      for ordinal, (tag, attrs, offset) in enumerate(_rows(f, votes_path.name, vote_problem), 1):
+        if isinstance(attrs, str):
+          votes_damaged[attrs] += 1
+          stats.skip("malformed_vote", f"{votes_path.name} byte {offset} ({attrs})")
+          continue
         post, vote_type = _to_int(attrs.get("PostId")), _to_int(attrs.get("VoteTypeId"))
         if tag != "row" or post is None or vote_type is None:
+          votes_damaged["malformed_vote"] += 1
           stats.skip("malformed_vote", f"{votes_path.name} row {ordinal}")
           continue
         entry = answers.get(post)
@@ -503,15 +662,23 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
           entry[2] += 1
         elif entry is not None and vote_type == _DOWNVOTE:
           entry[3] += 1
-
+  from_score = 0  # questions scored from Score because Votes.xml was damaged
+  if not use_votes:
+    stats.notes["votes"] = {"scores_from": "Score", "votes_file": str(votes_path) if votes_path else None}
   # Which answers each question keeps, in final order.
   plan: dict[int, list[tuple[int, int]]] = {}  # question id -> [(answer id, score)] best first
   owner: dict[int, int] = {}  # kept answer id -> question id
   for question_id, accepted_id in questions.items():
     ranked = []
-    for answer_id in by_question.get(question_id, ()):
-      _, net_score, up, down = answers[answer_id]
-      upvotes, net = (up, up - down) if use_votes else (net_score, net_score)
+    entries = [(answer_id, answers[answer_id]) for answer_id in by_question.get(question_id, ())]
+    # A damaged Votes.xml lost some votes, and not only of posts past the damage (old posts get new votes).
+    # An answer whose counted up - down differs from its Score lost some; its question is then scored from
+    # Score throughout, so no ranking mixes complete and partial counts.
+    by_votes = use_votes and not (votes_damaged and any(e[2] - e[3] != e[1] for _, e in entries))
+    if use_votes and not by_votes and len(entries) >= options.min_answers:
+      from_score += 1
+    for answer_id, (_, net_score, up, down) in entries:
+      upvotes, net = (up, up - down) if by_votes else (net_score, net_score)
       ranked.append((answer_score(upvotes, net, answer_id == accepted_id), answer_id))
     ranked.sort(key=lambda t: (-t[0], t[1]))
     if len(ranked) < options.min_answers:
@@ -522,6 +689,11 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
     if options.max_answers and len(ranked) > options.max_answers:
       stats.skip("over_max_answers", question_id, n=len(ranked) - options.max_answers)
       ranked = ranked[:options.max_answers]
+    if ranked[0][0] == ranked[-1][0]:
+      # Every answer scored the same: no pair says which is better, so the ranking teaches nothing.
+      stats.skip("all_tied", question_id)
+      stats.skip("question_dropped", question_id, n=len(ranked))
+      continue
     if ranked[0][0] - ranked[-1][0] < options.min_score_gap:
       stats.skip("score_gap", question_id)
       stats.skip("question_dropped", question_id, n=len(ranked))
@@ -529,14 +701,22 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
     plan[question_id] = [(answer_id, score) for score, answer_id in ranked]
     owner.update((answer_id, question_id) for _, answer_id in ranked)
   del questions, answers, by_question
+  if use_votes:
+    stats.notes["votes"] = {
+        "scores_from": "Votes.xml" if not votes_damaged else "Votes.xml, Score where its counts disagree",
+        "votes_file": str(votes_path), "complete": not votes_damaged, "damage": dict(sorted(votes_damaged.items())),
+        "questions_scored_from_score": from_score}
 
   # Pass 3: text for the kept posts; a comparison leaves as soon as its question and answers are all read.
   contexts: dict[int, str] = {}
   texts: dict[int, dict[int, str]] = {}
+  wanted = set(plan) | set(owner)
   with open_binary(posts_path) as f:
-    for ordinal, (tag, attrs) in enumerate(_rows(f, label, None), 1):
+    for ordinal, (tag, attrs, offset) in enumerate(_rows(f, label, None), 1):
       if not plan:
         break
+      if isinstance(attrs, str) or _to_int(attrs.get("Id")) not in wanted:
+        continue  # most rows: not part of a kept comparison, so not worth classifying again
       kind, post_id, a, _ = _classify(tag, attrs, ordinal)
       if kind == "q" and post_id in plan and post_id not in contexts:
         question_id = post_id

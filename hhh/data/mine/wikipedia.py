@@ -12,7 +12,8 @@ earlier revision B of the same page at distance 2..revert_radius (distance 1 is 
 edit). The search takes the most recent such B. The revisions strictly between B and R
 are the reverted edits; with each_reverted (the default, as in the paper) every one of
 them gives a comparison, otherwise only the one right before R. Each comparison is R's
-text (good, score 1) against the reverted edit's text (bad, score 0). These are dropped,
+text (good, score 1) against the reverted edit's text (bad, score 0); meta names R ("revert") and B
+("restored") by revision id, the id names the reverted edit. These are dropped,
 and counted under the reason in brackets:
   - R's comment has no revert word, when comment_signal is set ("no_revert_comment", per revert);
   - R restores a text that an earlier kept comparison judged bad. This is an edit war, and the
@@ -42,17 +43,24 @@ is at most window_chars long, and so is the context after the title. Cuts fall o
 whitespace when there is whitespace in the second half of the window.
 A blanked page stays a comparison, with an empty bad response.
 
-Memory is bounded by one page's window. iterparse clears each revision once it has been
-read, and only the last revert_radius revisions (hash and text) are kept in a deque.
-A page's full history is never held.
+Reading. The dump is not handed to an XML parser whole, since one bad byte would end the parse there. A
+scanner cuts it at the <siteinfo>, <page> and <revision> tags (wikitext is escaped inside <text>, so these
+never appear raw in it) and each unit is parsed on its own: a damaged revision costs only itself, keeps its
+place in the revert window (it can never match), and the next <revision> is read as usual. A revision whose
+end tag is damaged ends where the next <revision>, <page> or </page> starts.
+
+Memory is bounded by one page's window. Only the revision being read and the last revert_radius revisions
+(hash and text) are held; a page's full history never is. A revision over MAX_REVISION_BYTES (32 MB; MediaWiki
+caps a page at 2 MB of wikitext) is dropped while scanning on to its end, so it never costs more than that.
 
 Bad data never raises. These are counted in `stats` with the revision id as `where`:
 "no_text" (deleted or stub text), "malformed_revision" (id missing or not a number),
-"no_page_id", "namespace" (page outside `namespaces`). If the input stops short,
-"truncated_xml" is counted and everything complete so far has been yielded already.
-Other broken XML counts as "malformed_xml", an unreadable compressed stream as
-"corrupt_input". For these three, `where` is the last revision id read. Only a missing
-path raises (FileNotFoundError).
+"no_page_id" (also for a page whose head is unreadable), "namespace" (page outside `namespaces`). A revision
+that could not be read counts as "bad_encoding" (not UTF-8), "malformed_xml" (not well-formed) or
+"oversize_revision", with `where` = "FILE byte OFFSET" of its start. If the input stops short (no closing
+</mediawiki>), "truncated_xml" is counted and everything complete so far has been yielded already; an
+unreadable compressed stream is "corrupt_input". For these two, `where` is the last revision id read. Only a
+missing path raises (FileNotFoundError).
 """
 
 from __future__ import annotations
@@ -84,8 +92,9 @@ _SNAP = 80
 # Keys remembered per page (emitted ids; for dedupe also hash pairs and window digests).
 # Bounded so a huge page cannot grow it.
 _MAX_PAIRS = 4096
-# expat error codes that mean "the input ended early" rather than "the input is wrong".
-_EARLY_END = {3, 5, 6}  # no element found, unclosed token, partial character
+# A revision longer than this is skipped ("oversize_revision"). MediaWiki caps a page at 2 MB of wikitext
+# ($wgMaxArticleSize), a few MB once XML-escaped, so no real revision comes near it.
+MAX_REVISION_BYTES = 32 << 20
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
@@ -143,7 +152,7 @@ def _open(path: pathlib.Path) -> IO[bytes]:
 
 
 def _mine_file(path: pathlib.Path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
-  reader = _DumpReader(options, stats)
+  reader = _DumpReader(options, stats, path.name)
   try:
     stream = _open(path)
   except (OSError, EOFError, lzma.LZMAError) as e:
@@ -151,8 +160,6 @@ def _mine_file(path: pathlib.Path, options: Options, stats: MineStats) -> Iterat
     return
   try:
     yield from reader.read(stream)
-  except ET.ParseError as e:
-    stats.skip("truncated_xml" if e.code in _EARLY_END else "malformed_xml", reader.last_rev_id)
   except EOFError:  # a compressed stream that stops short is a truncated dump too
     stats.skip("truncated_xml", reader.last_rev_id)
   except (OSError, lzma.LZMAError, zlib.error):
@@ -188,7 +195,6 @@ class _Rev:
 
 @dataclasses.dataclass
 class _Page:
-  elem: ET.Element
   window: collections.deque  # the last revert_radius revisions
   title: str = ""
   ns: int | None = None
@@ -197,48 +203,66 @@ class _Page:
 
 
 class _DumpReader:
-  """Walks iterparse events. Page and siteinfo fields are read as they end, and revisions are mined one by one."""
+  """Walks the dump's units (see _units): siteinfo, each page's head, then its revisions mined one by one."""
 
-  def __init__(self, options: Options, stats: MineStats):
-    self.options, self.stats = options, stats
+  def __init__(self, options: Options, stats: MineStats, label: str = ""):
+    self.options, self.stats, self.label = options, stats, label
     self.namespace_names: dict[str, int] = {}  # siteinfo; export-0.4 pages have no <ns>, only a title prefix
     self.last_rev_id: str | None = None
 
   def read(self, stream: IO[bytes]) -> Iterator[tuple[str, Comparison]]:
-    stack: list[str] = []
-    pages: list[_Page] = []
-    root = None
-    for event, elem in ET.iterparse(stream, events=("start", "end")):
-      tag = _local(elem.tag)
-      if event == "start":
-        if root is None:
-          root = elem
-        stack.append(tag)
-        if tag == "page":
-          pages.append(_Page(elem, collections.deque(maxlen=self.options.revert_radius)))
-        continue
-      stack.pop()
-      parent = stack[-1] if stack else None
-      if parent == "page" and pages:
-        page = pages[-1]
-        if tag == "revision":
-          yield from self._revision(page, elem)
-          # Drop finished revisions from the page element. This keeps memory bounded by the deque.
-          page.elem.clear()
-        elif tag == "title":
-          page.title = (elem.text or "").strip()
-        elif tag == "ns":
-          page.ns = _signed_int(elem.text)
-        elif tag == "id":
-          page.page_id = _int_text(elem)
-      elif tag == "namespace" and parent == "namespaces":
-        key = (elem.get("key") or "").strip()
-        if _signed_int(key) is not None and elem.text:
-          self.namespace_names[elem.text.strip().casefold()] = int(key)
-      if tag == "page" and pages:
-        pages.pop()
-      if len(stack) == 1:  # a child of the root ended: nothing under the root is needed any more
-        root.clear()
+    page: _Page | None = None
+    for event, data, offset in _units(stream):
+      if event == "siteinfo":
+        self._siteinfo(data)
+      elif event == "page":
+        page = self._page(data)
+      elif event == "page_end":
+        page = None
+      elif event == "revision" and page is not None:
+        try:
+          elem = ET.fromstring(data)
+        except ET.ParseError:
+          self._broken(page, "bad_encoding" if _not_utf8(data) else "malformed_xml", offset)
+          continue
+        yield from self._revision(page, elem)
+      elif event == "broken" and page is not None:
+        self._broken(page, data, offset)
+      elif event == "end" and data:
+        self.stats.skip("truncated_xml", self.last_rev_id)
+
+  def _broken(self, page: _Page, reason: str, offset: int) -> None:
+    """A revision that could not be read: counted, and its place in the window kept (it can never match)."""
+    self.stats.records_read += 1
+    self.stats.skip(reason, f"{self.label} byte {offset}")
+    page.window.append(_Rev(None, None, None))
+
+  def _siteinfo(self, data: bytes) -> None:
+    try:
+      elem = ET.fromstring(data)
+    except ET.ParseError:
+      return  # no namespace names: export-0.4 talk pages then read as namespace 0 by their title
+    for child in elem.iter():
+      if _local(child.tag) == "namespace":
+        key = (child.get("key") or "").strip()
+        if _signed_int(key) is not None and child.text:
+          self.namespace_names[child.text.strip().casefold()] = int(key)
+
+  def _page(self, head: bytes) -> _Page:
+    page = _Page(collections.deque(maxlen=self.options.revert_radius))
+    try:
+      elem = ET.fromstring(head + b"</page>")
+    except ET.ParseError:
+      return page  # no page id: its revisions count as "no_page_id"
+    for child in elem:
+      tag = _local(child.tag)
+      if tag == "title":
+        page.title = (child.text or "").strip()
+      elif tag == "ns":
+        page.ns = _signed_int(child.text)
+      elif tag == "id":
+        page.page_id = _int_text(child)
+    return page
 
   def _namespace(self, page: _Page) -> int:
     if page.ns is not None:
@@ -298,10 +322,11 @@ class _DumpReader:
       elif opts.drop_edit_wars and base.judged_bad:
         stats.skip("edit_war", rev_id)
       else:
-        yield from self._comparisons(page, new, reverted if opts.each_reverted else reverted[-1:])
+        yield from self._comparisons(page, new, base, reverted if opts.each_reverted else reverted[-1:])
     page.window.append(new)
 
-  def _comparisons(self, page: _Page, good: _Rev, reverted: list[_Rev]) -> Iterator[tuple[str, Comparison]]:
+  def _comparisons(self, page: _Page, good: _Rev, base: _Rev,
+                   reverted: list[_Rev]) -> Iterator[tuple[str, Comparison]]:
     opts, stats = self.options, self.stats
     later = set()
     keep = []
@@ -342,7 +367,7 @@ class _DumpReader:
       stats.comparisons += 1
       yield page.page_id, Comparison(
           context=context, responses=(good_window, bad_window), scores=(1.0, 0.0), source=SOURCE,
-          id=f"wikipedia/{page.page_id}/{bad.rev_id}")
+          id=f"wikipedia/{page.page_id}/{bad.rev_id}", meta={"revert": good.rev_id, "restored": base.rev_id})
 
 
 def _common_prefix_len(a: str, b: str) -> int:
@@ -444,6 +469,114 @@ def _cut(title: str, good: str, bad: str, p: int, s: int, window_chars: int) -> 
   return (f"{title}\n\n{_tail(good[:p], window_chars)}",
           _head(good_mid, window_chars) + _head(after, budgets[0]),
           _head(bad_mid, window_chars) + _head(after, budgets[1]))
+
+
+# The tags the scanner cuts a dump at. Wikitext is escaped in <text>, so these never appear raw inside it.
+_UNIT_TAG = re.compile(rb"<(/?)(mediawiki|siteinfo|page|revision)(?=[\s>/])")
+_TAIL = 16  # longer than any of those tags' names, so one split across two reads is still found
+_READ_SIZE = 1 << 16
+
+
+def _units(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[str, object, int]]:
+  """Cuts a dump into (event, data, byte offset): ("siteinfo", bytes), ("page", its head up to the first
+  <revision>), ("revision", the <revision>...</revision> bytes), ("broken", reason), ("page_end", None), and
+  last ("end", True when the input stopped before </mediawiki>).
+
+  Each unit is parsed on its own, so a damaged one (a flipped byte, a bad encoding, a broken tag) costs only
+  itself: a revision whose end tag is lost ends where the next <revision>, <page> or </page> starts. A unit
+  over `max_bytes` is dropped while scanning on ("oversize_revision"), so at most that much is ever held.
+  """
+  max_bytes = max_bytes or MAX_REVISION_BYTES
+  buf = bytearray()
+  base = 0  # file offset of buf[0]
+  pos = 0  # where the next tag search starts, in buf
+  start: int | None = None  # where the unit being held starts, in buf (None: nothing held)
+  kind: str | None = None  # the unit being read: "siteinfo", "page" (the head), "revision" or "orphan"
+  unit_offset = 0
+  oversize = in_page = closed = False
+  eof = False
+
+  def drop(n: int) -> None:
+    nonlocal base, pos, start
+    del buf[:n]
+    base += n
+    pos -= n
+    if start is not None:
+      start -= n
+
+  while True:
+    m = _UNIT_TAG.search(buf, pos)
+    end = buf.find(b">", m.end()) if m else -1
+    if m is None or end < 0:
+      if eof:
+        break
+      if m is not None:
+        pos = m.start()  # the tag's ">" is still to come
+      else:
+        pos = max(len(buf) - _TAIL, 0 if start is None else start)
+      if start is not None and len(buf) - start > max_bytes:
+        oversize, start = True, None  # let the unit go; its end tag still ends it
+      drop(min(pos, len(buf)) if start is None else start)
+      chunk = stream.read(_READ_SIZE)
+      if chunk:
+        buf.extend(chunk)
+      else:
+        eof = True
+      continue
+    closing, name, tag_start, pos = m.group(1) == b"/", m.group(2), m.start(), end + 1
+    offset = base + tag_start
+    if kind == "revision" and (name in (b"page", b"mediawiki") or (name == b"revision" and not closing)):
+      # The revision's end tag is lost: it ends where the next unit starts.
+      yield "broken", "oversize_revision" if oversize else "malformed_xml", unit_offset
+      kind, start, oversize = None, None, False
+    if name == b"revision":
+      if not closing:
+        if kind == "page":
+          yield "page", bytes(buf[start:tag_start]) if not oversize else b"", unit_offset
+        kind = "revision" if in_page else "orphan"  # a revision outside any page has no page to join
+        start, unit_offset, oversize = tag_start, offset, False
+      elif kind == "revision":
+        if oversize:
+          yield "broken", "oversize_revision", unit_offset
+        else:
+          yield "revision", bytes(buf[start:pos]), unit_offset
+        kind, start, oversize = None, None, False
+      elif kind == "orphan":
+        kind, start = None, None
+      elif in_page:  # an end tag without its start: the start tag was damaged
+        yield "broken", "malformed_xml", offset
+    elif name == b"page":
+      if kind == "page" and not closing:
+        yield "page", bytes(buf[start:tag_start]), unit_offset  # a page with no revisions
+      if in_page:
+        yield "page_end", None, offset
+      in_page = not closing
+      kind, start, oversize = ("page", tag_start, False) if not closing else (None, None, False)
+      unit_offset = offset
+    elif name == b"siteinfo" and kind is None:
+      if not closing:
+        kind, start, unit_offset = "siteinfo", tag_start, offset
+    elif name == b"siteinfo" and kind == "siteinfo" and closing:
+      if not oversize:
+        yield "siteinfo", bytes(buf[start:pos]), unit_offset
+      kind, start, oversize = None, None, False
+    elif name == b"mediawiki" and closing:
+      if in_page:
+        yield "page_end", None, offset
+      in_page, kind, start, closed = False, None, None, True
+    if start is None:
+      drop(pos)
+  if kind == "page" and start is not None:
+    yield "page", bytes(buf[start:]), unit_offset  # a dump cut inside a page head
+  yield "end", not closed, base + len(buf)
+
+
+def _not_utf8(data: bytes) -> bool:
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError:
+    return True
+  return False
 
 
 class _SevenZipStream(io.RawIOBase):
