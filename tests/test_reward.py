@@ -107,6 +107,21 @@ def test_long_context_is_truncated_from_the_left_with_a_counted_warning(rm):
     np.testing.assert_allclose(rm.score(["y" * 900 + long_ctx[-59:]], [" yes"]), r[:1], atol=1e-6)
 
 
+def test_truncation_warning_counts_pairs_not_cuts(rm):
+  # max_len 64 bytes. A response of 100 bytes is cut to 63 and leaves no room for its context either: that is one
+  # truncated pair, not two (counting both cuts once gave "62 of 58 sequences").
+  contexts = ["Human: hi", "x" * 100, "short", ""]
+  responses = ["y" * 100, " yes", " yes", "z" * 100]
+  seqs, cut = rm.encode(contexts, responses)
+  assert [len(s) for s in seqs] == [64, 64, 10, 64] and cut == 3
+  assert list(seqs[0][:-1]) == [ord("y")] * 63  # the context is gone entirely
+  before = rm.truncated
+  with pytest.warns(UserWarning, match=r"^3 of 4 sequences were longer than max_len=64 tokens") as record:
+    rm.score(contexts, responses)
+  assert len(record) == 1 and rm.truncated == before + 3
+  assert str(record[0].message).endswith(f"; {before + 3} so far")
+
+
 def test_export_refuses_an_lm_run(tmp_path, tiny_experiment):
   run_hhh("train", tiny_experiment, "--workdir", tmp_path / "lm", "--set", "objective=lm")
   proc = run_hhh("export", tmp_path / "lm", "--out", tmp_path / "b", check=False)

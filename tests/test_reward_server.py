@@ -6,6 +6,7 @@ import concurrent.futures
 import http.client
 import json
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -43,7 +44,7 @@ def reference(bundle_path) -> RewardModel:
 
 def _start(model, **limits):
   server, url = server_lib.make_server(model, "127.0.0.1", 0, **limits)
-  thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
   return server, url, thread
 
@@ -104,6 +105,16 @@ def test_health(served, reference):
   assert body["normalization"]["mean"] == pytest.approx(reference.mean)
   assert body["normalization"]["std"] == pytest.approx(reference.std)
   assert isinstance(body["truncated"], int)
+  # HEAD: the same status and headers, no body.
+  host, port = url.removeprefix("http://").split(":")
+  conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+  try:
+    conn.request("HEAD", "/health")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Content-Type"), resp.read()) == (200, "application/json", b"")
+    assert int(resp.getheader("Content-Length")) > 0
+  finally:
+    conn.close()
 
 
 def test_score_equals_direct(served, reference):
@@ -185,6 +196,31 @@ def test_concurrent_requests_are_batched_and_correct(served, reference):
   calls = server.score_calls - calls_before
   # Requests from different clients shared model.score calls.
   assert 0 < calls < n_clients * per_client
+
+
+def test_many_clients_with_a_fresh_connection_per_request(served, reference):
+  # 64 clients x 20 requests, each on a new TCP connection: the listen backlog and the accept loop must keep
+  # up with bursts of connects, and no request may be refused, reset or answered wrongly.
+  _, url = served
+  n_clients, per_client = 64, 20
+  texts = [(f"Human: question {i}?\n\nAssistant:", f" answer {i % 7}") for i in range(n_clients * per_client)]
+  expected = reference.score([c for c, _ in texts], [r for _, r in texts])
+
+  def client(k):
+    errors = []
+    for i in range(k * per_client, (k + 1) * per_client):
+      try:
+        status, body = _request(url, "/score", {"pairs": [{"context": texts[i][0], "response": texts[i][1]}]})
+      except OSError as e:
+        errors.append((i, repr(e)))
+        continue
+      if status != 200 or not np.allclose(body["raw"], expected[i:i + 1], atol=1e-6, rtol=0):
+        errors.append((i, status, body))
+    return errors
+
+  with concurrent.futures.ThreadPoolExecutor(n_clients) as pool:
+    results = list(pool.map(client, range(n_clients), timeout=300))
+  assert [e for r in results for e in r] == []
 
 
 @pytest.mark.parametrize("name,request_bytes,status", [
@@ -297,6 +333,107 @@ def test_worker_survives_failures_and_isolates_bad_requests():
     _stop(server, thread)
   with pytest.raises(ValueError):
     server_lib.make_server(model, max_batch=0)
+
+
+class _InfiniteModel(_FlakyModel):
+  """Gives +inf for "inf" and nan for "nan": rewards JSON cannot carry."""
+
+  def score(self, contexts, responses, normalize=False):
+    return np.asarray([{"inf": np.inf, "nan": np.nan}.get(r, 1.0) for r in responses], np.float32)
+
+
+def test_non_finite_rewards_are_a_json_500():
+  server, url, thread = _start(_InfiniteModel())
+  try:
+    for bad in ("inf", "nan"):
+      for path, body in (("/score", {"pairs": [{"context": "", "response": "ok"}, {"context": "", "response": bad}]}),
+                         ("/get_reward", {"query": ["ok", bad]})):
+        status, answer = _request(url, path, body)  # json.loads would accept Infinity; the server must not send it
+        assert status == 500, answer
+        assert answer["error"].startswith("the model gave a non-finite reward") and "pair 1" in answer["error"]
+    assert _request(url, "/get_reward", {"query": ["ok"]}) == (200, {"rewards": [0.0], "scores": [1.0]})
+  finally:
+    _stop(server, thread)
+
+
+def _read_answer(sock) -> tuple[int, dict]:
+  resp = http.client.HTTPResponse(sock)
+  resp.begin()
+  assert resp.getheader("Content-Type") == "application/json"
+  assert resp.getheader("Connection") == "close"
+  return resp.status, json.loads(resp.read())
+
+
+def test_slow_clients_are_cut_off_and_others_still_served():
+  server, url, thread = _start(_FlakyModel(), read_timeout_s=1.0)
+  host, port = url.removeprefix("http://").split(":")
+  addr = (host, int(port))
+  socks = []
+  try:
+    # Stalls mid-body: 10 of 100 promised bytes, then nothing.
+    body_staller = socket.create_connection(addr, timeout=TIMEOUT)
+    body_staller.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"pairs": ')
+    # Stalls mid-head: a request line and one header, never the blank line.
+    head_staller = socket.create_connection(addr, timeout=TIMEOUT)
+    head_staller.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\n")
+    # Connects and says nothing.
+    silent = socket.create_connection(addr, timeout=TIMEOUT)
+    socks += [body_staller, head_staller, silent]
+    # Trickles its body a byte at a time, forever: the deadline is for the whole body, not for each read.
+    trickler = socket.create_connection(addr, timeout=TIMEOUT)
+    socks.append(trickler)
+    trickler.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    trickle_result = []
+
+    def trickle():
+      try:
+        for _ in range(int(TIMEOUT / 0.1)):
+          if select.select([trickler], [], [], 0.1)[0]:
+            break  # the server answered
+          trickler.sendall(b" ")
+        trickle_result.append(_read_answer(trickler))
+      except OSError as e:  # a byte that crossed the server's close in flight resets the connection
+        trickle_result.append(e)
+
+    trickling = threading.Thread(target=trickle)
+    trickling.start()
+    # Meanwhile everyone else is served.
+    for i in range(5):
+      assert _request(url, "/score", {"pairs": [{"context": "ab", "response": "c" * i}]})[1]["raw"] == [2.0 + i]
+    status, answer = _read_answer(body_staller)
+    assert status == 408 and answer["error"] == "the body did not arrive within 1 s (10 of 100 bytes)"
+    status, answer = _read_answer(head_staller)
+    assert status == 408 and answer["error"] == "the request head did not arrive within 1 s"
+    assert silent.recv(100) == b""  # closed without a word: there was no request to answer
+    trickling.join(TIMEOUT)
+    (result,) = trickle_result
+    if not isinstance(result, OSError):
+      assert result[0] == 408 and result[1]["error"].startswith("the body did not arrive within 1 s (")
+    assert _request(url, "/health")[0] == 200
+  finally:
+    for s in socks:
+      s.close()
+    _stop(server, thread)
+
+
+def test_keep_alive_connection_serves_several_requests():
+  server, url, thread = _start(_FlakyModel(), read_timeout_s=1.0)
+  host, port = url.removeprefix("http://").split(":")
+  conn = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+  try:
+    answers = []
+    for pairs in ([{"context": "ab", "response": "c"}], [{"context": 1, "response": "c"}],
+                  [{"context": "", "response": "1234"}]):
+      conn.request("POST", "/score", json.dumps({"pairs": pairs}), {"Content-Type": "application/json"})
+      resp = conn.getresponse()
+      answers.append((resp.status, json.loads(resp.read())["raw" if resp.status == 200 else "error"]))
+      if len(answers) == 1:
+        sock = conn.sock
+      assert conn.sock is sock  # the same connection: a 422 after a fully read body does not close it
+    assert answers == [(200, [3.0]), (422, 'pairs[0]["context"] must be a string, not int'), (200, [4.0])]
+  finally:
+    conn.close()
+    _stop(server, thread)
 
 
 def test_cli_parser():

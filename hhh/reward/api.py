@@ -52,12 +52,17 @@ class RewardModel:
     self.path = pathlib.Path(path)
     self.cfg, self.params, self.tokenizer, self.info = bundle_lib.read(self.path)
     self.max_len = int(self.info["max_len"])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
     self.batch_size = batch_size
-    self.buckets = tuple(buckets) if buckets else default_buckets(self.max_len)
+    self.buckets = tuple(sorted(buckets)) if buckets else default_buckets(self.max_len)
+    if self.buckets[0] < 1 or self.buckets[-1] < self.max_len:
+      raise ValueError(f"buckets {self.buckets} must be positive and reach max_len={self.max_len}")
     norm = self.info["normalization"]
     self.mean, self.std = float(norm["mean"]), float(norm["std"])
     self._fn = jax.jit(make_reward_fn(self.cfg))
     self.truncated = 0  # pairs whose context (or response) was cut to fit max_len, over this object's life
+    self.warn_truncation = True  # `hhh serve` turns it off: one warning per batch floods a server's log
     self._lock = threading.Lock()
 
   def reward_fn(self):
@@ -67,9 +72,15 @@ class RewardModel:
     if len(contexts) != len(responses):
       raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
     stats = EncodeStats()
-    seqs = [encode_comparison(Comparison(c, (r,), (0.0,), "", ""), self.tokenizer, self.max_len, 1, stats).seqs[0]
-            for c, r in zip(contexts, responses)]
-    return seqs, stats.contexts_truncated + stats.responses_truncated
+    seqs, cut = [], 0
+    for c, r in zip(contexts, responses):
+      before = stats.contexts_truncated + stats.responses_truncated
+      seqs.append(encode_comparison(Comparison(c, (r,), (0.0,), "", ""), self.tokenizer, self.max_len, 1,
+                                    stats).seqs[0])
+      # Pairs, not cuts: a response cut to max_len - 1 leaves no room for its context, so one pair can bump
+      # both counters (which once gave "62 of 58 sequences were truncated").
+      cut += stats.contexts_truncated + stats.responses_truncated > before
+    return seqs, cut
 
   def score(self, contexts, responses, *, normalize: bool = False) -> np.ndarray:
     """Rewards [N] (float32) for each (context, response) pair; `normalize` maps them to (r - mean) / std."""
@@ -77,6 +88,7 @@ class RewardModel:
     if cut:
       with self._lock:
         self.truncated += cut
+    if cut and self.warn_truncation:
       warnings.warn(f"{cut} of {len(seqs)} sequences were longer than max_len={self.max_len} tokens and were "
                     f"truncated (context from the left); {self.truncated} so far", stacklevel=2)
     out = np.zeros(len(seqs), np.float32)

@@ -8,13 +8,25 @@
 checkpoint, or a given step dir) and computes the normalization statistics (mean
 and std of raw rewards) over a reference set: by default the run's own held-out
 responses.
+
+A bundle may come from anyone, so `read` trusts none of it: bundle.json is read
+only if it is a regular file (not a symlink, FIFO or device) of at most
+`MAX_INFO_BYTES`, every field is checked with a one-line error naming it, and
+params/ may not reach outside the bundle through symlinks.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
+import math
+import os
 import pathlib
 import shutil
+import stat
+import typing
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -27,6 +39,36 @@ from hhh.model.config import ModelConfig
 from hhh.train import checkpoint as ckpt_lib
 
 FORMAT_VERSION = 1
+OBJECTIVES = ("ranked", "binary")
+# A pretrained tokenizer's JSON rides inside bundle.json (SmolLM2's is ~2 MB, Llama 3's ~9 MB).
+MAX_INFO_BYTES = 64 << 20
+
+
+def write(out_dir, model_cfg: ModelConfig, params, tokenizer_json: dict, *, objective: str, max_len: int,
+          normalization: dict | None = None, source_checkpoint: str | None = None) -> dict:
+  """Writes a bundle into `out_dir` (which must not exist yet) from its parts; returns its bundle.json."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True)
+  ocp.save_pytree(out / "params", params)
+  tok = tokenizer_lib.from_json(tokenizer_json)
+  info = {
+      "format_version": FORMAT_VERSION,
+      "model": config_lib.to_dict(model_cfg),
+      "tokenizer": tokenizer_json,
+      "objective": objective,
+      "end_of_context": {"token_id": tok.eoc_id, "appended": True, "pad_id": tok.pad_id,
+                         "sequence": "context tokens + response tokens + <eoc>; the reward is read at <eoc>",
+                         "truncation": "context from the left, response from the right; <eoc> always kept"},
+      "max_len": max_len,
+      "source_checkpoint": source_checkpoint,
+      "normalization": normalization or {"mean": 0.0, "std": 1.0, "n": 0, "reference": None},
+  }
+  _write_info(out, info)
+  return info
+
+
+def _write_info(out: pathlib.Path, info: dict) -> None:
+  (out / "bundle.json").write_text(json.dumps(info, indent=2, allow_nan=False) + "\n")
 
 
 def export(ckpt_path, out_dir, *, reference: str | None = None, max_reference: int = 2000) -> dict:
@@ -34,29 +76,15 @@ def export(ckpt_path, out_dir, *, reference: str | None = None, max_reference: i
   from hhh.reward.api import RewardModel
   meta = ckpt_lib.load_meta(ckpt_path)
   run_cfg = config_lib.from_dict(config_lib.TrainConfig, meta["config"])
-  if run_cfg.objective not in ("ranked", "binary"):
+  if run_cfg.objective not in OBJECTIVES:
     raise ValueError(f"{ckpt_path} was trained with objective {run_cfg.objective!r}; only a preference model "
                      "(ranked or binary) has a reward head worth exporting")
   params, _ = ckpt_lib.load_params(ckpt_path, _abstract(run_cfg.model))
   out = pathlib.Path(out_dir).absolute()
   tmp = out.with_name(out.name + ".partial")
   shutil.rmtree(tmp, ignore_errors=True)
-  tmp.mkdir(parents=True)
-  ocp.save_pytree(tmp / "params", params)
-  tok = tokenizer_lib.from_json(meta["tokenizer"])
-  info = {
-      "format_version": FORMAT_VERSION,
-      "model": config_lib.to_dict(run_cfg.model),
-      "tokenizer": meta["tokenizer"],
-      "objective": run_cfg.objective,
-      "end_of_context": {"token_id": tok.eoc_id, "appended": True, "pad_id": tok.pad_id,
-                         "sequence": "context tokens + response tokens + <eoc>; the reward is read at <eoc>",
-                         "truncation": "context from the left, response from the right; <eoc> always kept"},
-      "max_len": run_cfg.data.max_len,
-      "source_checkpoint": str(pathlib.Path(ckpt_path).absolute()),
-      "normalization": {"mean": 0.0, "std": 1.0, "n": 0, "reference": None},
-  }
-  (tmp / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+  info = write(tmp, run_cfg.model, params, meta["tokenizer"], objective=run_cfg.objective,
+               max_len=run_cfg.data.max_len, source_checkpoint=str(pathlib.Path(ckpt_path).absolute()))
   # Normalization statistics come from the bundle's own scoring path, so they match serving exactly.
   spec = reference or run_cfg.data.validation
   comps = sources.load_comparisons(spec, run_cfg.data, "validation")[:max_reference]
@@ -65,9 +93,11 @@ def export(ckpt_path, out_dir, *, reference: str | None = None, max_reference: i
   if not responses:
     raise ValueError(f"reference set {spec!r} has no responses to compute normalization statistics from")
   raw = RewardModel(tmp).score(contexts, responses)
+  if not np.all(np.isfinite(raw)):
+    raise ValueError(f"the model gives non-finite rewards on {int(np.sum(~np.isfinite(raw)))} reference responses")
   info["normalization"] = {"mean": float(np.mean(raw)), "std": float(max(np.std(raw), 1e-6)), "n": len(raw),
                            "reference": spec if spec != "toy" else f"toy (seed {run_cfg.data.toy_seed}, validation)"}
-  (tmp / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+  _write_info(tmp, info)
   shutil.rmtree(out, ignore_errors=True)
   tmp.rename(out)
   return info
@@ -81,14 +111,185 @@ def _abstract(cfg: ModelConfig):
 
 
 def read(path):
-  """(model config, params, tokenizer, info) of a bundle."""
+  """(model config, params, tokenizer, info) of a bundle, every field checked."""
   path = pathlib.Path(path).absolute()
   info_path = path / "bundle.json"
-  if not info_path.exists():
+  if not os.path.lexists(info_path):
     raise FileNotFoundError(f"{path} is not a reward bundle (no bundle.json); write one with `hhh export`")
-  info = json.loads(info_path.read_text())
-  if info.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: bundle format {info.get('format_version')} is not {FORMAT_VERSION}")
-  cfg = config_lib.from_dict(ModelConfig, info["model"])
-  params = ocp.load_pytree(path / "params", _abstract(cfg))
-  return cfg, params, tokenizer_lib.from_json(info["tokenizer"]), info
+  where = str(info_path)
+  data = read_regular_file(info_path, MAX_INFO_BYTES)
+  try:
+    info = json.loads(data)
+  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError too
+    raise ValueError(f"{where}: not valid JSON: {' '.join(str(e).split())[:200]}") from None
+  cfg, tok = validate_info(info, where)
+  params_dir = _params_dir(path)
+  try:
+    params = ocp.load_pytree(params_dir, _abstract(cfg))
+  except Exception as e:  # noqa: BLE001 -- orbax raises many kinds; all mean "these are not the params"
+    raise ValueError(f"{params_dir}: not the parameters of the model bundle.json describes: "
+                     f"{' '.join(str(e).split())[:300]}") from e
+  return cfg, params, tok, info
+
+
+def read_regular_file(path, limit: int) -> bytes:
+  """The bytes of `path` if it is a regular file (not a symlink) of at most `limit` bytes; else ValueError.
+
+  A symlink to /dev/zero would be read forever and a FIFO would block the open, so the file is opened without
+  following symlinks and without blocking, and checked with fstat on the open descriptor (no race with a swap).
+  """
+  flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+  try:
+    fd = os.open(path, flags)
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      raise ValueError(f"{path}: is a symlink; it must be a regular file") from None
+    raise ValueError(f"{path}: cannot be opened: {e.strerror}") from None
+  try:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      raise ValueError(f"{path}: is {_kind(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+      raise ValueError(f"{path}: is {st.st_size} bytes, over the limit of {limit}")
+    chunks, n = [], 0
+    while n <= limit:  # the size can change after fstat; never read more than the limit allows
+      chunk = os.read(fd, min(1 << 20, limit + 1 - n))
+      if not chunk:
+        break
+      chunks.append(chunk)
+      n += len(chunk)
+    if n > limit:
+      raise ValueError(f"{path}: grew past the limit of {limit} bytes while being read")
+    return b"".join(chunks)
+  finally:
+    os.close(fd)
+
+
+def _kind(mode: int) -> str:
+  for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                     (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    if test(mode):
+      return name
+  return "not a regular file"
+
+
+def _params_dir(bundle: pathlib.Path) -> pathlib.Path:
+  """bundle/params, refused if it (or anything in it) resolves outside the bundle or is not a file or directory."""
+  params = bundle / "params"
+  if not os.path.lexists(params):
+    raise FileNotFoundError(f"{bundle} has no params/ directory; write the bundle with `hhh export`")
+  root = bundle.resolve()
+  entries = [params] + [pathlib.Path(d) / n for d, dirs, files in os.walk(params) for n in dirs + files]
+  for p in entries:
+    target = p.resolve()
+    if not target.is_relative_to(root):
+      raise ValueError(f"{p}: points outside the bundle (to {target}); a bundle must be self-contained")
+    mode = os.stat(target).st_mode if target.exists() else 0
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+      raise ValueError(f"{p}: is {_kind(mode) if mode else 'a dangling symlink'}, not a file or directory")
+  if not params.is_dir():
+    raise ValueError(f"{params}: is not a directory")
+  return params
+
+
+# --- bundle.json fields ---------------------------------------------------------------------------------------
+
+_POSITIVE_INTS = {"vocab_size", "d_model", "n_layers", "n_heads", "max_len"}
+_FLOAT_RANGES = {"norm_eps": (0.0, None, False), "rope_theta": (0.0, None, False),
+                 "rotary_pct": (0.0, 1.0, False), "dropout": (0.0, 1.0, True)}  # (low, high, low allowed)
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+  return json.dumps(v)[:60] if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+
+
+def _model_config(d, where: str) -> ModelConfig:
+  if not isinstance(d, dict):
+    raise ValueError(f"{where}: model must be an object, not {_show(d)}")
+  hints = typing.get_type_hints(ModelConfig)
+  names = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise ValueError(f"{where}: model.{unknown[0]} is not a model config field")
+  for name, v in d.items():
+    tp, key = hints[name], f"model.{name}"
+    if typing.get_origin(tp) is Literal:
+      if v not in typing.get_args(tp) or not isinstance(v, str):
+        raise ValueError(f"{where}: {key} must be one of {', '.join(typing.get_args(tp))}, not {_show(v)}")
+    elif tp is bool:
+      if not isinstance(v, bool):
+        raise ValueError(f"{where}: {key} must be true or false, not {_show(v)}")
+    elif tp is int:
+      low = 1 if name in _POSITIVE_INTS else 0
+      if not _is_int(v) or v < low:
+        raise ValueError(f"{where}: {key} must be an integer >= {low}, not {_show(v)}")
+    elif tp is float:
+      low, high, low_ok = _FLOAT_RANGES.get(name, (None, None, True))
+      if not _is_number(v) or (low is not None and (v < low or (v == low and not low_ok))) or \
+          (high is not None and v > high):
+        raise ValueError(f"{where}: {key} must be a finite number{_range(low, high, low_ok)}, not {_show(v)}")
+  try:
+    return ModelConfig(**d)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+
+
+def _range(low, high, low_ok) -> str:
+  if low is None:
+    return ""
+  lo = f"{'>=' if low_ok else '>'} {low:g}"
+  return f" {lo}" if high is None else f" {lo} and <= {high:g}"
+
+
+def validate_info(info, where: str) -> tuple[ModelConfig, Any]:
+  """(model config, tokenizer) of a parsed bundle.json, or a ValueError naming the first bad field."""
+  if not isinstance(info, dict):
+    raise ValueError(f"{where}: must hold a JSON object, not {_show(info)}")
+  for key in ("format_version", "model", "tokenizer", "objective", "max_len", "normalization"):
+    if key not in info:
+      raise ValueError(f"{where}: missing field {key!r}")
+  if info["format_version"] != FORMAT_VERSION or not _is_int(info["format_version"]):
+    raise ValueError(f"{where}: format_version {_show(info['format_version'])} is not {FORMAT_VERSION}")
+  if info["objective"] not in OBJECTIVES:
+    raise ValueError(f"{where}: objective must be one of {', '.join(OBJECTIVES)}, not {_show(info['objective'])}")
+  cfg = _model_config(info["model"], where)
+  if not isinstance(info["tokenizer"], dict):
+    raise ValueError(f"{where}: tokenizer must be an object, not {_show(info['tokenizer'])}")
+  try:
+    tok = tokenizer_lib.from_json(info["tokenizer"])
+  except ValueError as e:
+    raise ValueError(f"{where}: tokenizer: {' '.join(str(e).split())[:200]}") from None
+  if tok.vocab_size > cfg.vocab_size:
+    raise ValueError(f"{where}: the tokenizer has {tok.vocab_size} ids but model.vocab_size is {cfg.vocab_size}")
+  max_len = info["max_len"]
+  # At least one token and <eoc>; at most what the model has positions for.
+  if not _is_int(max_len) or not 2 <= max_len <= cfg.max_len:
+    raise ValueError(f"{where}: max_len must be an integer from 2 to model.max_len={cfg.max_len}, "
+                     f"not {_show(max_len)}")
+  eoc = info.get("end_of_context", {})
+  if not isinstance(eoc, dict):
+    raise ValueError(f"{where}: end_of_context must be an object, not {_show(eoc)}")
+  for key, want in (("token_id", tok.eoc_id), ("pad_id", tok.pad_id)):
+    if key in eoc and (not _is_int(eoc[key]) or eoc[key] != want):
+      raise ValueError(f"{where}: end_of_context.{key} is {_show(eoc[key])} but the tokenizer's is {want}")
+  norm = info["normalization"]
+  if not isinstance(norm, dict):
+    raise ValueError(f"{where}: normalization must be an object, not {_show(norm)}")
+  if not _is_number(norm.get("mean")):
+    raise ValueError(f"{where}: normalization.mean must be a finite number, not {_show(norm.get('mean'))}")
+  # A zero std turns every normalized reward into +-inf (or nan), which no RL loop can use.
+  if not _is_number(norm.get("std")) or norm["std"] <= 0:
+    raise ValueError(f"{where}: normalization.std must be a finite number > 0, not {_show(norm.get('std'))}")
+  if "n" in norm and (not _is_int(norm["n"]) or norm["n"] < 0):
+    raise ValueError(f"{where}: normalization.n must be an integer >= 0, not {_show(norm['n'])}")
+  return cfg, tok

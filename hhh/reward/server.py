@@ -3,18 +3,18 @@
     hhh serve runs/tiny_pm/bundle --port 8000
     # or: from hhh.reward import server; server.serve("runs/tiny_pm/bundle", port=8000)
 
-Concurrent requests are batched: each connection has its own thread, which puts
-its pairs on a queue and waits, and one worker thread (the only one that touches
-the model) gathers up to `max_batch` pairs from whatever requests are waiting
-(or waits `max_wait_ms` for more), scores them with ONE `RewardModel.score` call
-and hands each request its slice. A reward does not depend on what it was
-batched with, so answers equal `RewardModel.score` on the same pairs.
+A small Starlette app on uvicorn (h11): one event loop reads requests and writes answers, and one worker
+thread (the only one that touches the model) gathers up to `max_batch` pairs from whatever requests are
+waiting (or waits `max_wait_ms` for more), scores them with ONE `RewardModel.score` call and hands each
+request its slice. A reward does not depend on what it was batched with, so answers equal
+`RewardModel.score` on the same pairs. A waiting request costs a coroutine, not a thread, and a client
+that sends its request slowly is cut off after `read_timeout_s` (408), so slow clients cannot hold the server.
 
 Endpoints (JSON in and out):
 
-  GET /health
+  GET /health    (HEAD /health: the same status, no body)
     -> {"status": "ok", "objective": "ranked", "max_len": 1024, "normalization": {"mean": .., "std": .., ...},
-        "truncated": 0, "stats": {"requests": .., "pairs": .., "score_calls": ..}}
+        "truncated": 0, "stats": {"requests": .., "pairs": .., "score_calls": .., "score_s": ..}}
     `truncated` counts pairs cut to fit max_len (context from the left) since the server started.
 
   POST /score  (native)
@@ -35,31 +35,37 @@ Endpoints (JSON in and out):
     prompts, or a prompt that is not a prefix) context = "" and response = the whole query[i]. `rewards` are
     normalized, which is what an RL loop should optimise; `scores` are the raw rewards.
 
-Errors are JSON `{"error": "one line"}` with a 4xx status: 400 invalid JSON, 404 unknown path, 405 wrong
-method, 408 body not received in time, 411 no Content-Length, 413 body over `max_body_bytes` (refused from
-Content-Length before reading) or more than `max_items` pairs, 422 wrong types, missing fields, mismatched
-lengths or input the model rejects. An internal failure is a JSON 500 and the server keeps serving; 503 means
-it is shutting down or scoring timed out. The server listens on 127.0.0.1 unless told otherwise: it has no
-authentication, so expose it only on a trusted network.
+Errors are JSON `{"error": "one line"}` with a 4xx status: 400 invalid JSON or a malformed HTTP request,
+404 unknown path, 405 wrong method, 408 request head or body not received within `read_timeout_s`, 411 no
+Content-Length (or a chunked body), 413 body over `max_body_bytes` (refused from Content-Length before
+reading) or more than `max_items` pairs, 422 wrong types, missing fields, mismatched lengths or input the
+model rejects. An internal failure (a non-finite reward included: the answer is always valid JSON) is a JSON
+500 and the server keeps serving; 503 means it is shutting down or scoring timed out. The server listens on
+127.0.0.1 unless told otherwise: it has no authentication, so expose it only on a trusted network.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
+import asyncio
 import json
 import logging
 import queue
 import socket
-import socketserver
 import sys
 import threading
 import time
-import urllib.parse
-from http import HTTPStatus
 from typing import Any, Callable
 
+import h11
 import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +74,10 @@ _STOP = object()
 
 class _Job:
   """One request's pairs, waiting for the worker."""
-  __slots__ = ("contexts", "responses", "done", "raw", "error")
+  __slots__ = ("contexts", "responses", "done", "raw", "error", "on_done")
 
-  def __init__(self, contexts: list[str], responses: list[str]):
-    self.contexts, self.responses = contexts, responses
+  def __init__(self, contexts: list[str], responses: list[str], on_done: Callable[[_Job], None] | None = None):
+    self.contexts, self.responses, self.on_done = contexts, responses, on_done
     self.done = threading.Event()
     self.raw: np.ndarray | None = None
     self.error: BaseException | None = None
@@ -87,6 +93,7 @@ class Batcher:
   def __init__(self, model, max_batch: int = 256, max_wait_ms: float = 5.0):
     self.model, self.max_batch, self.max_wait_s = model, max_batch, max_wait_ms / 1000.0
     self.score_calls = self.requests = self.pairs = 0
+    self.score_s = 0.0  # wall time spent inside model.score: the rest of a request's latency is the server's
     self._queue: queue.Queue = queue.Queue()
     # Held while checking `_stopped` and enqueueing, so no job can land behind the stop marker and hang.
     self._lock = threading.Lock()
@@ -105,13 +112,19 @@ class Batcher:
     if self._thread.is_alive() and threading.current_thread() is not self._thread:
       self._thread.join(timeout)
 
-  def score(self, contexts: list[str], responses: list[str], timeout: float | None = None) -> np.ndarray:
-    """Raw rewards of these pairs, scored together with whatever else is waiting."""
-    job = _Job(contexts, responses)
+  def submit(self, contexts: list[str], responses: list[str],
+             on_done: Callable[[_Job], None] | None = None) -> _Job:
+    """Queues these pairs; `on_done(job)` is called from the worker thread once `job.raw` or `job.error` is set."""
+    job = _Job(contexts, responses, on_done)
     with self._lock:
       if self._stopped:
         raise Unavailable("the server is shutting down")
       self._queue.put(job)
+    return job
+
+  def score(self, contexts: list[str], responses: list[str], timeout: float | None = None) -> np.ndarray:
+    """Raw rewards of these pairs, scored together with whatever else is waiting (blocking)."""
+    job = self.submit(contexts, responses)
     if not job.done.wait(timeout):
       raise Unavailable(f"scoring did not finish within {timeout:g} s")
     if job.error is not None:
@@ -143,10 +156,23 @@ class Batcher:
         batch.append(nxt)
         n += len(nxt.contexts)
       self._run(batch)
+    # Whatever is still queued after the stop marker (none, given the lock) must not wait forever.
+    while True:
+      try:
+        job = self._queue.get_nowait()
+      except queue.Empty:
+        break
+      if job is not _STOP:
+        job.error = Unavailable("the server is shutting down")
+        self._finish(job)
 
   def _score(self, contexts: list[str], responses: list[str]) -> np.ndarray:
     self.score_calls += 1
-    raw = np.asarray(self.model.score(contexts, responses), np.float32)
+    t0 = time.perf_counter()
+    try:
+      raw = np.asarray(self.model.score(contexts, responses), np.float32)
+    finally:
+      self.score_s += time.perf_counter() - t0
     if raw.shape != (len(contexts),):
       raise RuntimeError(f"model.score returned shape {raw.shape} for {len(contexts)} pairs")
     return raw
@@ -164,7 +190,7 @@ class Batcher:
         for j in batch:
           try:
             j.raw = self._score(j.contexts, j.responses)
-          except Exception as e:  # noqa: BLE001 -- handed to that request's thread
+          except Exception as e:  # noqa: BLE001 -- handed to that request
             j.error = e
       else:
         start = 0
@@ -179,7 +205,16 @@ class Batcher:
           j.error = e
     finally:
       for j in batch:
-        j.done.set()
+        self._finish(j)
+
+  @staticmethod
+  def _finish(job: _Job) -> None:
+    job.done.set()
+    if job.on_done is not None:
+      try:
+        job.on_done(job)
+      except Exception:  # noqa: BLE001 -- e.g. the event loop already closed: nobody is waiting
+        log.debug("hhh serve: a finished job had no one to hand its answer to", exc_info=True)
 
 
 class HTTPError(Exception):
@@ -192,6 +227,11 @@ class HTTPError(Exception):
 def _one_line(e: BaseException) -> str:
   text = " ".join(str(e).split()) or type(e).__name__
   return text[:500]
+
+
+def _json_bytes(obj: Any) -> bytes:
+  # allow_nan=False: `-Infinity` is not JSON, and a client parser that accepts it would optimise garbage.
+  return json.dumps(obj, allow_nan=False).encode()
 
 
 def _string_list(body: dict, key: str, *, required: bool = True) -> list[str] | None:
@@ -208,247 +248,316 @@ def _string_list(body: dict, key: str, *, required: bool = True) -> list[str] | 
   return value
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-  server: RewardServer
-  protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse connections
-  server_version = "hhh-reward/1"
-  # Not HTTP/0.9 (the base default), whose answers have no status line: a garbled request still gets a 400.
-  default_request_version = "HTTP/1.0"
-  timeout = 60  # seconds a read may stall before the connection is dropped; a slow client holds only its thread
+def _pairs_of_score_body(body: dict, max_items: int) -> tuple[list[str], list[str], bool]:
+  pairs = body.get("pairs")
+  if "pairs" not in body:
+    raise HTTPError(422, 'missing field "pairs" (a list of {"context": str, "response": str})')
+  if not isinstance(pairs, list):
+    raise HTTPError(422, f'"pairs" must be a list, not {type(pairs).__name__}')
+  _check_count(len(pairs), max_items)
+  normalize = body.get("normalize", False)
+  if not isinstance(normalize, bool):
+    raise HTTPError(422, f'"normalize" must be true or false, not {json.dumps(normalize)[:40]}')
+  contexts, responses = [], []
+  for i, p in enumerate(pairs):
+    if not isinstance(p, dict):
+      raise HTTPError(422, f'pairs[{i}] must be an object {{"context": str, "response": str}}, '
+                      f"not {type(p).__name__}")
+    for key, out in (("context", contexts), ("response", responses)):
+      if key not in p:
+        raise HTTPError(422, f'pairs[{i}] has no "{key}"')
+      if not isinstance(p[key], str):
+        raise HTTPError(422, f'pairs[{i}]["{key}"] must be a string, not {type(p[key]).__name__}')
+      out.append(p[key])
+  return contexts, responses, normalize
 
-  # --- routing --------------------------------------------------------------------------------------------------
 
-  def do_GET(self):
-    self._dispatch()
+def _pairs_of_get_reward_body(body: dict, max_items: int) -> tuple[list[str], list[str]]:
+  queries = _string_list(body, "query")
+  _check_count(len(queries), max_items)
+  prompts = _string_list(body, "prompts", required=False)
+  if prompts is not None and len(prompts) != len(queries):
+    raise HTTPError(422, f'{len(queries)} "query" texts but {len(prompts)} "prompts"')
+  contexts, responses = [], []
+  for i, q in enumerate(queries):
+    # OpenRLHF concatenates prompt + response; a prompt that is not a prefix leaves nothing to split on.
+    if prompts is not None and q.startswith(prompts[i]):
+      contexts.append(prompts[i])
+      responses.append(q[len(prompts[i]):])
+    else:
+      contexts.append("")
+      responses.append(q)
+  return contexts, responses
 
-  do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
 
-  def _dispatch(self) -> None:
-    self._body_read = False
+def _check_count(n: int, max_items: int) -> None:
+  if n > max_items:
+    raise HTTPError(413, f"{n} items is more than this server's limit of {max_items} per request; "
+                    "split them over several requests")
+
+
+def _object(body) -> dict:
+  if not isinstance(body, dict):
+    raise HTTPError(422, f"the body must be a JSON object, not {type(body).__name__}")
+  return body
+
+
+class _ClientGone(Exception):
+  """The client closed its connection mid-request: there is nobody to answer."""
+
+
+class _App:
+  """The endpoints, bound to one server's model, batcher and limits."""
+
+  def __init__(self, server: RewardServer):
+    self.server = server
+    routes = [Route("/health", self._wrap(self._health), methods=["GET"]),  # Starlette adds HEAD to GET
+              Route("/score", self._wrap(self._score), methods=["POST"]),
+              Route("/get_reward", self._wrap(self._get_reward), methods=["POST"])]
+    self.asgi = Starlette(routes=routes, exception_handlers={HTTPException: self._starlette_error})
+
+  # --- plumbing -------------------------------------------------------------------------------------------------
+
+  def _wrap(self, fn):
+    async def endpoint(request: Request) -> Response:
+      state = {"body_read": False}
+      try:
+        return self._reply(200, await fn(request, state))
+      except HTTPError as e:
+        return self._reply(e.status, {"error": e.message}, e.headers, close=not state["body_read"])
+      except _ClientGone:
+        return Response(status_code=400, headers={"Connection": "close"})  # never delivered
+      except Exception as e:  # noqa: BLE001 -- a bug answers 500 and the server goes on
+        log.exception("hhh serve: internal error on %s %s", request.method, request.url.path)
+        return self._reply(500, {"error": f"internal error: {_one_line(e)}"}, close=not state["body_read"])
+    return endpoint
+
+  async def _starlette_error(self, request: Request, exc: HTTPException) -> Response:
+    # Starlette's own 404 and 405 (unknown path, wrong method): JSON like every other answer.
+    if exc.status_code == 404:
+      message = f"no endpoint {request.url.path!r}; there are GET /health, POST /score and POST /get_reward"
+    elif exc.status_code == 405:
+      message = f"{request.url.path} takes {(exc.headers or {}).get('Allow', '?')}, not {request.method}"
+    else:
+      message = exc.detail
+    return self._reply(exc.status_code, {"error": message}, dict(exc.headers or {}), close=True)
+
+  def _reply(self, status: int, obj: dict, headers: dict[str, str] | None = None, *,
+             close: bool = False) -> Response:
     try:
-      path = urllib.parse.urlsplit(self.path).path
-      route = _ROUTES.get(path.rstrip("/") or "/")
-      if route is None:
-        raise HTTPError(404, f"no endpoint {path!r}; there are GET /health, POST /score and POST /get_reward")
-      method, fn = route
-      if self.command != method:
-        raise HTTPError(405, f"{path} takes {method}, not {self.command}", {"Allow": method})
-      self._reply(200, fn(self, self._read_json() if method == "POST" else None))
-    except HTTPError as e:
-      self._reply(e.status, {"error": e.message}, e.headers)
-    except Exception as e:  # noqa: BLE001 -- a bug answers 500 and the server goes on
-      log.exception("hhh serve: internal error on %s %s", self.command, self.path)
-      self._reply(500, {"error": f"internal error: {_one_line(e)}"})
+      body = _json_bytes(obj)
+    except ValueError as e:  # a non-finite float slipped through: answer valid JSON anyway
+      status, body, close = 500, _json_bytes({"error": f"internal error: {_one_line(e)}"}), True
+    headers = dict(headers or {})
+    # An error before the body was read leaves the body unread: end the connection rather than parse it as the
+    # next request (uvicorn closes after the answer when it carries Connection: close).
+    if close and status >= 400:
+      headers["Connection"] = "close"
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
-  # --- endpoints ------------------------------------------------------------------------------------------------
-
-  def _health(self, _body) -> dict[str, Any]:
-    model, b = self.server.model, self.server.batcher
-    return {"status": "ok", "objective": model.info.get("objective"), "max_len": int(model.max_len),
-            "normalization": model.info.get("normalization"), "truncated": int(model.truncated),
-            "stats": {"requests": b.requests, "pairs": b.pairs, "score_calls": b.score_calls}}
-
-  def _score_endpoint(self, body) -> dict[str, Any]:
-    body = self._object(body)
-    pairs = body.get("pairs")
-    if "pairs" not in body:
-      raise HTTPError(422, 'missing field "pairs" (a list of {"context": str, "response": str})')
-    if not isinstance(pairs, list):
-      raise HTTPError(422, f'"pairs" must be a list, not {type(pairs).__name__}')
-    self._check_count(len(pairs))
-    normalize = body.get("normalize", False)
-    if not isinstance(normalize, bool):
-      raise HTTPError(422, f'"normalize" must be true or false, not {json.dumps(normalize)[:40]}')
-    contexts, responses = [], []
-    for i, p in enumerate(pairs):
-      if not isinstance(p, dict):
-        raise HTTPError(422, f'pairs[{i}] must be an object {{"context": str, "response": str}}, '
-                        f"not {type(p).__name__}")
-      for key, out in (("context", contexts), ("response", responses)):
-        if key not in p:
-          raise HTTPError(422, f'pairs[{i}] has no "{key}"')
-        if not isinstance(p[key], str):
-          raise HTTPError(422, f'pairs[{i}]["{key}"] must be a string, not {type(p[key]).__name__}')
-        out.append(p[key])
-    raw, normalized = self._rewards(contexts, responses)
-    return {"rewards": normalized if normalize else raw, "raw": raw, "normalized": normalized}
-
-  def _get_reward(self, body) -> dict[str, Any]:
-    body = self._object(body)
-    queries = _string_list(body, "query")
-    self._check_count(len(queries))
-    prompts = _string_list(body, "prompts", required=False)
-    if prompts is not None and len(prompts) != len(queries):
-      raise HTTPError(422, f'{len(queries)} "query" texts but {len(prompts)} "prompts"')
-    contexts, responses = [], []
-    for i, q in enumerate(queries):
-      # OpenRLHF concatenates prompt + response; a prompt that is not a prefix leaves nothing to split on.
-      if prompts is not None and q.startswith(prompts[i]):
-        contexts.append(prompts[i])
-        responses.append(q[len(prompts[i]):])
-      else:
-        contexts.append("")
-        responses.append(q)
-    raw, normalized = self._rewards(contexts, responses)
-    return {"rewards": normalized, "scores": raw}
-
-  # --- helpers --------------------------------------------------------------------------------------------------
-
-  def _rewards(self, contexts: list[str], responses: list[str]) -> tuple[list[float], list[float]]:
-    if not contexts:
-      return [], []
-    try:
-      raw = self.server.batcher.score(contexts, responses, timeout=self.server.score_timeout_s)
-    except Unavailable as e:
-      raise HTTPError(503, _one_line(e)) from e
-    except ValueError as e:  # the model rejects this input (e.g. text its tokenizer cannot encode)
-      raise HTTPError(422, f"cannot score this input: {_one_line(e)}") from e
-    model = self.server.model
-    # The same float32 arithmetic as `RewardModel.score(normalize=True)`, so both agree exactly.
-    normalized = (raw - model.mean) / model.std
-    return raw.tolist(), normalized.tolist()
-
-  def _object(self, body) -> dict:
-    if not isinstance(body, dict):
-      raise HTTPError(422, f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-  def _check_count(self, n: int) -> None:
-    if n > self.server.max_items:
-      raise HTTPError(413, f"{n} items is more than this server's limit of {self.server.max_items} per request; "
-                      "split them over several requests")
-
-  def _content_length(self) -> int:
-    if self.headers.get("Transfer-Encoding"):
+  async def _read_json(self, request: Request, state: dict):
+    headers, limit = request.headers, self.server.max_body_bytes
+    if headers.get("transfer-encoding"):
       raise HTTPError(411, "chunked bodies are not supported; send a Content-Length")
-    values = self.headers.get_all("Content-Length") or []
+    values = headers.getlist("content-length")
     if not values:
       raise HTTPError(411, "a POST needs a Content-Length header")
     if len(set(v.strip() for v in values)) > 1 or not values[0].strip().isdigit():
       raise HTTPError(400, f"bad Content-Length {', '.join(values)[:60]!r}")
     n = int(values[0])
-    if n > self.server.max_body_bytes:
-      raise HTTPError(413, f"body of {n} bytes is over this server's limit of {self.server.max_body_bytes}")
-    return n
+    if n > limit:
+      raise HTTPError(413, f"body of {n} bytes is over this server's limit of {limit}")
+    chunks, got = [], 0
 
-  def _read_json(self):
-    n = self._content_length()
+    async def collect():
+      nonlocal got
+      async for chunk in request.stream():
+        got += len(chunk)
+        if got > limit:
+          raise HTTPError(413, f"body over this server's limit of {limit} bytes")
+        chunks.append(chunk)
+
     try:
-      data = self.rfile.read(n)
-    except TimeoutError as e:
-      raise HTTPError(408, f"the body did not arrive within {self.timeout} s") from e
-    self._body_read = True
-    if len(data) < n:
-      raise HTTPError(400, f"the body ended after {len(data)} of {n} bytes")
+      # One deadline for the whole body, not per chunk: a client trickling a byte a second is cut off too.
+      await asyncio.wait_for(collect(), self.server.read_timeout_s)
+    except asyncio.TimeoutError as e:  # not the builtin TimeoutError before Python 3.11
+      raise HTTPError(408, f"the body did not arrive within {self.server.read_timeout_s:g} s "
+                      f"({got} of {n} bytes)") from e
+    except ClientDisconnect as e:
+      raise _ClientGone() from e
+    state["body_read"] = True
+    data = b"".join(chunks)
     try:
-      return json.loads(data)
+      # Large bodies are parsed off the event loop, so other requests keep moving meanwhile.
+      return json.loads(data) if len(data) < (64 << 10) else await asyncio.to_thread(json.loads, data)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError too
       raise HTTPError(400, f"invalid JSON: {_one_line(e)}") from e
 
-  def handle_expect_100(self) -> bool:
-    # Refuse an oversized body before the client sends it, rather than after.
-    if self.command == "POST":
-      try:
-        self._content_length()
-      except HTTPError as e:
-        if e.status == 413:
-          self._body_read = False
-          self._reply(e.status, {"error": e.message})
-          return False
-    return super().handle_expect_100()
+  async def _rewards(self, contexts: list[str], responses: list[str]) -> tuple[list[float], list[float]]:
+    if not contexts:
+      return [], []
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
 
-  def send_error(self, code, message=None, explain=None):
-    # The base class calls this for malformed requests (bad request line, huge headers, unknown method): JSON
-    # like every other answer, and an unknown method is a 405, not a 501.
-    if code == HTTPStatus.NOT_IMPLEMENTED:
-      code, message = 405, f"method {self.command!r} is not allowed"
-    self._body_read = False
-    self._reply(int(code), {"error": message or HTTPStatus(code).phrase})
+    def resolve(job: _Job) -> None:  # worker thread -> event loop
+      loop.call_soon_threadsafe(lambda: future.done() or future.set_result(job))
 
-  def _reply(self, status: int, obj: dict, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(obj).encode()
-    # An unread request body would be parsed as the next request, so any error closes the connection.
-    unread = status >= 400 and not getattr(self, "_body_read", False) and self._has_body()
-    if status >= 400:
-      self.close_connection = True
     try:
-      self.send_response(status)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      for k, v in (headers or {}).items():
-        self.send_header(k, v)
-      if self.close_connection:
-        self.send_header("Connection", "close")
-      self.end_headers()
-      if self.command != "HEAD":
-        self.wfile.write(body)
-      self.wfile.flush()
-      if unread:
-        self._linger()
-    except OSError:
-      self.close_connection = True  # the client left; nothing to answer
+      self.server.batcher.submit(contexts, responses, resolve)
+      job = await asyncio.wait_for(future, self.server.score_timeout_s)
+    except Unavailable as e:
+      raise HTTPError(503, _one_line(e)) from e
+    except asyncio.TimeoutError as e:
+      raise HTTPError(503, f"scoring did not finish within {self.server.score_timeout_s:g} s") from e
+    if isinstance(job.error, ValueError):  # the model rejects this input (e.g. text its tokenizer cannot encode)
+      raise HTTPError(422, f"cannot score this input: {_one_line(job.error)}") from job.error
+    if job.error is not None:
+      raise job.error
+    model = self.server.model
+    raw = job.raw
+    # The same float32 arithmetic as `RewardModel.score(normalize=True)`, so both agree exactly.
+    normalized = (raw - model.mean) / model.std
+    bad = np.flatnonzero(~(np.isfinite(raw) & np.isfinite(normalized)))
+    if bad.size:
+      raise HTTPError(500, f"the model gave a non-finite reward ({raw[bad[0]]}) for pair {int(bad[0])}; "
+                      "refusing to send it")
+    return raw.tolist(), normalized.tolist()
 
-  def _has_body(self) -> bool:
-    headers = getattr(self, "headers", None)
-    if headers is None:
-      return False
-    cl = headers.get("Content-Length", "0").strip()
-    return bool(headers.get("Transfer-Encoding")) or not cl.isdigit() or int(cl) > 0
+  # --- endpoints ------------------------------------------------------------------------------------------------
 
-  def _linger(self, limit_bytes: int = 64 << 20, limit_s: float = 2.0) -> None:
-    # Closing a socket with unread input resets the connection, and the client may lose our answer with it;
-    # so end our side, then discard what the client is still sending, for a bounded time.
-    try:
-      self.connection.shutdown(socket.SHUT_WR)
-      deadline = time.monotonic() + limit_s
-      while limit_bytes > 0 and (left := deadline - time.monotonic()) > 0:
-        self.connection.settimeout(left)
-        chunk = self.connection.recv(min(1 << 16, limit_bytes))
-        if not chunk:
-          break
-        limit_bytes -= len(chunk)
-    except OSError:
-      pass
+  async def _health(self, request: Request, state: dict) -> dict[str, Any]:
+    model, b = self.server.model, self.server.batcher
+    return {"status": "ok", "objective": model.info.get("objective"), "max_len": int(model.max_len),
+            "normalization": model.info.get("normalization"), "truncated": int(model.truncated),
+            "stats": {"requests": b.requests, "pairs": b.pairs, "score_calls": b.score_calls,
+                      "score_s": round(b.score_s, 3)}}
 
-  def log_message(self, format, *args):  # noqa: A002 -- the base class's name
-    if self.server.verbose:
-      sys.stderr.write(f"hhh serve: {self.address_string()} {format % args}\n")
+  async def _score(self, request: Request, state: dict) -> dict[str, Any]:
+    body = _object(await self._read_json(request, state))
+    contexts, responses, normalize = _pairs_of_score_body(body, self.server.max_items)
+    raw, normalized = await self._rewards(contexts, responses)
+    return {"rewards": normalized if normalize else raw, "raw": raw, "normalized": normalized}
 
-
-_ROUTES: dict[str, tuple[str, Callable]] = {
-    "/health": ("GET", _Handler._health),
-    "/score": ("POST", _Handler._score_endpoint),
-    "/get_reward": ("POST", _Handler._get_reward),
-}
+  async def _get_reward(self, request: Request, state: dict) -> dict[str, Any]:
+    body = _object(await self._read_json(request, state))
+    contexts, responses = _pairs_of_get_reward_body(body, self.server.max_items)
+    raw, normalized = await self._rewards(contexts, responses)
+    return {"rewards": normalized, "scores": raw}
 
 
-class RewardServer(http.server.ThreadingHTTPServer):
-  """A ThreadingHTTPServer (one thread per connection) whose requests share one batching worker."""
-  daemon_threads = True
+def _raw_answer(status: int, reason: str, message: str) -> bytes:
+  body = _json_bytes({"error": message})
+  return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+          "Connection: close\r\n\r\n").encode() + body
+
+
+class _Protocol(H11Protocol):
+  """uvicorn's h11 protocol, plus a deadline on the request head, and JSON for requests h11 cannot parse.
+
+  uvicorn times out only idle keep-alive connections; a client that connects and sends nothing, or trickles
+  its headers a byte at a time, would hold its connection forever. Here the head of every request must
+  arrive within `head_timeout_s` of the connection opening (or of the previous answer).
+  """
+  head_timeout_s = 30.0  # set per server, on a subclass
+
+  def connection_made(self, transport) -> None:
+    super().connection_made(transport)
+    self._head_timer: asyncio.TimerHandle | None = None
+    self._head_started = False
+    self._arm_head_timer()
+
+  def data_received(self, data: bytes) -> None:
+    super().data_received(data)
+    if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+      self._head_started = True  # part of a request head is buffered, the rest has yet to come
+      self._arm_head_timer()
+    else:
+      self._cancel_head_timer()
+
+  def on_response_complete(self) -> None:
+    super().on_response_complete()
+    if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+      self._head_started = False
+      self._cancel_head_timer()  # the keep-alive timeout covers the idle wait; data_received re-arms
+
+  def connection_lost(self, exc) -> None:
+    self._cancel_head_timer()
+    super().connection_lost(exc)
+
+  def _arm_head_timer(self) -> None:
+    if self._head_timer is None:
+      self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+  def _cancel_head_timer(self) -> None:
+    if self._head_timer is not None:
+      self._head_timer.cancel()
+      self._head_timer = None
+
+  def _head_timed_out(self) -> None:
+    self._head_timer = None
+    if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+      return
+    if self._head_started:
+      # h11 cannot send a response to a request it has not parsed, so this one is written by hand.
+      self.transport.write(_raw_answer(408, "Request Timeout",
+                                       f"the request head did not arrive within {self.head_timeout_s:g} s"))
+    self.transport.close()
+
+  def send_400_response(self, msg: str) -> None:
+    # uvicorn answers an unparseable request (bad request line, header or Content-Length) in plain text.
+    self.transport.write(_raw_answer(400, "Bad Request", "malformed HTTP request (request line, header or "
+                                     "Content-Length)"))
+    self.transport.close()
+
+
+class RewardServer:
+  """A bound (not yet serving) uvicorn server whose requests share one batching worker.
+
+  `serve_forever()` serves in the calling thread until `shutdown()` (from another thread) or, in the main
+  thread, SIGINT/SIGTERM; `server_close()` then releases the socket and stops the worker.
+  """
 
   def __init__(self, model, host: str, port: int, *, max_body_bytes: int, max_items: int, max_batch: int,
-               max_wait_ms: float, score_timeout_s: float = 600.0, verbose: bool = False):
-    for name, value in (("max_body_bytes", max_body_bytes), ("max_items", max_items), ("max_batch", max_batch)):
+               max_wait_ms: float, score_timeout_s: float = 600.0, read_timeout_s: float = 30.0,
+               keep_alive_s: float = 5.0, backlog: int = 1024, verbose: bool = False):
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_items", max_items), ("max_batch", max_batch),
+                        ("backlog", backlog)):
       if int(value) < 1:
         raise ValueError(f"{name} must be at least 1, not {value}")
-    if max_wait_ms < 0:
-      raise ValueError(f"max_wait_ms must be >= 0, not {max_wait_ms}")
+    for name, value in (("max_wait_ms", max_wait_ms), ("score_timeout_s", score_timeout_s),
+                        ("read_timeout_s", read_timeout_s), ("keep_alive_s", keep_alive_s)):
+      if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
     self.model, self.verbose = model, verbose
-    self.max_body_bytes, self.max_items, self.score_timeout_s = int(max_body_bytes), int(max_items), score_timeout_s
+    self.max_body_bytes, self.max_items = int(max_body_bytes), int(max_items)
+    self.score_timeout_s, self.read_timeout_s = float(score_timeout_s), float(read_timeout_s)
     self.batcher = Batcher(model, int(max_batch), max_wait_ms)
-    if ":" in host:
-      self.address_family = socket.AF_INET6
-    super().__init__((host, port), _Handler)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    self.socket = socket.socket(family, socket.SOCK_STREAM)
+    try:
+      self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      self.socket.bind((host, port))
+      # The kernel caps this at net.core.somaxconn; the default of 128 on older kernels refuses bursts.
+      self.socket.listen(int(backlog))
+    except OSError:
+      self.socket.close()
+      raise
+    self.server_address = self.socket.getsockname()[:2]
+    protocol = type("_ServerProtocol", (_Protocol,), {"head_timeout_s": self.read_timeout_s})
+    if verbose:
+      _log_to_stderr()
+    config = uvicorn.Config(_App(self).asgi, http=protocol, ws="none", lifespan="off", log_config=None,
+                            log_level="info" if verbose else "warning", access_log=verbose,
+                            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5, backlog=int(backlog),
+                            server_header=False, headers=[("server", "hhh-reward/1")])
+    self._uvicorn = uvicorn.Server(config)
+    self._serving = threading.Event()
+    self._finished = threading.Event()
     self.batcher.start()
-
-  def server_bind(self) -> None:
-    # HTTPServer.server_bind looks up the host's FQDN, which can stall for seconds without DNS.
-    socketserver.TCPServer.server_bind(self)
-    self.server_name, self.server_port = self.server_address[0], self.server_address[1]
 
   @property
   def url(self) -> str:
-    host, port = self.server_address[0], self.server_address[1]
+    host, port = self.server_address
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
   @property
@@ -456,18 +565,38 @@ class RewardServer(http.server.ThreadingHTTPServer):
     """How many times the worker has called `model.score`: fewer than the requests when batching happens."""
     return self.batcher.score_calls
 
-  def shutdown(self) -> None:
-    super().shutdown()
-    self.batcher.stop()
+  def serve_forever(self) -> None:
+    self._serving.set()
+    try:
+      self._uvicorn.run(sockets=[self.socket])
+    finally:
+      self._finished.set()
+
+  def shutdown(self, timeout: float | None = 30.0) -> None:
+    """Stops accepting, lets in-flight requests finish (5 s at most), and waits for `serve_forever` to return."""
+    self._uvicorn.should_exit = True
+    if self._serving.is_set():
+      self._finished.wait(timeout)
 
   def server_close(self) -> None:
-    super().server_close()
+    self.socket.close()
     self.batcher.stop()
+
+
+def _log_to_stderr() -> None:
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("hhh serve: %(message)s"))
+  for name in ("uvicorn.error", "uvicorn.access"):
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+      logger.addHandler(handler)
+      logger.propagate = False
 
 
 def make_server(model, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes: int = 8 << 20,
                 max_items: int = 1024, max_batch: int = 256, max_wait_ms: float = 5.0,
-                score_timeout_s: float = 600.0, verbose: bool = False) -> tuple[RewardServer, str]:
+                score_timeout_s: float = 600.0, read_timeout_s: float = 30.0, keep_alive_s: float = 5.0,
+                backlog: int = 1024, verbose: bool = False) -> tuple[RewardServer, str]:
   """A bound (not yet serving) server for `model` and its URL; port 0 picks a free port.
 
   Run it with `server.serve_forever()` (e.g. in a thread); stop it with `server.shutdown()` from another
@@ -475,6 +604,7 @@ def make_server(model, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes
   """
   server = RewardServer(model, host, port, max_body_bytes=max_body_bytes, max_items=max_items,
                         max_batch=max_batch, max_wait_ms=max_wait_ms, score_timeout_s=score_timeout_s,
+                        read_timeout_s=read_timeout_s, keep_alive_s=keep_alive_s, backlog=backlog,
                         verbose=verbose)
   return server, server.url
 
@@ -483,12 +613,13 @@ def serve(bundle_path, host: str = "127.0.0.1", port: int = 8000, **limits) -> N
   """Loads a bundle and serves it until interrupted (blocking)."""
   from hhh.reward.api import RewardModel
   model = RewardModel(bundle_path)
+  model.warn_truncation = False  # /health counts truncated pairs instead
   # Compile the smallest length bucket now, so the first client does not wait for it.
   model.score([""], [""])
   server, url = make_server(model, host, port, **limits)
   print(f"hhh: serving {bundle_path} on {url}", flush=True)
   try:
-    server.serve_forever()
+    server.serve_forever()  # uvicorn turns SIGINT/SIGTERM into a graceful stop, then re-raises the signal
   except KeyboardInterrupt:
     pass
   finally:
@@ -507,7 +638,11 @@ def add_cli(sub) -> None:
   p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long the worker waits for more requests")
   p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body accepted")
   p.add_argument("--max-items", type=int, default=1024, help="most pairs one request may carry")
+  p.add_argument("--read-timeout", type=float, default=30.0,
+                 help="seconds a client has to send a request's head, and again its body (then 408)")
+  p.add_argument("--backlog", type=int, default=1024, help="connections the kernel queues before accepting")
   p.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
   p.set_defaults(func=lambda args: serve(args.bundle, args.host, args.port, max_batch=args.max_batch,
                                          max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
-                                         max_items=args.max_items, verbose=args.verbose))
+                                         max_items=args.max_items, read_timeout_s=args.read_timeout,
+                                         backlog=args.backlog, verbose=args.verbose))
