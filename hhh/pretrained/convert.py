@@ -3,6 +3,9 @@
 The result is an ordinary training workdir (`DIR/checkpoints/0/{state,meta}`), so everything that takes an hhh
 checkpoint takes it: `init_from=DIR` starts LM or PM training from a pretrained model, and `hhh generate`,
 `hhh eval` and `load_lm` read it back.
+
+`hhh convert HF_DIR --out BUNDLE --as-bundle` instead reads an HF sequence-classification reward model
+(`*ForSequenceClassification`, num_labels 1) into a reward bundle: see `hhh.reward.hf_export`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ def save_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = Non
 def convert_command(args) -> None:
   from hhh.model import family
   from hhh.pretrained import load_lm
+  if args.as_bundle:
+    import json
+    from hhh.reward import hf_export
+    if not (pathlib.Path(args.model) / "config.json").is_file():
+      raise ValueError(f"--as-bundle takes an HF sequence-classification directory; {args.model} has no config.json")
+    info = hf_export.convert_to_bundle(args.model, args.out)
+    bias = json.loads((pathlib.Path(args.model) / "config.json").read_text()).get(hf_export.META, {}).get(
+        "reward_bias")
+    print(f"hhh: wrote reward bundle {args.out} from {args.model} (reward head bias "
+          f"{'restored from config.json' if bias is not None else 'zero: none recorded'}; normalization over "
+          f"{info['normalization']['n']} responses)")
+    return
   lm = load_lm(args.model)
   where = save_checkpoint(lm, args.out)
   n = family.param_counts(lm.cfg)
@@ -45,5 +60,7 @@ def convert_command(args) -> None:
 def add_cli(sub) -> None:
   p = sub.add_parser("convert", help="write a pretrained LM (name, .gguf, HF dir) as an hhh checkpoint")
   p.add_argument("model", help="smollm2-135m-instruct, a .gguf file, an HF directory, or an hhh run")
-  p.add_argument("--out", required=True, help="output workdir (usable as init_from=DIR)")
+  p.add_argument("--out", required=True, help="output workdir (usable as init_from=DIR), or bundle with --as-bundle")
+  p.add_argument("--as-bundle", action="store_true",
+                 help="MODEL is an HF sequence-classification reward model: write an hhh reward bundle")
   p.set_defaults(func=convert_command)

@@ -12,7 +12,8 @@ GELU comes in two kinds, each loaded as what it is: the exact (erf) one
 (`gelu`, ModelConfig.mlp="gelu") and the tanh approximation (`gelu_new` and
 its aliases, GPT-2's default; mlp="gelu_tanh"). The preference head, when saved, goes in `score.weight` [1, D]
 and `score.bias` [1] (HF's sequence-classification name); a checkpoint without
-it gets a zero head. Which tokens serve as pad / end-of-context / eos is read
+it gets a zero head. A `*ForSequenceClassification` checkpoint has no LM head: an
+untied one then starts at zero (`hhh.reward.hf_export` writes those directories). Which tokens serve as pad / end-of-context / eos is read
 from tokenizer_config.json (`pad_token`, `eoc_token`, `eos_token`) when given,
 else chosen by `hhh.data.tokenizer.choose_special_ids`.
 """
@@ -184,8 +185,12 @@ def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
 # ---------------------------------------------------------------- parameter names
 
 
-def _to_ours(cfg: ModelConfig, model_type: str, t: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
-  """HF tensors -> our dotted names; every non-buffer tensor must be used."""
+def _to_ours(cfg: ModelConfig, model_type: str, t: dict[str, np.ndarray], source: str,
+             seq_cls: bool = False) -> dict[str, np.ndarray]:
+  """HF tensors -> our dotted names; every non-buffer tensor must be used.
+
+  `seq_cls`: a `*ForSequenceClassification` checkpoint, which has no LM head; a missing one is zero.
+  """
   used: set[str] = set()
   out: dict[str, np.ndarray] = {}
 
@@ -260,7 +265,8 @@ def _to_ours(cfg: ModelConfig, model_type: str, t: dict[str, np.ndarray], source
       out[o + "mlp.w_down"], out[o + "mlp.b_down"] = take(p + "mlp.c_proj.weight"), take(p + "mlp.c_proj.bias")
     head = "lm_head.weight"
   if not cfg.tie_embeddings:
-    out["lm_head"] = take(head).T
+    lm_head = take(head, optional=seq_cls)
+    out["lm_head"] = lm_head.T if lm_head is not None else np.zeros((cfg.d_model, cfg.vocab_size), np.float32)
   else:
     # Tied checkpoints sometimes store the shared matrix twice; it must really be the same one.
     dup = take(head, optional=True)
@@ -268,6 +274,9 @@ def _to_ours(cfg: ModelConfig, model_type: str, t: dict[str, np.ndarray], source
       raise ValueError(f"{source}: tie_word_embeddings is set but {head} differs from the input embedding")
   score_w, score_b = take("score.weight", optional=True), take("score.bias", optional=True)
   if score_w is not None:
+    if score_w.shape != (1, cfg.d_model):
+      raise ValueError(f"{source}: score.weight has shape {score_w.shape}; a reward model has one label "
+                       f"(num_labels=1, shape (1, {cfg.d_model}))")
     out["reward_head.kernel"] = score_w.T
     out["reward_head.bias"] = score_b if score_b is not None else np.zeros((1,), np.float32)
   unused = sorted(k for k in set(t) - used if not k.endswith(_BUFFER_SUFFIXES))
@@ -450,7 +459,8 @@ def load_hf(path, name: str | None = None) -> LM:
     raise ValueError(f"{source}: missing tensor {embed_name!r}")
   # The embedding may be padded past config.vocab_size (Pythia); its row count is what the model computes over.
   cfg = config_from_hf(c, source, vocab_size=int(tensors[embed_name].shape[0]))
-  params = assemble_params(cfg, _to_ours(cfg, model_type, tensors, source), source)
+  seq_cls = any(str(a).endswith("ForSequenceClassification") for a in c.get("architectures") or ())
+  params = assemble_params(cfg, _to_ours(cfg, model_type, tensors, source, seq_cls), source)
   tok = _tokenizer_from_dir(path, c)
   if tok.vocab_size > cfg.vocab_size:
     raise ValueError(f"{source}: tokenizer has {tok.vocab_size} tokens, the embedding only {cfg.vocab_size} rows")

@@ -1,0 +1,260 @@
+"""Reward bundles <-> HF transformers sequence-classification directories, the layout most RL stacks load.
+
+    hhh export RUN --format hf --out DIR       # RUN: a training workdir, a checkpoint step dir or a bundle
+    hhh convert DIR --out BUNDLE --as-bundle   # any llama / gpt_neox / gpt2 reward model directory -> a bundle
+
+DIR holds what `AutoModelForSequenceClassification` and `AutoTokenizer` read:
+
+    config.json              `LlamaForSequenceClassification` (or GPT-NeoX, GPT-2), num_labels 1, pad_token_id,
+                             and an `hhh_reward` block: the head's bias, normalization, max_len, the <eoc> rule
+    model.safetensors        exactly the tensors of that class: the body and `score.weight` [1, D]
+    hhh_lm_head.safetensors  an untied LM head (transformers ignores the file; `hhh convert` reads it back)
+    tokenizer.json           our tokenizer; its post-processor appends <eoc> (`tok(text)`, `tok(context, response)`)
+    tokenizer_config.json    pad token, right padding, eos_token = <eoc>, a chat template that ends in <eoc>
+    README.md                the <eoc> convention and the bias, for whoever finds the directory
+
+The bias: HF's `score` is a Linear without bias and our head has one. The bias is not dropped silently but cannot
+live in the weights either (a bias-free linear over an RMS-normed state has no constant direction), so it goes in
+config.json as `hhh_reward.reward_bias`: transformers' logit is the raw hhh reward minus that constant. Differences
+between rewards (what comparisons, Bradley-Terry losses and rankings use) are exactly unaffected; add the constant
+back, or use `hhh_reward.normalization`, for absolute values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+import tokenizers
+
+from hhh.data import tokenizer as tokenizer_lib
+from hhh.pretrained import flatten_params
+from hhh.pretrained import hf
+from hhh.reward import bundle as bundle_lib
+
+SEQ_CLS = {"llama": "LlamaForSequenceClassification", "gpt_neox": "GPTNeoXForSequenceClassification",
+           "gpt2": "GPT2ForSequenceClassification"}
+LM_HEADS = {"llama": "lm_head.weight", "gpt_neox": "embed_out.weight", "gpt2": "lm_head.weight"}
+META = "hhh_reward"
+LM_HEAD_FILE = "hhh_lm_head.safetensors"
+META_VERSION = 1
+
+
+def model_type_for(cfg) -> str:
+  """The HF architecture our config is (llama, gpt_neox or gpt2); ValueError naming why none fits."""
+  why = []
+  for mt in SEQ_CLS:
+    try:
+      hf.config_to_hf(cfg, mt)
+      return mt
+    except ValueError as e:
+      why.append(str(e).split(" (")[0])
+  raise ValueError(f"no HF sequence-classification architecture fits this model: {'; '.join(why)}")
+
+
+def chat_template(eoc: str) -> str:
+  """Messages rendered as hhh PM inputs: "Human: ...\\n\\nAssistant: ..." with <eoc> after a final assistant turn."""
+  return ("{%- for m in messages -%}{%- if not loop.first %}{{ '\\n\\n' }}{% endif -%}"
+          "{%- if m['role'] == 'user' %}{{ 'Human: ' + m['content'] }}"
+          "{%- elif m['role'] == 'assistant' %}{{ 'Assistant: ' + m['content'] }}"
+          "{%- else %}{{ m['content'] }}{% endif -%}{%- endfor -%}"
+          "{%- if add_generation_prompt %}{{ '\\n\\nAssistant:' }}"
+          "{%- elif messages and messages[-1]['role'] == 'assistant' %}{{ " + json.dumps(eoc) + " }}{% endif -%}")
+
+
+def _appending_eoc(text: str, eoc: str, eoc_id: int) -> tuple[str, object]:
+  """tokenizer.json text whose post-processor appends <eoc> (and nothing else); also the one it replaces."""
+  d = json.loads(text)
+  before = d.get("post_processor")
+  d["post_processor"] = {
+      "type": "TemplateProcessing",
+      "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eoc, "type_id": 0}}],
+      "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
+               {"SpecialToken": {"id": eoc, "type_id": 0}}],
+      "special_tokens": {eoc: {"id": eoc, "ids": [eoc_id], "tokens": [eoc]}}}
+  return json.dumps(d, ensure_ascii=False), before
+
+
+def _readme(arch: str, eoc: str, pad: str, bias: float, norm: dict, max_len: int) -> str:
+  return f"""# hhh preference model ({arch})
+
+Written by `hhh export --format hf`. A scalar reward model: `AutoModelForSequenceClassification`, `num_labels=1`.
+
+## The end-of-context token
+
+hhh reads the reward at `{eoc}`, a token appended after the response: the sequence is
+`context + response + {eoc}`. Score any other way and the number means nothing. This directory appends it for you:
+
+- `tok(text)` and `tok(context, response)` append `{eoc}` (the tokenizer's post-processor, `add_special_tokens=True`,
+  the default). The pair form encodes context and response separately, exactly as hhh does.
+- `tok.apply_chat_template(messages, tokenize=False)` renders `Human: ...\\n\\nAssistant: ...` and ends with `{eoc}`
+  after a final assistant turn; tokenize that text with `add_special_tokens=False`.
+- `tok.eos_token` is `{eoc}`, so stacks that append the eos token themselves append the right one
+  (again with `add_special_tokens=False`).
+
+Exactly one `{eoc}`, last, before any padding. Pad with `{pad}` on the right (`padding_side="right"`, set here):
+transformers reads the logit at the last non-pad token, which is then `{eoc}`. A literal `{eoc}` inside user text is
+parsed as the token by transformers (hhh itself would encode it as plain text).
+
+## Reward values
+
+`logits[:, 0]` is the raw hhh reward minus a constant: hhh's reward head has a bias, `score` here has none. The bias
+is `config.hhh_reward["reward_bias"]` = {bias:.6g}. Differences between rewards are unaffected.
+
+    raw        = logits[:, 0] + config.hhh_reward["reward_bias"]
+    normalized = (raw - {norm['mean']:.6g}) / {norm['std']:.6g}     # statistics over {norm['n']} reference responses
+
+Sequences longer than {max_len} tokens were truncated in training (context from the left); rewards are only
+comparable within that length.
+
+## Example
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(DIR)
+rm = AutoModelForSequenceClassification.from_pretrained(DIR)
+batch = tok(["Human: hi\\n\\nAssistant:"] * 2, [" Hello!", " Go away."], padding=True, return_tensors="pt")
+with torch.no_grad():
+  raw = rm(**batch).logits[:, 0] + rm.config.hhh_reward["reward_bias"]
+```
+
+`hhh convert DIR --out BUNDLE --as-bundle` turns this directory back into an hhh reward bundle, bias included.
+"""
+
+
+def export_hf(bundle_path, out_dir, *, source: dict | None = None) -> dict:
+  """Writes the HF directory of a reward bundle; returns its `hhh_reward` block (`source`: where it came from)."""
+  cfg, params, tok, info = bundle_lib.read(bundle_path)
+  mt = model_type_for(cfg)
+  hf_config = hf.config_to_hf(cfg, mt)
+  tensors = hf._to_hf(cfg, mt, flatten_params(params))
+  bias = float(tensors.pop("score.bias")[0])
+  extra = {LM_HEADS[mt]: tensors.pop(LM_HEADS[mt])} if LM_HEADS[mt] in tensors else {}
+  text, tc = hf._tokenizer_files(tok)
+  lib = tokenizers.Tokenizer.from_str(text)
+  name = lambda i: lib.id_to_token(int(i))
+  eoc, pad = name(tok.eoc_id), name(tok.pad_id)
+  text, post_processor = _appending_eoc(text, eoc, tok.eoc_id)
+  max_len = int(info["max_len"])
+  meta = {
+      "format_version": META_VERSION,
+      "reward_bias": bias,
+      "reward": "transformers logits[:, 0] + reward_bias = the raw hhh reward; differences need no correction",
+      "normalization": info["normalization"],
+      "objective": info["objective"],
+      "max_len": max_len,
+      "end_of_context": {"token": eoc, "token_id": tok.eoc_id, "appended": True,
+                         "sequence": "context tokens + response tokens + <eoc>; the reward is read at <eoc>"},
+      # What `hhh convert --as-bundle` needs to rebuild the bundle's tokenizer exactly.
+      "tokenizer": {"kind": tok.to_json()["kind"], "pad_id": tok.pad_id, "eoc_id": tok.eoc_id, "eos_id": tok.eos_id,
+                    "bos_prefix": list(getattr(tok, "bos_prefix", ())), "post_processor": post_processor,
+                    "lm_chat_template": tc.get("chat_template")},
+      **(source or {"source_bundle": str(pathlib.Path(bundle_path).absolute())}),
+  }
+  hf_config.update(architectures=[SEQ_CLS[mt]], num_labels=1, id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+                   pad_token_id=tok.pad_id, eos_token_id=tok.eoc_id, bos_token_id=None, **{META: meta})
+  # PM sequences carry no BOS (the data pipeline never adds one), so the HF tokenizer must not add one either.
+  for k in ("bos_token", "add_bos_token"):
+    tc.pop(k, None)
+  tc.update(eos_token=eoc, pad_token=pad, eoc_token=eoc, padding_side="right", truncation_side="left",
+            model_max_length=max_len, chat_template=chat_template(eoc),
+            # GPT-2 adds an embedding of token_type_ids to its input: the tokenizer must not return them.
+            model_input_names=["input_ids", "attention_mask"])
+  from safetensors import numpy as st_np
+  out = pathlib.Path(out_dir).absolute()
+  tmp = out.with_name(out.name + ".partial")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  # "format": "pt" is what HF loaders expect in the header; the data is plain little-endian float32.
+  st_np.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+  if extra:
+    st_np.save_file(extra, str(tmp / LM_HEAD_FILE), metadata={"format": "pt"})
+  (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+  (tmp / "tokenizer.json").write_text(text)
+  (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
+  (tmp / "special_tokens_map.json").write_text(json.dumps({"eos_token": eoc, "pad_token": pad}, indent=2) + "\n")
+  (tmp / "README.md").write_text(_readme(SEQ_CLS[mt], eoc, pad, bias, info["normalization"], max_len))
+  shutil.rmtree(out, ignore_errors=True)
+  tmp.rename(out)
+  return meta
+
+
+def export_run(ckpt, out_dir, *, reference: str | None = None, max_reference: int = 2000) -> dict:
+  """`hhh export CKPT --format hf`: a bundle (normalization statistics included) first, then its HF directory."""
+  ckpt = pathlib.Path(ckpt)
+  if (ckpt / "bundle.json").exists():
+    return export_hf(ckpt, out_dir)
+  out = pathlib.Path(out_dir).absolute()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.bundle-") as tmp:
+    bundle_lib.export(ckpt, pathlib.Path(tmp) / "bundle", reference=reference, max_reference=max_reference)
+    return export_hf(pathlib.Path(tmp) / "bundle", out, source={"source_checkpoint": str(ckpt.absolute())})
+
+
+# ---------------------------------------------------------------- HF directory -> bundle
+
+
+def _tokenizer(path: pathlib.Path, meta: dict | None, lm_tokenizer):
+  """The bundle tokenizer: rebuilt exactly from `hhh_reward.tokenizer` when present, else what `load_hf` chose."""
+  t = (meta or {}).get("tokenizer")
+  if not t:
+    return lm_tokenizer
+  if t["kind"] == "byte":
+    return tokenizer_lib.ByteTokenizer()
+  d = json.loads((path / "tokenizer.json").read_text())
+  d["post_processor"] = t.get("post_processor")
+  lib = tokenizers.Tokenizer.from_str(json.dumps(d, ensure_ascii=False))
+  if t["kind"] == "bpe":
+    return tokenizer_lib.BPETokenizer(lib)
+  return tokenizer_lib.PretrainedTokenizer(lib, pad_id=t["pad_id"], eoc_id=t["eoc_id"], eos_id=t["eos_id"],
+                                           bos_prefix=t.get("bos_prefix") or (),
+                                           chat_template=t.get("lm_chat_template"))
+
+
+def write_bundle(out_dir, cfg, params, tok, *, objective: str, max_len: int, normalization: dict,
+                 source: str | None = None) -> pathlib.Path:
+  """A reward bundle from parts via `bundle.write`, replacing `out_dir` only once it is complete."""
+  out = pathlib.Path(out_dir).absolute()
+  tmp = out.with_name(out.name + ".partial")
+  shutil.rmtree(tmp, ignore_errors=True)
+  bundle_lib.write(tmp, cfg, params, tok.to_json(), objective=objective, max_len=int(max_len),
+                   normalization=normalization, source_checkpoint=source)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return out
+
+
+def convert_to_bundle(hf_dir, out_dir) -> dict:
+  """An HF sequence-classification reward model directory as an hhh reward bundle; returns its bundle.json."""
+  import jax.numpy as jnp
+  path = pathlib.Path(hf_dir)
+  cj = path / "config.json"
+  if not cj.is_file():
+    raise FileNotFoundError(f"{path}: no config.json (not an HF model directory)")
+  c = json.loads(cj.read_text())
+  if c.get("num_labels", len(c.get("id2label") or {0: 0})) != 1:
+    raise ValueError(f"{cj}: num_labels={c.get('num_labels', len(c['id2label']))}; a reward model has one label")
+  lm = hf.load_hf(path)
+  if not np.any(np.asarray(lm.params["reward_head"]["kernel"])):
+    raise ValueError(f"{path}: no score.weight (or an all-zero one): not a sequence-classification reward model")
+  meta = c.get(META)
+  if meta and meta.get("format_version") != META_VERSION:
+    raise ValueError(f"{cj}: {META} format {meta.get('format_version')} is not {META_VERSION}")
+  meta = meta or {}
+  # transformers' logit has no bias; ours adds it back, so raw rewards match the exporting bundle exactly.
+  lm.params["reward_head"]["bias"] = jnp.asarray([meta.get("reward_bias", 0.0)], jnp.float32)
+  tok = _tokenizer(path, meta, lm.tokenizer)
+  tc_path = path / "tokenizer_config.json"
+  tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+  model_max = tc.get("model_max_length")
+  max_len = meta.get("max_len") or min(lm.cfg.max_len, model_max if isinstance(model_max, int) else lm.cfg.max_len)
+  norm = meta.get("normalization") or {"mean": 0.0, "std": 1.0, "n": 0, "reference": None}
+  # A reward model from elsewhere does not say how it was trained; Bradley-Terry RMs are pairwise rankings.
+  write_bundle(out_dir, lm.cfg, lm.params, tok, objective=meta.get("objective", "ranked"), max_len=max_len,
+               normalization=norm, source=str(path.absolute()))
+  return json.loads((pathlib.Path(out_dir) / "bundle.json").read_text())
