@@ -4,44 +4,59 @@
 (PATH, LANG, HOME and TMPDIR pointing into that directory, a fixed hash seed so set order and hence test outcomes
 repeat; nothing inherited, so no secrets), stdin from /dev/null and stdout/stderr into unnamed temporary files
 read back up to a cap. It returns a `SandboxResult`; it never raises for anything the program does. The
-interpreter runs with -S (no site-packages: the stdlib only, and a fast start) and -B, but not -I: -I's -E would
-ignore PYTHONHASHSEED, and the environment is already ours alone.
+interpreter (this one, sys.executable) runs with -S (no site-packages: the stdlib only, and a fast start) and -B,
+but not -I: -I's -E would ignore PYTHONHASHSEED, and the environment is already ours alone.
 
 The layers, hardest first:
 
-1. Identity (when the host runs as root): the program runs under a fresh, otherwise unused uid/gid with no
-   supplementary groups, in its own network namespace (`unshare --net`, when available: no interface but a downed
-   loopback, so no connection can be made even with the audit hook bypassed). File permissions then stop it writing
-   or reading anything not world-accessible (world-writable places such as /tmp stay writable: only the hook
-   guards those), it cannot signal host processes, and RLIMIT_NPROC counts only its own processes. An interpreter
-   under a directory that uid cannot enter (pyenv under /root) cannot be run by it, so a system interpreter of the
-   same major.minor version is used instead (probed once; stdlib-only code behaves the same). Without root the
-   program runs as the host user, and only layers 2-4 apply.
+1. The namespace jail, the boundary (Linux, run as root, util-linux `unshare`): the program runs in fresh mount,
+   pid, network, IPC and UTS namespaces. Its filesystem is a read-only tmpfs holding only the interpreter's stdlib
+   (sys.path under -S, with site-packages inside it covered by an empty tmpfs), the shared-library directories its
+   extension modules load from, /dev/{null,zero,full,random,urandom}, a /proc of its own pid namespace, an empty
+   /tmp, and the sandbox directory at its host path, the one writable place (nosuid, nodev, noexec). The host's
+   tree is detached after pivot_root, so /etc/passwd, the project and every dataset are simply not there, and no
+   path, dir_fd, fifo or unix socket reaches outside; the network namespace has only a downed loopback and its own
+   abstract unix socket names. The setup runs in the trusted bootstrap (as root, through _ctypes) before any
+   untrusted code; then the process drops to a fresh, otherwise unused uid/gid with no groups, no capabilities and
+   no_new_privs, and forks the program. The bootstrap stays as the namespace's init (pid 1): it reaps orphans and
+   reports how the program ended; when it exits the kernel kills everything left in the namespace, so no orphan
+   or zombie survives a run, whatever the program does. The program can still make a user namespace of its own
+   (where the host allows that), but its mounts are locked: it can neither remount the view writable nor uncover
+   the host. Cost: 5-15 ms more CPU per run than a bare fresh uid (35-50 ms in all for `pass`, parent included),
+   and one at a time about 1.5x the wall time (namespace teardown waits on the kernel).
+   Where the jail cannot be had (not root, no unshare, namespaces refused; a probe program must run in it), the
+   sandbox fails closed: run_python raises SandboxUnavailable, one line. Setting HHH_SANDBOX_ALLOW_WEAK=1 accepts
+   the older, weaker mode instead (with a warning): as root a fresh uid in its own network namespace (world-
+   readable files stay readable, world-writable ones such as /tmp writable: only the hook guards them), otherwise
+   the host user itself, where only layers 2-4 apply and a setsid() orphan escapes the tree kill.
 2. Resource limits, set by the program's own bootstrap before a line of untrusted code runs (hard limits: the
    program cannot raise them again): RLIMIT_AS (memory_mb), RLIMIT_CPU (ceil(timeout) + 1 s), RLIMIT_NPROC (64
    for the fresh uid; without root, the host user's current task count + 64, since the limit counts all of the
    user's processes), RLIMIT_FSIZE (16 MB), RLIMIT_NOFILE (64) and RLIMIT_CORE (0). They are set in the child
    rather than in a `preexec_fn`, which is unsafe in a threaded parent (the loaders run candidates from a thread
-   pool); privileges are dropped by `unshare`/Popen(user=...) in C for the same reason.
-3. Wall-clock timeout and tree kill, in the parent: the program leads a new session (`start_new_session`); when it
-   ends or runs past `timeout_s`, the parent SIGKILLs the whole process group and then every remaining process of
-   the sandbox uid (root), or of the session, group or descendant tree (otherwise), until none is left, and reaps the
-   child. This does not depend on the audit hook.
-4. An audit hook (`sys.addaudithook`) installed before the program runs: it refuses opening files for writing,
-   removing, renaming, creating directories, chmod/chown/utime/truncate/links and shutil writes outside the
-   sandbox directory (symlinks resolved); socket connect/bind/sendto and name lookups; os.system, subprocess,
-   os.exec*, os.fork/forkpty, os.posix_spawn, os.spawn*, signals to other processes; and imports of ctypes,
-   _ctypes and _posixsubprocess (so subprocess cannot be imported either). An audit hook is NOT a security
-   boundary: code can still reach around it (e.g. by editing the hook's helpers through gc, `os.setsid` which has
-   no audit event, or C extensions), and it runs in the program's own process. It stops the ordinary ways a wrong
-   program does damage; layers 1-3 are what hold against a hostile one. Without root, a process that calls
-   setsid() and is orphaned before the end escapes the tree kill (only its CPU limit then bounds it).
+   pool); namespaces and privileges are handled by `unshare` and the child for the same reason.
+3. Wall-clock timeout and kill, in the parent: the program leads a new session (`start_new_session`); when it
+   runs past `timeout_s` the parent SIGKILLs every process of the sandbox uid but the jail's init, which then
+   ends the namespace (or, in the weak modes, the whole process group and then every remaining process of the
+   uid, or of the session, group or descendant tree, until none is left), and reaps the child.
+4. An audit hook (`sys.addaudithook`) installed before the program runs, a tripwire that turns the ordinary ways a
+   wrong program does damage into clear errors: it refuses opening files for writing, removing, renaming,
+   creating directories, chmod/chown/utime/truncate/links and shutil writes outside the sandbox directory
+   (symlinks resolved); socket connect/bind/sendto and name lookups; os.system, subprocess, os.exec*,
+   os.fork/forkpty, os.posix_spawn, os.spawn*, signals to other processes; and imports of ctypes, _ctypes and
+   _posixsubprocess (so subprocess cannot be imported either). It is NOT a security boundary: it runs in the
+   program's own process, and code reaches around it (os.open with dir_fd, os.mkfifo and unix sockets pass it;
+   gc hands back its closure, whose deny sets can be emptied to import ctypes). Layers 1-3 are what hold against
+   a hostile program, and tests/test_sandbox.py runs each of those escapes against them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import json
+import marshal
 import math
 import os
 import random
@@ -80,8 +95,9 @@ class SandboxResult:
     return self.returncode == 0 and not self.timed_out
 
 
-# The child's first code: rlimits, then the audit hook, then the program as __main__. argv: sandbox dir, memory
-# bytes, cpu seconds, nproc, fsize, nofile, audit flag (the flag exists only so tests can check the hard layers).
+# The child's first code: the namespace jail (when argv[8], its spec, is not empty), rlimits, then the audit
+# hook, then the program as __main__. argv: sandbox dir, memory bytes, cpu seconds, nproc, fsize, nofile, audit flag
+# (the flag exists only so tests can check the hard layers), jail spec.
 _BOOTSTRAP = r'''
 import os, sys, resource
 def _limit(which, value):
@@ -168,10 +184,116 @@ def _hook(root):
                                         entry):
           raise PermissionError(f"sandbox: {event} on {args[i]!r} outside the sandbox directory is not allowed")
   return hook
+def _jail(root, spec):
+  # As root, in fresh mount, pid, network, IPC and UTS namespaces (unshare(1) made them; this process is pid 1 of
+  # the new pid namespace): builds the program's view of the filesystem on a tmpfs, pivots into it, drops to the
+  # fresh uid with no capabilities and forks the program. This process stays as the namespace's init: it reaps
+  # orphans until the program ends, reports how it ended on the status fd and exits, and the kernel then kills
+  # whatever is left in the namespace. Only the program's process returns.
+  # _ctypes and _signal, the C halves of ctypes and signal, not those modules nor json: their imports (enum, re
+  # and all) would cost more CPU than the rest of the setup together. A libc function is called the way
+  # ctypes.CDLL(None, use_errno=True) would call it.
+  import _ctypes, _signal
+  uid, status, pivot_root, ro, masks = spec.split("\t")
+  uid, status, pivot_root = int(uid), int(status), int(pivot_root)
+  try:
+    class c_int(_ctypes._SimpleCData):
+      _type_ = "i"
+    class c_ulong(_ctypes._SimpleCData):
+      _type_ = "L"
+    class Function(_ctypes.CFuncPtr):
+      _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+      _restype_ = c_int
+    class libc:
+      _handle = _ctypes.dlopen(None, os.RTLD_NOW | os.RTLD_LOCAL)
+    libc.mount, libc.umount2, libc.syscall, libc.prctl = (
+        Function((name, libc)) for name in ("mount", "umount2", "syscall", "prctl"))
+    RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND = 1, 2, 4, 8, 32, 4096
+    def call(ret, what):
+      if ret != 0:
+        e = _ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+    def mount(src, dst, fstype, flags, data=None):
+      enc = lambda s: None if s is None else os.fsencode(s)
+      call(libc.mount(enc(src), enc(dst), enc(fstype), c_ulong(flags), enc(data)), f"mount {dst}")
+    def bind(src, dst, flags):
+      mount(src, dst, None, BIND)
+      mount(None, dst, None, BIND | REMOUNT | flags)
+    os.umask(0o022)
+    box = os.open(root, os.O_PATH | os.O_DIRECTORY)  # the real directory, still reachable once covered
+    new = root  # the new root is a tmpfs over the sandbox directory: no other host path is touched
+    mount("tmpfs", new, "tmpfs", NOSUID | NODEV, "mode=755,size=1m")
+    def place(path):  # mirrors the host's symlinks along `path` in the new root; returns its real path
+      cur = "/"
+      for part in path.strip("/").split("/"):
+        nxt = os.path.join(cur, part)
+        if os.path.islink(nxt):
+          if not os.path.lexists(new + nxt):
+            os.makedirs(new + cur, exist_ok=True)
+            os.symlink(os.readlink(nxt), new + nxt)
+          nxt = os.path.realpath(nxt)
+        cur = nxt
+      os.makedirs(new + cur, exist_ok=True)
+      return cur
+    for path in ro.split("\n"):  # the stdlib and the shared libraries its extension modules load
+      real = place(path)
+      bind(real, new + real, RDONLY | NOSUID | NODEV)
+    for path in filter(None, masks.split("\n")):  # site-packages inside the stdlib directory: not part of the stdlib
+      mount("tmpfs", new + path, "tmpfs", RDONLY | NOSUID | NODEV | NOEXEC, "size=4k")
+    bind(f"/proc/self/fd/{box}", new + place(root), NOSUID | NODEV | NOEXEC)  # the one writable place
+    os.close(box)
+    os.makedirs(new + "/dev", exist_ok=True)
+    os.makedirs(new + "/tmp", exist_ok=True)  # private and empty (and read-only, as is all but the sandbox dir)
+    for name in ("null", "zero", "full", "random", "urandom"):
+      open(new + "/dev/" + name, "w").close()
+      bind("/dev/" + name, new + "/dev/" + name, NOSUID | NOEXEC)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):
+      os.symlink(target, new + "/dev/" + name)
+    os.makedirs(new + "/proc")
+    mount("proc", new + "/proc", "proc", NOSUID | NODEV | NOEXEC)  # this pid namespace's processes only
+    os.chdir(new)
+    call(libc.syscall(pivot_root, b".", b"."), "pivot_root")
+    call(libc.umount2(b".", 2), "detaching the host's root")  # MNT_DETACH: the host tree leaves the namespace
+    os.chdir("/")
+    mount(None, "/", None, BIND | REMOUNT | RDONLY | NOSUID | NODEV)
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # from root to another uid: every capability goes
+    call(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+    with open("/proc/self/status") as f:
+      caps = [line.split()[1] for line in f if line.startswith(("CapPrm:", "CapEff:", "CapAmb:"))]
+    if len(caps) != 3 or any(int(c, 16) for c in caps):
+      raise OSError(f"capabilities left after dropping root: {caps}")
+    os.chdir(root)
+    os.umask(0o077)
+    pid = os.fork()
+  except BaseException as e:
+    os.write(status, f"setup {type(e).__name__}: {e}".encode())
+    os._exit(125)
+  if pid == 0:
+    os.close(status)
+    for name in [n for n in sys.modules if n.startswith(("ctypes", "_ctypes"))]:
+      del sys.modules[name]
+    return
+  libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the program (same uid) cannot ptrace this process
+  _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # init ignores default-handled signals from inside the namespace
+  for fd in (0, 1, 2):
+    os.close(fd)
+  while True:
+    try:
+      p, st = os.waitpid(-1, 0)
+    except ChildProcessError:
+      os._exit(125)
+    if p == pid:
+      os.write(status, f"exit {os.waitstatus_to_exitcode(st)}".encode())
+      os._exit(0)
+if sys.argv[8]:
+  _jail(sys.argv[1], sys.argv[8])
 for _name in ("ctypes", "_ctypes", "_posixsubprocess"):
   sys.modules.pop(_name, None)
 _code, _globals = _setup(sys.argv[1], *map(int, sys.argv[2:8]))
-del _limit, _setup, _hook, _name
+del _limit, _setup, _hook, _jail, _name
 exec(_code, _globals)
 '''
 
@@ -182,7 +304,29 @@ class _Launch:
   unshare: str | None  # path of util-linux unshare when the fresh uid also gets its own network namespace
   fresh_uid: bool  # run under a fresh uid (host is root)
   tmp_parent: str | None  # where sandbox directories go (one the fresh uid can enter)
+  jail: _Jail | None = None  # the namespace jail; None only in the opt-in weak modes
 
+
+@dataclasses.dataclass(frozen=True)
+class _Jail:
+  ro: tuple[str, ...]  # host directories the program sees read-only, at the same paths
+  masks: tuple[str, ...]  # directories inside those hidden under an empty tmpfs
+  pivot_root: int  # the syscall's number on this machine (glibc has no wrapper)
+
+
+class SandboxUnavailable(ValueError):
+  """The kernel boundary cannot be set up on this host and the weak mode was not asked for (a ValueError so that
+  the CLI reports it as one line)."""
+
+
+# Opt-in for the weaker modes where namespaces are unavailable; see the module docstring.
+ALLOW_WEAK_ENV = "HHH_SANDBOX_ALLOW_WEAK"
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "ppc64": 203, "s390x": 217}
+# Modules the probe imports inside the jail: their extension modules and shared libraries must be in the view.
+_PROBE_SOURCE = ("import bisect, collections, datetime, decimal, fractions, functools, hashlib, heapq, itertools, "
+                 "json, math, random, re, statistics, string, struct, zlib\n"
+                 "print(hashlib.md5(b'hhh').hexdigest()[:8], json.dumps(decimal.Decimal('1.5') + 1, default=str))")
+_PROBE_STDOUT = f"{__import__('hashlib').md5(b'hhh').hexdigest()[:8]} \"2.5\"\n"
 
 _launch_lock = threading.Lock()
 _launch: _Launch | None = None
@@ -195,35 +339,57 @@ def run_python(source: str, *, timeout_s: float = 10.0, memory_mb: int = 512, fi
   """Runs `source` as __main__ in a fresh sandbox directory (also its cwd, HOME and TMPDIR) and returns the outcome.
 
   `files` maps relative paths to text written beside main.py first (helper modules, data). Never raises for what
-  the program does; ValueError for bad arguments.
+  the program does; ValueError for bad arguments, SandboxUnavailable (also a ValueError) when this host cannot
+  give the kernel boundary and HHH_SANDBOX_ALLOW_WEAK is not set.
   """
   if not timeout_s > 0:
     raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
   if memory_mb < 32:
     raise ValueError(f"memory_mb must be >= 32, got {memory_mb}")
-  launch = _get_launch()
+  return _run(_get_launch(), source, timeout_s=timeout_s, memory_mb=memory_mb, files=files or {},
+              max_output_bytes=max_output_bytes, audit=_audit)
+
+
+def _run(launch: _Launch, source: str, *, timeout_s: float, memory_mb: int, files: dict[str, str],
+         max_output_bytes: int, audit: bool) -> SandboxResult:
   uid = _claim_uid() if launch.fresh_uid else None
+  status_r = status_w = -1
   try:
     with tempfile.TemporaryDirectory(prefix="hhh-sandbox-", dir=launch.tmp_parent, ignore_cleanup_errors=True) as tmp, \
         tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
       root = os.path.realpath(tmp)
-      _write_files(root, source, files or {})
+      _write_files(root, source, files)
       if uid is not None:  # the program owns its directory and files, whatever our umask made of them
         for dirpath, _, names in os.walk(root):
           for path in [dirpath, *(os.path.join(dirpath, n) for n in names)]:
             os.chown(path, uid, uid)
       nproc = NPROC if uid is not None else _tasks_of(os.getuid()) + NPROC
-      argv = [launch.python, "-S", "-B", "-c", _BOOTSTRAP, root, str(memory_mb << 20), str(math.ceil(timeout_s) + 1),
-              str(nproc), str(FSIZE_BYTES), str(NOFILE), "1" if _audit else "0"]
+      jail = ""
       kwargs = {}
-      if uid is not None and launch.unshare:
+      if launch.jail is not None:
+        status_r, status_w = os.pipe()
+        jail = "\t".join([str(uid), str(status_w), str(launch.jail.pivot_root), "\n".join(launch.jail.ro),
+                          "\n".join(launch.jail.masks)])
+        kwargs = dict(pass_fds=(status_w,))
+      argv = [launch.python, "-S", "-B", "-c", _BOOTSTRAP, root, str(memory_mb << 20), str(math.ceil(timeout_s) + 1),
+              str(nproc), str(FSIZE_BYTES), str(NOFILE), "1" if audit else "0", jail]
+      if launch.jail is not None:  # the jail runs our own interpreter, so it can take the bootstrap compiled
+        argv[4:5] = [_LOAD_COMPILED, _compiled_bootstrap()]
+      if launch.jail is not None:
+        # --kill-child: if unshare dies, so does the namespace's init, and with it every process in the namespace.
+        argv = [launch.unshare, "--mount", "--net", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--"] + argv
+      elif uid is not None and launch.unshare:
         argv = [launch.unshare, "--net", "--setuid", str(uid), "--setgid", str(uid), "--"] + argv
       elif uid is not None:
         kwargs = dict(user=uid, group=uid, extra_groups=[])
       env = dict(SECRET_FREE_ENV, HOME=root, TMPDIR=root, PYTHONHASHSEED="0", PYTHONIOENCODING="utf-8")
       start = time.monotonic()
-      proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                              start_new_session=True, close_fds=True, umask=0o077, **kwargs)
+      try:
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True, close_fds=True, umask=0o077, **kwargs)
+      finally:
+        if status_w >= 0:
+          os.close(status_w)
       timed_out = False
       try:
         try:
@@ -232,22 +398,48 @@ def run_python(source: str, *, timeout_s: float = 10.0, memory_mb: int = 512, fi
           timed_out = True
         wall_s = time.monotonic() - start
       finally:
-        _kill_tree(proc.pid, uid)
+        # In the jail, unshare's end means its init's, and the init ends only once the kernel has killed and
+        # reaped every other process of the pid namespace: nothing can be left to look for.
+        if launch.jail is None or not _kill_jail(proc, uid):
+          _kill_tree(proc.pid, uid)
         proc.wait()
       rc = proc.returncode
+      if status_r >= 0:  # every writer is dead by now, so this read cannot block
+        report = os.read(status_r, 4096).decode("utf-8", "replace")
+        if report.startswith("setup "):
+          raise SandboxUnavailable(f"sandbox: setting up the namespace jail failed: {report[6:]}")
+        if timed_out:
+          rc = -signal.SIGKILL  # as the program's own status says when the kill reached it first
+        elif report.startswith("exit "):
+          rc = int(report[5:])  # the program's own status (the init above it exits 0)
       return SandboxResult(returncode=rc, stdout=_read_capped(out, max_output_bytes),
                            stderr=_read_capped(err, max_output_bytes), timed_out=timed_out,
                            killed_by_signal=-rc if rc < 0 else None, wall_s=wall_s, pid=proc.pid)
   finally:
+    if status_r >= 0:
+      os.close(status_r)
     if uid is not None:
       with _uids_lock:
         _uids_in_use.discard(uid)
 
 
 def isolation() -> str:
-  """How programs are isolated on this host: "uid+netns", "uid" (fresh uid, shared network) or "same-user"."""
+  """How programs are isolated on this host: "namespaces" (the kernel boundary: fresh uid in its own mount, pid and
+  network namespaces), or one of the opt-in weak modes: "uid+netns", "uid" (fresh uid, shared network) or
+  "same-user". Raises SandboxUnavailable where none of these may be used."""
   launch = _get_launch()
+  if launch.jail is not None:
+    return "namespaces"
   return ("uid+netns" if launch.unshare else "uid") if launch.fresh_uid else "same-user"
+
+
+# Compiling the bootstrap costs each run more CPU than the whole jail setup; unmarshalling it costs next to none.
+_LOAD_COMPILED = "import marshal, sys; exec(marshal.loads(bytes.fromhex(sys.argv.pop(1))))"
+
+
+@functools.cache
+def _compiled_bootstrap() -> str:
+  return marshal.dumps(compile(_BOOTSTRAP, "<hhh sandbox bootstrap>", "exec")).hex()
 
 
 def _write_files(root: str, source: str, files: dict[str, str]):
@@ -356,6 +548,32 @@ def _kill_tree(pid: int, uid: int | None):
     time.sleep(0.001 if attempt < 10 else 0.01)
 
 
+def _kill_jail(proc: subprocess.Popen, uid: int) -> bool:
+  """Kills the jailed program from inside out (True once unshare has ended): every process of the sandbox uid but
+  the namespace's init, which then reports the program's end and exits (the kernel kills whatever else is in the
+  namespace), and unshare reaps it. Killing unshare or the init first would orphan the init's zombie to the host's
+  pid 1, not ours to count on for reaping (and unshare(1) cannot re-raise SIGKILL: it would print an error into
+  the program's stderr)."""
+  for attempt in itertools.count():
+    if proc.poll() is not None:
+      return True
+    table = _proc_table()
+    inits = {p for p, _, ppid, _, _, _ in table if ppid == proc.pid}
+    spare = inits if attempt < 200 else set()  # an init still setting up (root) or stuck: the group kill follows
+    for p, state, _, _, _, u in table:
+      if u == uid and state not in ("Z", "X") and p not in spare:
+        try:
+          os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+          pass
+    try:
+      proc.wait(timeout=0.005)
+      return True
+    except subprocess.TimeoutExpired:
+      if attempt >= 200:
+        return False
+
+
 def _get_launch() -> _Launch:
   global _launch
   with _launch_lock:
@@ -365,6 +583,71 @@ def _get_launch() -> _Launch:
 
 
 def _probe() -> _Launch:
+  """The jail if this host can give it (a probe program must run in it), else a weak mode if the user opted in."""
+  why = _probe_jail_unavailable()
+  if isinstance(why, _Launch):
+    return why
+  if os.environ.get(ALLOW_WEAK_ENV, "") not in ("1", "true", "yes"):
+    raise SandboxUnavailable(f"sandbox: cannot isolate untrusted code here ({why}); run as root on Linux with "
+                             f"util-linux unshare, or set {ALLOW_WEAK_ENV}=1 to accept the weaker mode (rlimits, "
+                             f"timeouts and an audit hook; hhh.sandbox's docstring says what it misses)")
+  warnings.warn(f"sandbox: {why}; {ALLOW_WEAK_ENV} is set, so untrusted code runs without the namespace jail")
+  return _probe_weak()
+
+
+def _probe_jail_unavailable() -> _Launch | str:
+  """The jailed launch, after a probe program ran in it, or why there is none."""
+  if not sys.platform.startswith("linux"):
+    return "namespaces need Linux"
+  if os.geteuid() != 0:
+    return "not running as root"
+  unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
+  if unshare is None:
+    return "util-linux unshare not found"
+  machine = os.uname().machine
+  if machine not in _PIVOT_ROOT:
+    return f"no pivot_root syscall number known for {machine}"
+  try:
+    view = json.loads(subprocess.run(
+        [sys.executable, "-S", "-c", _VIEW_PROBE], env=dict(SECRET_FREE_ENV), capture_output=True, text=True,
+        timeout=30, check=True).stdout)
+  except (OSError, subprocess.SubprocessError, ValueError) as e:
+    return f"cannot list the interpreter's stdlib: {e}"
+  launch = _Launch(python=sys.executable, unshare=unshare, fresh_uid=True, tmp_parent=None,
+                   jail=_Jail(ro=tuple(view["ro"]), masks=tuple(view["masks"]), pivot_root=_PIVOT_ROOT[machine]))
+  try:
+    r = _run(launch, _PROBE_SOURCE, timeout_s=30, memory_mb=512, files={}, max_output_bytes=MAX_OUTPUT_BYTES,
+             audit=True)
+  except (OSError, SandboxUnavailable) as e:
+    return str(e)
+  if r.returncode != 0 or r.stdout != _PROBE_STDOUT:
+    last = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+    return f"the probe program failed in the namespace jail: {last}"
+  return launch
+
+
+# Run by the sandbox's interpreter with -S: the directories the jail must show it, as JSON. sys.path is the stdlib
+# (and lib-dynload); the shared libraries are the directories of those now mapped (libc, libpython) and the
+# multiarch library directories, where the loader finds what extension modules link (libz, libssl, libffi).
+_VIEW_PROBE = r'''
+import json, os, sys
+ro = [p for p in sys.path[1:] if os.path.isdir(p)]
+with open("/proc/self/maps") as f:
+  files = [line.split()[-1] for line in f]
+mapped = {os.path.dirname(p) for p in files if p.startswith("/") and ".so" in p}
+arch = getattr(sys.implementation, "_multiarch", "")
+libs = [f"/lib/{arch}", f"/usr/lib/{arch}"] if arch else ["/lib64", "/usr/lib64", "/lib", "/usr/lib"]
+ro += sorted(mapped) + [p for p in libs if os.path.isdir(p)]
+# The spec travels tab- and newline-separated: a path holding either is left out (the probe then fails closed).
+ro = [p for p in dict.fromkeys(os.path.realpath(p) for p in ro) if "\t" not in p and "\n" not in p]
+ro.sort(key=lambda p: (p.count("/"), p))  # parents are mounted before what lies inside them
+masks = [os.path.join(p, n) for p in ro for n in ("site-packages", "dist-packages")
+         if os.path.isdir(os.path.join(p, n))]
+print(json.dumps({"ro": ro, "masks": masks}))
+'''
+
+
+def _probe_weak() -> _Launch:
   if os.geteuid() != 0:
     return _Launch(python=sys.executable, unshare=None, fresh_uid=False, tmp_parent=None)
   tmp_parent = tempfile.gettempdir() if _enterable(tempfile.gettempdir()) else "/tmp"

@@ -1,7 +1,9 @@
 """The sandbox: each hostile behaviour gets its specific outcome, runs fast, and leaves no process behind.
 
-Tests that switch the audit hook off (`_audit=False`) check the hard layers alone: rlimits, the tree kill and,
-when the host is root, the fresh uid and network namespace.
+Tests that switch the audit hook off (`_audit=False`), or take it apart from inside the program, check the hard
+layers alone: the namespace jail (a read-only view of the stdlib and the sandbox directory, no network, a fresh
+uid, its own pid namespace), rlimits and the tree kill. On a host that cannot give the jail (not root) the module
+is skipped unless HHH_SANDBOX_ALLOW_WEAK=1, and then the jail's tests skip.
 """
 
 from __future__ import annotations
@@ -41,6 +43,56 @@ def live_count() -> int:
 
 def assert_gone(r):
   assert not alive(r.pid) and live_in_group(r.pid) == []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def usable_sandbox():
+  try:
+    sandbox.isolation()
+  except sandbox.SandboxUnavailable as e:
+    pytest.skip(str(e))
+
+
+def jailed() -> bool:
+  return sandbox.isolation() == "namespaces"
+
+
+def need_jail():
+  if not jailed():
+    pytest.skip(f"the namespace jail is not in use here (isolation {sandbox.isolation()!r})")
+
+
+@pytest.fixture
+def claimed(monkeypatch) -> list[int]:
+  """The fresh uids the sandbox claims during the test, in order."""
+  sandbox.isolation()  # probe first: its uid is not the test's
+  uids = []
+  claim = sandbox._claim_uid
+
+  def recording():
+    uids.append(claim())
+    return uids[-1]
+
+  monkeypatch.setattr(sandbox, "_claim_uid", recording)
+  return uids
+
+
+def processes_of(uid: int) -> list[tuple[int, str]]:
+  """(pid, state) of every process of `uid`, zombies included."""
+  return [(p, state) for p, state, _, _, _, u in sandbox._proc_table() if u == uid]
+
+
+def our_zombies() -> list[int]:
+  return [p for p, state, ppid, _, _, _ in sandbox._proc_table() if ppid == os.getpid() and state in "ZX"]
+
+
+def errno_report(attempts: str) -> str:
+  """A program that runs each `attempt(name, thunk)` line of `attempts` and prints {name: "ok" or errno name}."""
+  return ("import errno, json, os, socket\nout = {}\n"
+          "def attempt(name, thunk):\n"
+          "  try:\n    thunk()\n    out[name] = 'ok'\n"
+          "  except OSError as e:\n    out[name] = errno.errorcode.get(e.errno, repr(e))\n"
+          + attempts + "\nprint(json.dumps(out, sort_keys=True))\n")
 
 
 def test_passing_program():
@@ -101,7 +153,7 @@ def test_fork_is_refused_by_the_hook():
     assert not r.ok and f"ImportError: sandbox: importing {name} is not allowed" in r.stderr
 
 
-def test_fork_loop_is_contained_without_the_hook():
+def test_fork_loop_is_contained_without_the_hook(claimed):
   # The hook is off: only RLIMIT_NPROC and the tree kill stand between this loop and the host.
   baseline = live_count()
   peak = [0]
@@ -128,9 +180,14 @@ def test_fork_loop_is_contained_without_the_hook():
   assert peak[0] <= baseline + sandbox.NPROC + 40
   assert_gone(r)
   assert live_count() <= baseline + 30  # the 64 forks are gone (slack for other work)
+  # Nothing is left in any state: no orphan of the sandbox uid, no zombie (the namespace's init reaped them, the
+  # kernel killed the rest when it exited, and we reaped unshare).
+  if claimed:
+    assert processes_of(claimed[-1]) == []
+  assert our_zombies() == []
 
 
-def test_grandchild_left_sleeping_is_killed():
+def test_grandchild_left_sleeping_is_killed(claimed):
   # A double fork: the grandchild outlives its parent and the program's main process.
   src = ("import os, time\n"
          "if os.fork() == 0:\n"
@@ -142,11 +199,14 @@ def test_grandchild_left_sleeping_is_killed():
   r = run_python(src, timeout_s=3, _audit=False)
   assert r.ok and r.wall_s < 2
   grandchild = int(r.stdout)
-  assert grandchild != r.pid and not alive(grandchild)
+  if jailed():  # pids inside are the pid namespace's: 1 is its init, 2 the program, 4 the grandchild
+    assert grandchild == 4 and processes_of(claimed[-1]) == []
+  else:
+    assert grandchild != r.pid and not alive(grandchild)
   assert_gone(r)
 
 
-def test_grandchild_that_leaves_the_session_is_killed():
+def test_grandchild_that_leaves_the_session_is_killed(claimed):
   if sandbox.isolation() == "same-user":
     pytest.skip("without root a setsid() orphan escapes the tree kill (documented in hhh.sandbox)")
   src = ("import os, time\n"
@@ -160,7 +220,11 @@ def test_grandchild_that_leaves_the_session_is_killed():
   r = run_python(src, timeout_s=3, _audit=False)
   assert r.ok
   grandchild = int(r.stdout)
-  assert not alive(grandchild)
+  if jailed():
+    assert grandchild == 4 and processes_of(claimed[-1]) == []
+  else:
+    assert not alive(grandchild)
+  assert_gone(r)
 
 
 def test_writing_outside_the_sandbox_fails(tmp_path):
@@ -187,7 +251,9 @@ def test_writing_outside_fails_without_the_hook_under_a_fresh_uid(tmp_path):
     pytest.skip("without root the program writes with the host user's rights: only the hook guards files")
   target = tmp_path / "escape.txt"
   r = run_python(f"open({str(target)!r}, 'w').write('x')", timeout_s=2, _audit=False)
-  assert not r.ok and "PermissionError: [Errno 13] Permission denied" in r.stderr
+  # In the jail the host's directory is not even there; under a bare fresh uid its permissions refuse.
+  error = "FileNotFoundError: [Errno 2]" if jailed() else "PermissionError: [Errno 13] Permission denied"
+  assert not r.ok and error in r.stderr
   assert not target.exists()
 
 
@@ -230,7 +296,7 @@ def test_network_connect_is_refused():
     src = f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))\nprint('connected')"
     r = run_python(src, timeout_s=2)
     assert not r.ok and r.stdout == "" and "PermissionError: sandbox: socket.connect is not allowed" in r.stderr
-    if sandbox.isolation() == "uid+netns":
+    if sandbox.isolation() in ("namespaces", "uid+netns"):
       # Without the hook the empty network namespace still refuses.
       r = run_python(src, timeout_s=2, _audit=False)
       assert not r.ok and r.stdout == "" and f"[Errno {errno.ENETUNREACH}]" in r.stderr
@@ -273,3 +339,157 @@ def test_same_user_fallback_still_kills_the_tree(monkeypatch):
   assert_gone(r)
   r = run_python("import os\nprint(os.getuid())", timeout_s=2)
   assert r.ok and r.stdout == f"{os.getuid()}\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The namespace jail: what the audit hook misses, the kernel refuses.
+
+PROJECT_FILE = os.path.realpath(sandbox.__file__)
+
+
+def test_the_view_holds_the_stdlib_and_the_sandbox_dir_only():
+  need_jail()
+  src = errno_report(f"""
+attempt('passwd', lambda: open('/etc/passwd').read())
+attempt('project', lambda: open({PROJECT_FILE!r}).read())
+attempt('stdlib', lambda: open(json.__file__).read())
+attempt('site_packages', lambda: os.listdir(os.path.join(os.path.dirname(os.__file__), 'site-packages')))
+out['top'] = sorted(os.listdir('/'))
+out['tmp'] = os.listdir('/tmp') == [os.path.basename(os.getcwd())] or os.listdir('/tmp')
+out['proc'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+out['uid'] = os.getuid() == os.geteuid() == os.getgid() != 0 and os.getgroups() == []
+""")
+  for audit in (True, False):  # reads are not the hook's business: the same either way
+    r = run_python(src, timeout_s=5, _audit=audit)
+    assert r.ok, r.stderr
+    out = json.loads(r.stdout)
+    # The view's top level: /dev, /proc, /tmp (holding only the sandbox dir) and the stdlib's and libraries' roots.
+    tops = {p.split("/")[1] for p in sandbox._get_launch().jail.ro} | {"dev", "proc", "tmp"}
+    assert out == {"passwd": "ENOENT", "project": "ENOENT", "stdlib": "ok", "site_packages": "ok",
+                   "top": sorted(tops), "tmp": True, "proc": [1, 2], "uid": True}, audit
+  # site-packages is there, but as an empty directory.
+  r = run_python("import os\nprint(os.listdir(os.path.join(os.path.dirname(os.__file__), 'site-packages')))",
+                 timeout_s=5)
+  assert r.ok and r.stdout == "[]\n"
+
+
+def test_dir_fd_and_mkfifo_cannot_write_outside(tmp_path):
+  need_jail()
+  # The hook is on: os.open with dir_fd and os.mkfifo pass it (it checks paths against the cwd, or not at all).
+  host = str(tmp_path)
+  src = errno_report(f"""
+root_fd, tmp_fd = os.open('/', os.O_RDONLY), os.open('/tmp', os.O_RDONLY)
+attempt('host_dir', lambda: os.open({host!r}, os.O_RDONLY))
+attempt('dir_fd_root', lambda: os.close(os.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=root_fd)))
+attempt('dir_fd_tmp', lambda: os.close(os.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=tmp_fd)))
+attempt('mkfifo_tmp', lambda: os.mkfifo('/tmp/fifo'))
+attempt('mkfifo_dir_fd', lambda: os.mkfifo('fifo', dir_fd=root_fd))
+attempt('mkfifo_host', lambda: os.mkfifo({host + "/fifo"!r}))
+attempt('mkfifo_stdlib', lambda: os.mkfifo(os.path.join(os.path.dirname(os.__file__), 'fifo')))
+attempt('mkfifo_inside', lambda: os.mkfifo('fifo'))
+""")
+  r = run_python(src, timeout_s=5)
+  assert r.ok, r.stderr
+  assert json.loads(r.stdout) == {
+      "host_dir": "ENOENT", "dir_fd_root": "EROFS", "dir_fd_tmp": "EROFS", "mkfifo_tmp": "EROFS",
+      "mkfifo_dir_fd": "EROFS", "mkfifo_host": "ENOENT", "mkfifo_stdlib": "EROFS", "mkfifo_inside": "ok"}
+  assert list(tmp_path.iterdir()) == []
+  assert not os.path.exists(os.path.join(os.path.dirname(os.__file__), "fifo"))
+
+
+def test_unix_sockets_outside_are_unreachable(tmp_path):
+  need_jail()
+  path = str(tmp_path / "listener.sock")
+  abstract = f"\0hhh-sandbox-test-{os.getpid()}-{time.monotonic_ns()}"
+  with socket.socket(socket.AF_UNIX) as by_path, socket.socket(socket.AF_UNIX) as by_name:
+    by_path.bind(path)
+    by_name.bind(abstract)
+    for s in (by_path, by_name):
+      s.listen()
+      s.settimeout(0.2)
+    src = errno_report(f"""
+attempt('path', lambda: socket.socket(socket.AF_UNIX).connect({path!r}))
+attempt('abstract', lambda: socket.socket(socket.AF_UNIX).connect({abstract!r}))
+""")
+    r = run_python(src, timeout_s=5, _audit=False)  # the hook would refuse connect(): this is the kernel alone
+    assert r.ok, r.stderr
+    # The socket file is not in the view; abstract names belong to the network namespace, and this one is new.
+    assert json.loads(r.stdout) == {"path": "ENOENT", "abstract": "ECONNREFUSED"}
+    for s in (by_path, by_name):
+      with pytest.raises(socket.timeout):
+        s.accept()
+
+
+def test_ctypes_got_back_through_gc_cannot_write_outside(tmp_path):
+  need_jail()
+  # The program empties the hook's deny sets through gc, imports ctypes and calls libc directly.
+  host = str(tmp_path / "escape.txt").encode()
+  src = errno_report(f"""
+import gc
+hook = next(o for o in gc.get_objects() if type(o) is type(attempt) and o.__code__.co_name == 'hook')
+for cell in hook.__closure__:
+  if isinstance(cell.cell_contents, frozenset):
+    cell.cell_contents = frozenset()
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def c(name, ret):
+  out[name] = 'ok' if ret >= 0 else errno.errorcode[ctypes.get_errno()]
+WRITE = os.O_WRONLY | os.O_CREAT
+out['pid'] = libc.getpid()
+c('passwd', libc.open(b'/etc/passwd', os.O_RDONLY))
+c('creat_host', libc.open({host!r}, WRITE, 0o644))
+c('creat_root', libc.open(b'/escape.txt', WRITE, 0o644))
+c('mount', libc.mount(b'tmpfs', b'/tmp', b'tmpfs', 0, None))
+c('setuid0', libc.setuid(0))
+c('chroot', libc.chroot(b'/tmp'))
+c('remount_rw', libc.mount(None, b'/', None, 32 | 4096, None))
+""")
+  r = run_python(src, timeout_s=5)
+  assert r.ok, r.stderr
+  assert json.loads(r.stdout) == {"pid": 2, "passwd": "ENOENT", "creat_host": "ENOENT", "creat_root": "EROFS",
+                                  "mount": "EPERM", "setuid0": "EPERM", "chroot": "EPERM", "remount_rw": "EPERM"}
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_fork_bomb_leaves_no_orphan_or_zombie(claimed):
+  need_jail()
+  # Every process forks and then leaves its session, so neither the group kill nor the parent's end reaches it.
+  src = ("import os\n"
+         "while True:\n"
+         "  try:\n"
+         "    if os.fork() == 0:\n"
+         "      os.setsid()\n"
+         "  except OSError:\n"
+         "    pass\n")
+  r = run_python(src, timeout_s=1, _audit=False)
+  assert r.timed_out and r.killed_by_signal == signal.SIGKILL
+  assert_gone(r)
+  assert processes_of(claimed[-1]) == [] and our_zombies() == []
+
+
+def test_setup_failure_fails_closed(monkeypatch):
+  need_jail()
+  launch = sandbox._get_launch()
+  broken = sandbox._Jail(ro=launch.jail.ro + ("/nonexistent-hhh-dir",), masks=(), pivot_root=launch.jail.pivot_root)
+  monkeypatch.setattr(sandbox, "_launch", sandbox.dataclasses.replace(launch, jail=broken))
+  with pytest.raises(sandbox.SandboxUnavailable, match=r"setting up the namespace jail failed: .*No such file"):
+    run_python("print('ran')", timeout_s=5)
+
+
+def test_without_namespaces_it_fails_closed_unless_weak_is_allowed(monkeypatch):
+  monkeypatch.setattr(sandbox, "_launch", None)
+  monkeypatch.setattr(sandbox, "_probe_jail_unavailable", lambda: "not running as root")
+  monkeypatch.delenv(sandbox.ALLOW_WEAK_ENV, raising=False)
+  with pytest.raises(sandbox.SandboxUnavailable) as e:
+    run_python("print('ran')", timeout_s=2)
+  message = str(e.value)
+  assert "\n" not in message and message.startswith(
+      "sandbox: cannot isolate untrusted code here (not running as root); run as root on Linux")
+  assert f"set {sandbox.ALLOW_WEAK_ENV}=1 to accept the weaker mode" in message
+  assert sandbox._launch is None  # nothing cached: the next call decides again
+  monkeypatch.setenv(sandbox.ALLOW_WEAK_ENV, "1")
+  with pytest.warns(UserWarning, match="runs without the namespace jail"):
+    mode = sandbox.isolation()
+  assert mode == ("uid+netns" if os.geteuid() == 0 else "same-user")
+  r = run_python("print(6 * 7)", timeout_s=2)
+  assert r.ok and r.stdout == "42\n"
