@@ -1,11 +1,21 @@
 """Orbax checkpoints: train state, data-iterator state and JSON metadata (config, tokenizer) saved together.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,data,meta}`. `meta` is plain JSON, so a
+Layout: `WORKDIR/checkpoints/<step>/{state,data,meta,hhh_manifest.json}`. `meta` is plain JSON, so a
 checkpoint is self-describing (model config and tokenizer) and loads without pickle.
+
+Orbax trusts the bytes it reads: a truncated file fails deep inside tensorstore and flipped bytes load
+silently. So process 0 writes a manifest (size and sha256 of every file) once a save has committed, and
+a resume verifies it first; a checkpoint that fails (or fails to load) is set aside under
+WORKDIR/corrupt_checkpoints and the run falls back to the newest earlier one that passes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
 import pathlib
 from typing import Any
 
@@ -13,24 +23,150 @@ import jax
 from orbax.checkpoint import v1 as ocp
 
 from hhh.data import tokenizer as tokenizer_lib
+from hhh.train import workdir as workdir_lib
+
+MANIFEST = "hhh_manifest.json"
+_MANIFEST_FORMAT = "hhh-checkpoint-manifest/1"
+
+
+class CheckpointCorrupt(ValueError):
+  """No checkpoint passes its checksums (or a named one does not)."""
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _files(step_dir: pathlib.Path) -> list[str]:
+  return sorted(str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _hashes(step_dir: pathlib.Path, rels: list[str]) -> dict[str, str]:
+  # hashlib drops the GIL on large buffers, so threads overlap the hashing of big array files.
+  with concurrent.futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+    return dict(zip(rels, pool.map(lambda r: _sha256(step_dir / r), rels)))
+
+
+def write_manifest(step_dir) -> pathlib.Path:
+  """Records the size and sha256 of every file under a committed step dir, atomically (tmp + rename)."""
+  step_dir = pathlib.Path(step_dir)
+  rels = _files(step_dir)
+  sums = _hashes(step_dir, rels)
+  manifest = {"format": _MANIFEST_FORMAT,
+              "files": {r: {"bytes": (step_dir / r).stat().st_size, "sha256": sums[r]} for r in rels}}
+  tmp = step_dir / (MANIFEST + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, step_dir / MANIFEST)
+  return step_dir / MANIFEST
+
+
+def verify(step_dir) -> str | None:
+  """Why the step dir does not match its manifest (one short phrase), or None when it does.
+
+  A step dir without a manifest (written before hhh kept them, or killed between orbax's commit and
+  the manifest) counts as intact here; it is still set aside if orbax then fails to load it.
+  """
+  step_dir = pathlib.Path(step_dir)
+  path = step_dir / MANIFEST
+  if not path.exists():
+    return None
+  try:
+    files = json.loads(path.read_text(encoding="utf-8"))["files"]
+    expected = {r: (int(v["bytes"]), str(v["sha256"])) for r, v in files.items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return f"its manifest {MANIFEST} is unreadable"
+  for rel, (size, _) in expected.items():  # sizes first: a truncation is found without reading anything
+    if not (step_dir / rel).is_file():
+      return f"{rel} is missing"
+    got = (step_dir / rel).stat().st_size
+    if got != size:
+      return f"{rel} is {got:,} bytes, its manifest says {size:,}"
+  sums = _hashes(step_dir, list(expected))
+  for rel, (_, digest) in expected.items():
+    if sums[rel] != digest:
+      return f"{rel} does not match its sha256"
+  return None
+
+
+class _HeldLogs(logging.Filter):
+  """Holds orbax's (absl) log records during a save or load: replayed on success or on an unexpected
+  error, dropped when the failure is one hhh reports itself in one line."""
+
+  def filter(self, record):
+    self.records.append(record)
+    return False
+
+  def __enter__(self):
+    self.records = []
+    self.drop = False
+    logging.getLogger("absl").addFilter(self)
+    return self
+
+  def __exit__(self, *exc):
+    log = logging.getLogger("absl")
+    log.removeFilter(self)
+    if not self.drop:
+      for r in self.records:
+        log.handle(r)
+    return False
+
+
+def _none_left(root, bad) -> str:
+  return (f"no intact checkpoint left in {root}: " + "; ".join(f"step {s}: {why}" for s, why in bad)
+          + f". Move {root} away to train from scratch")
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  line = text[0] if text else type(e).__name__
+  return line if len(line) <= 200 else line[:197] + "..."
 
 
 class Checkpoints:
 
   def __init__(self, workdir, keep: int):
-    self.dir = pathlib.Path(workdir).absolute() / "checkpoints"
-    self._ckpt = ocp.training.Checkpointer(
-        self.dir, preservation_policy=ocp.training.preservation_policies.LatestN(keep))
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.dir = self.workdir / "checkpoints"
+    self._keep = keep
+    self._save_failed = False
+    self._ckpt = self._open()
+
+  def _open(self):
+    return ocp.training.Checkpointer(
+        self.dir, preservation_policy=ocp.training.preservation_policies.LatestN(self._keep))
+
+  def steps(self) -> list[int]:
+    return [int(c.step) for c in self._ckpt.checkpoints]
 
   def latest_step(self) -> int | None:
     latest = self._ckpt.latest
     return None if latest is None else int(latest.step)
 
+  def step_dir(self, step: int) -> pathlib.Path:
+    return next(pathlib.Path(c.path) for c in self._ckpt.checkpoints if int(c.step) == step)
+
   def save(self, step: int, state, data_iter, meta: dict[str, Any]):
+    """Saves and commits step `step`, then (process 0) writes its manifest; a refused write is one line."""
     checkpointables = {"state": state, "meta": meta}
     if data_iter is not None:
       checkpointables["data"] = data_iter
-    self._ckpt.save_checkpointables(step, checkpointables, force=True)
+    with _HeldLogs() as held:
+      try:
+        self._ckpt.save_checkpointables(step, checkpointables, force=True)
+        if jax.process_index() == 0:
+          write_manifest(self.step_dir(step))
+      except (OSError, ValueError, RuntimeError) as e:
+        if workdir_lib.storage_errno(e, self.workdir) is None:
+          raise
+        held.drop = self._save_failed = True
+        raise workdir_lib.unwritable(self.workdir, e, doing=f"save checkpoint step {step} in") from None
 
   def restore(self, step: int, abstract_state, data_iter):
     """Loads the state onto `abstract_state`'s shardings and rewinds `data_iter` in place."""
@@ -40,8 +176,82 @@ class Checkpoints:
     out = self._ckpt.load_checkpointables(step, abstract)
     return out["state"], out["meta"]
 
-  def close(self):
+  def newest_intact(self) -> tuple[int | None, dict[str, Any] | None]:
+    """The newest step that matches its manifest and whose metadata loads, and that metadata.
+
+    Newer steps that fail are reported in one warning line each and set aside; with checkpoints present
+    but none intact, a one-line CheckpointCorrupt (nothing is set aside then, so a rerun cannot quietly
+    start from scratch). (None, None) when there is no checkpoint at all.
+    """
+    step, meta, bad = self._scan()
+    if step is None and bad:
+      raise CheckpointCorrupt(_none_left(self.dir, bad))
+    self._set_aside(bad, step)
+    return step, meta
+
+  def restore_intact(self, step: int, abstract_state, data_iter):
+    """`restore`, falling back to the newest earlier intact step while a load fails; returns (step, state)."""
+    while True:
+      with _HeldLogs() as held:
+        try:
+          return step, self.restore(step, abstract_state, data_iter)[0]
+        except Exception as e:  # noqa: BLE001 - a failed load of bytes on disk is what we fall back from
+          held.drop = True
+          why = f"it does not load ({_first_line(e)})"
+      older, _, bad = self._scan(below=step)
+      bad = [(step, why)] + bad
+      if older is None:
+        raise CheckpointCorrupt(_none_left(self.dir, bad))
+      self._set_aside(bad, older)
+      step = older
+
+  def _scan(self, below: int | None = None):
+    """(newest intact step below `below`, its metadata, [(newer failed step, why)]); changes nothing."""
+    bad = []
+    for step in reversed([s for s in self.steps() if below is None or s < below]):
+      why = verify(self.step_dir(step))
+      if why is None:
+        with _HeldLogs() as held:
+          try:
+            return step, ocp.load_checkpointables(self.step_dir(step), {"meta": None})["meta"], bad
+          except Exception as e:  # noqa: BLE001 - whatever orbax raises, this step is unusable
+            held.drop = True
+            why = f"its metadata does not load ({_first_line(e)})"
+      bad.append((step, why))
+    return None, None, bad
+
+  def _set_aside(self, bad: list[tuple[int, str]], good: int):
+    """Warns about and moves each failed step dir to WORKDIR/corrupt_checkpoints, so orbax never lists it
+    again and the resumed run can save those steps afresh."""
+    if not bad:
+      return
+    lead = jax.process_index() == 0
+    aside = self.workdir / "corrupt_checkpoints"
+    for step, why in bad:
+      src = self.step_dir(step)
+      dst = aside / src.name
+      n = 1
+      while dst.exists():
+        dst, n = aside / f"{src.name}.{n}", n + 1
+      if lead:
+        aside.mkdir(exist_ok=True)
+        os.replace(src, dst)
+        print(f"hhh: warning: checkpoint step {step} is corrupt: {why}; falling back to step {good} "
+              f"(moved to {dst})", flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("hhh_checkpoints_set_aside")  # every process lists the same steps
     self._ckpt.close()
+    self._ckpt = self._open()
+
+  def close(self):
+    with _HeldLogs() as held:
+      try:
+        self._ckpt.close()
+      except Exception:
+        if not self._save_failed:
+          raise
+        held.drop = True  # orbax re-raises the failed save we already reported
 
 
 def _resolve(path) -> pathlib.Path:
@@ -57,8 +267,24 @@ def _resolve(path) -> pathlib.Path:
   return root / str(steps[0])
 
 
+_verified: dict[tuple[str, int], None] = {}
+
+
+def _resolve_intact(path) -> pathlib.Path:
+  """`_resolve`, then the step dir checked against its manifest (once per manifest version)."""
+  step_dir = _resolve(path)
+  manifest = step_dir / MANIFEST
+  key = (str(step_dir), manifest.stat().st_mtime_ns if manifest.exists() else 0)
+  if key not in _verified:
+    why = verify(step_dir)
+    if why is not None:
+      raise CheckpointCorrupt(f"checkpoint {step_dir} is corrupt: {why}")
+    _verified[key] = None
+  return step_dir
+
+
 def load_meta(path) -> dict[str, Any]:
-  return ocp.load_checkpointables(_resolve(path), {"meta": None})["meta"]
+  return ocp.load_checkpointables(_resolve_intact(path), {"meta": None})["meta"]
 
 
 def load_params(path, abstract_params=None):
@@ -67,7 +293,7 @@ def load_params(path, abstract_params=None):
   With `abstract_params` (ShapeDtypeStructs, optionally with shardings) the arrays
   are restored onto those shapes and shardings; a shape mismatch is an error.
   """
-  step_dir = _resolve(path)
+  step_dir = _resolve_intact(path)
   meta = load_meta(step_dir)
   if abstract_params is None:
     state = ocp.load_checkpointables(step_dir, {"state": None})["state"]

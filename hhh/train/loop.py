@@ -25,6 +25,7 @@ from hhh.model import family
 from hhh.model import sharding as shd
 from hhh.model.config import ModelConfig
 from hhh.train import checkpoint as ckpt_lib
+from hhh.train import workdir as workdir_lib
 from hhh.train.logger import MetricsWriter, peak_flops_per_device
 from hhh.train.step import Steps, abstract_params, graphdef_and_params
 
@@ -115,14 +116,19 @@ def evaluate(steps: Steps, params, source: pipeline.BatchSource, objective: str)
 def train(cfg, workdir) -> dict[str, float]:
   """Runs (or resumes) the training described by `cfg` in `workdir`; returns the final held-out metrics."""
   init_distributed(cfg.distributed)
+  # One run per workdir: process 0's lock keeps other runs out for all processes of this one.
+  with workdir_lib.locked(workdir, enabled=jax.process_index() == 0):
+    return _train(cfg, workdir)
+
+
+def _train(cfg, workdir) -> dict[str, float]:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   lead = jax.process_index() == 0
   mesh = shd.make_mesh(cfg.mesh)
   keys = _named_keys(cfg.seed)
   ckpts = ckpt_lib.Checkpoints(workdir, cfg.keep_checkpoints)
-  latest = ckpts.latest_step()
-  resume_meta = ckpt_lib.load_meta(ckpts.dir / str(latest)) if latest is not None else None
+  latest, resume_meta = ckpts.newest_intact()  # checked against its manifest; corrupt newer ones set aside
   init_meta = ckpt_lib.load_meta(cfg.init_from) if cfg.init_from and latest is None else None
   raw_train, raw_valid = _load_raw(cfg, "train"), _load_raw(cfg, "validation")
   tok = _tokenizer(cfg, resume_meta, init_meta, raw_train)
@@ -145,7 +151,7 @@ def train(cfg, workdir) -> dict[str, float]:
   graphdef, params_abs = abstract_params(model_cfg)
   steps = Steps(cfg, mesh, graphdef, params_abs, cfg.steps)
   if latest is not None:
-    state, _ = ckpts.restore(latest, steps.abstract_state(params_abs), train_it)
+    latest, state = ckpts.restore_intact(latest, steps.abstract_state(params_abs), train_it)
     start = int(ckpt_lib.host_scalar_tree(state["step"]))
   else:
     if cfg.init_from:
