@@ -74,7 +74,7 @@ class TrainConfig:
   checkpoint_every: int = 100
   keep_checkpoints: int = 3
   init_from: str = ""           # another run's workdir (or one of its checkpoint step dirs): start from its parameters
-  peak_tflops: float = 0.0      # per device, for MFU; 0 = look the device kind up (unknown on CPU)
+  peak_tflops: float = 0.0      # per device, for MFU; 0 = measure a matmul at the start of the run
   progress: bool = True
 
   def __post_init__(self):

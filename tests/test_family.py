@@ -115,3 +115,17 @@ def test_human_count():
   assert family.human_count(1234567) == "1.2M"
   assert family.human_count(9_960_000) == "10M"
   assert family.human_count(51544866817) == "52B"
+
+
+def test_step_flops_count_the_lm_head_only_where_the_step_forms_logits():
+  cfg = family.get("13m", vocab_size=259)
+  # Per layer: two RMSNorm scales, q/k/v/o (4 * 512^2) and SwiGLU (3 * 512 * 1368); plus the final norm and the
+  # reward head (512 + 1).
+  n = 4 * (2 * 512 + 4 * 512 * 512 + 3 * 512 * 1368) + 512 + 513
+  assert family.param_counts(cfg)["non_embedding"] == n == 12_604_417
+  attention = 12 * 4 * 256 * 512
+  assert family.step_flops_per_token(cfg, 256, "ranked") == 6 * n + attention == 81_917_958
+  assert family.step_flops_per_token(cfg, 256, "binary") == 81_917_958
+  with_head = 6 * n + attention + 6 * 512 * 259
+  assert family.step_flops_per_token(cfg, 256, "imitation") == with_head
+  assert family.step_flops_per_token(cfg, 256, "ranked", lm_head=True) == with_head

@@ -114,3 +114,21 @@ def test_bf16_compute_keeps_fp32_parameters(tiny_experiment, tmp_path):
   params, meta = ckpt_lib.load_params(wd)
   assert meta["config"]["model"]["dtype"] == "bfloat16"
   assert {str(x.dtype) for x in __import__("jax").tree.leaves(params)} == {"float32"}
+
+
+def test_log_shows_steady_state_throughput_and_mfu_against_a_measured_peak(tiny_experiment, tmp_path):
+  wd = tmp_path / "mfu"
+  proc = run_hhh("train", tiny_experiment, "--workdir", wd, "--set", "steps=6", "--set", "log_every=2",
+                 "--set", "checkpoint_every=100", "--set", "eval_every=100")
+  assert "MFU is read against" in proc.stdout and "GFLOP/s per device, measured now (jnp.dot 2048x2048" in proc.stdout
+  train = read_metrics(wd)
+  assert [r["step"] for r in train] == [2, 4, 6]
+  for r in train:  # step 1 (the compile) only opens the window; every logged window has run steps in it
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
+
+
+def test_step_tokens_count_what_the_step_computes():
+  from hhh.train.loop import _step_tokens
+  local = {"lengths": np.array([[10, 7], [5, 9], [4, 0]]), "scores": np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])}
+  assert _step_tokens(local, "ranked") == 35.0
+  assert _step_tokens(local, "imitation") == 10 + 9 + 4  # only the preferred sequence of each comparison

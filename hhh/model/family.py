@@ -82,6 +82,26 @@ def train_flops_per_token(cfg: ModelConfig, n_ctx: int | None = None) -> float:
   return float(6 * n + 6 * d * cfg.vocab_size + 6 * cfg.n_layers * n_ctx * d)
 
 
+def step_flops_per_token(cfg: ModelConfig, n_ctx: int, objective: str = "ranked", lm_head: bool | None = None) -> float:
+  """Matmul FLOPs per token that one train step actually computes, for MFU (PaLM's convention).
+
+    6 * N_matmul                    forward + backward through every weight matrix
+  + 12 * n_layers * n_ctx * d_model attention scores and values over the full L x L square (a causal or padding
+                                    mask skips no work), forward + backward
+  + 6 * d_model * vocab_size        the LM head, only where the objective computes logits (lm, imitation, or a
+                                    PM with LM mixing: pass lm_head=True)
+
+  Unlike `train_flops_per_token` this counts no LM head for preference objectives, which read a scalar at
+  <eoc> and never form [B, L, V] logits: counting it would inflate their MFU by up to a quarter at SmolLM2's
+  vocabulary. Norms, RoPE, softmax and the optimizer are left out, as MFU conventionally does.
+  """
+  if lm_head is None:
+    lm_head = objective in ("lm", "imitation")
+  n = param_counts(cfg)["non_embedding"]
+  d = cfg.d_model
+  return float(6 * n + 12 * cfg.n_layers * n_ctx * d + (6 * d * cfg.vocab_size if lm_head else 0))
+
+
 def forward_flops_per_token(cfg: ModelConfig, n_ctx: int | None = None) -> float:
   """Forward-only FLOPs per token: a third of train_flops_per_token."""
   return train_flops_per_token(cfg, n_ctx) / 3

@@ -8,17 +8,29 @@ import pathlib
 
 import jax
 
-# Dense bf16 peak FLOP/s per device, for MFU. CPU has no meaningful peak: pass peak_tflops instead.
-_PEAK_FLOPS = (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("V100", 125e12), ("L4", 121e12),
-               ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-               ("TPU v4", 275e12), ("TPU v3", 123e12))
 
+def measure_matmul_peak(dtype="float32", n: int | None = None, reps: int = 3) -> dict:
+  """FLOP/s of one jitted n x n matmul on device 0 in `dtype`, best of `reps`: the achievable peak MFU is read
+  against (a data sheet's number is not reachable on a CPU, and often not on an accelerator either).
 
-def peak_flops_per_device(override_tflops: float = 0.0) -> float | None:
-  if override_tflops:
-    return override_tflops * 1e12
-  kind = jax.devices()[0].device_kind
-  return next((f for name, f in _PEAK_FLOPS if name.lower() in kind.lower()), None)
+  n defaults to 2048 on CPU (large enough for the BLAS kernels' full rate, under a second on 2 cores) and 8192
+  on accelerators.
+  """
+  import time
+
+  import jax.numpy as jnp
+  import numpy as np
+  dev = jax.devices()[0]
+  n = n or (2048 if dev.platform == "cpu" else 8192)
+  a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32), dtype), dev)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return {"flops": 2 * n**3 / best, "what": f"jnp.dot {n}x{n} {jnp.dtype(dtype).name} on {dev.device_kind}"}
 
 
 class MetricsWriter:
@@ -46,7 +58,7 @@ class MetricsWriter:
     self.path.write_text("".join(l + "\n" for l in kept))
     self._f = open(self.path, "a", encoding="utf-8")
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer_class()
       self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"),
                                purge_step=None if resume_step is None else resume_step + 1)
     except ImportError:
@@ -68,6 +80,25 @@ class MetricsWriter:
       self._f.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed only to recognise torch tensors; we log Python floats, and
+  the import costs seconds at every run's start. A None entry in sys.modules makes that import fail fast; it is
+  removed again so that later imports of torch in this process work as usual.
+  """
+  import sys
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _clean(v):

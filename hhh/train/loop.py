@@ -26,7 +26,7 @@ from hhh.model import sharding as shd
 from hhh.model.config import ModelConfig
 from hhh.train import checkpoint as ckpt_lib
 from hhh.train import workdir as workdir_lib
-from hhh.train.logger import MetricsWriter, peak_flops_per_device
+from hhh.train.logger import MetricsWriter, measure_matmul_peak
 from hhh.train.step import Steps, abstract_params, graphdef_and_params
 
 
@@ -113,6 +113,31 @@ def evaluate(steps: Steps, params, source: pipeline.BatchSource, objective: str)
   return res
 
 
+def _lm_head(cfg) -> bool:
+  return cfg.objective in ("lm", "imitation") or bool(cfg.lm_coef)
+
+
+def _step_tokens(local, objective: str) -> float:
+  """Real (unpadded) tokens the step computes on: every sequence for PM objectives, only the preferred one for
+  imitation (its step runs one forward over B sequences, not B * K)."""
+  lengths_BxK = np.asarray(local["lengths"])
+  if objective != "imitation":
+    return float(lengths_BxK.sum())
+  scores_BxK = np.where(lengths_BxK > 0, np.asarray(local["scores"]), -np.inf)
+  return float(np.take_along_axis(lengths_BxK, scores_BxK.argmax(-1)[:, None], 1).sum())
+
+
+def _peak(cfg, lead: bool) -> float:
+  """Per-device peak FLOP/s for MFU: `peak_tflops` when set, else a matmul measured now in the compute dtype."""
+  if cfg.peak_tflops:
+    return cfg.peak_tflops * 1e12
+  measured = measure_matmul_peak(cfg.model.dtype)
+  if lead:
+    print(f"hhh: MFU is read against {measured['flops'] / 1e9:,.0f} GFLOP/s per device, measured now "
+          f"({measured['what']}); set peak_tflops to fix it", flush=True)
+  return measured["flops"]
+
+
 def train(cfg, workdir) -> dict[str, float]:
   """Runs (or resumes) the training described by `cfg` in `workdir`; returns the final held-out metrics."""
   init_distributed(cfg.distributed)
@@ -174,11 +199,13 @@ def _train(cfg, workdir) -> dict[str, float]:
       print(f"hhh: data: {stats.contexts_truncated} contexts and {stats.responses_truncated} responses "
             f"truncated to {cfg.data.max_len} tokens, {stats.responses_dropped} responses beyond max_k dropped")
 
-  peak = peak_flops_per_device(cfg.peak_tflops)
+  peak = _peak(cfg, lead)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,
              desc="train")
   last_good = latest
-  timer = {"t": time.perf_counter(), "tokens": 0.0}
+  # Throughput is steady state: the window opens once this process's first step (its compile) is done, and
+  # re-opens after every eval and checkpoint, so neither counts as training time.
+  timer = {"t": None, "tokens": 0.0, "flops": 0.0}
 
   def drain(pending, force_log=False):
     """Reads step N-1's metrics (already computed by now) and logs them; stops on a non-finite loss."""
@@ -188,27 +215,31 @@ def _train(cfg, workdir) -> dict[str, float]:
       where = f"step {last_good} in {ckpts.dir}" if last_good is not None else "none was written"
       raise NonFiniteLoss(f"step {step}: loss={m['loss']} grad_norm={m['grad_norm']}; stopped. "
                           f"Last good checkpoint: {where}")
-    timer["tokens"] += tokens
-    if step % cfg.log_every == 0 or force_log or step == cfg.steps:
-      dt = time.perf_counter() - timer["t"]
-      tps = timer["tokens"] / max(dt, 1e-9)
-      m["tokens_per_s"] = tps
-      if peak:
-        m["mfu"] = tps * family.train_flops_per_token(model_cfg, L) / (peak * jax.device_count())
-      timer.update(t=time.perf_counter(), tokens=0.0)
-      writer.write(step, "train", m)
-      post = {"loss": f"{m['loss']:.4f}", "tok/s": f"{tps:,.0f}",
-              "mfu": f"{m['mfu']:.1%}" if "mfu" in m else "n/a"}
-      if "accuracy" in m:
-        post["acc"] = f"{m['accuracy']:.3f}"
-      bar.set_postfix(post, refresh=False)
+    if timer["t"] is None:
+      timer.update(t=time.perf_counter(), tokens=0.0, flops=0.0)
+    else:
+      timer["tokens"] += tokens
+      timer["flops"] += tokens * family.step_flops_per_token(model_cfg, L, cfg.objective, lm_head=_lm_head(cfg))
+    if not (step % cfg.log_every == 0 or force_log or step == cfg.steps):
+      return
+    post = {"loss": f"{m['loss']:.4f}"}
+    if timer["tokens"]:
+      dt = max(time.perf_counter() - timer["t"], 1e-9)
+      m["tokens_per_s"] = tps = timer["tokens"] / dt
+      m["mfu"] = timer["flops"] / dt / (peak * jax.device_count())
+      timer.update(t=time.perf_counter(), tokens=0.0, flops=0.0)
+      post.update({"tok/s": f"{tps:,.0f}", "mfu": f"{m['mfu']:.1%}"})
+    if "accuracy" in m:
+      post["acc"] = f"{m['accuracy']:.3f}"
+    writer.write(step, "train", m)
+    bar.set_postfix(post, refresh=False)
 
   pending = None
   final = {}
   try:
     for step in range(start, cfg.steps):
       local = next(train_it)
-      tokens = float(local["lengths"].sum()) * jax.process_count()
+      tokens = _step_tokens(local, cfg.objective) * jax.process_count()
       state, metrics = steps.train(state, steps.put_batch(local))
       if pending is not None:
         drain(pending)
@@ -225,6 +256,8 @@ def _train(cfg, workdir) -> dict[str, float]:
       if is_ckpt:
         ckpts.save(done, state, train_it, meta)
         last_good = done
+      if is_ckpt or done % cfg.eval_every == 0:
+        timer["t"] = None
     if pending is not None:
       drain(pending)
     if not final:
