@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import pathlib
 import random
 from typing import Any, Iterable, Sequence
@@ -348,8 +349,8 @@ def dataset_paths(cfg: SweepConfig) -> dict[str, str]:
   return out
 
 
-def run(cfg: SweepConfig) -> dict:
-  """All stages; returns {"results": [...], "plot": path, "table": markdown}. Safe to re-run (resumes)."""
+def prepare(cfg: SweepConfig) -> dict[str, dict]:
+  """The data stage: DIR/data/NAME/ per dataset and DIR/corpus/ (idempotent); returns the datasets' infos."""
   out = pathlib.Path(cfg.out)
   paths = dataset_paths(cfg)
   infos = prepare_data(paths, out, max_train=cfg.max_train, max_heldout=cfg.max_heldout)
@@ -365,6 +366,15 @@ def run(cfg: SweepConfig) -> dict:
     prepare_data(dataset_paths(dataclasses.replace(cfg, datasets=tuple(missing))), out,
                  max_train=cfg.max_train, max_heldout=cfg.max_heldout)
   build_corpus(out, list(cfg.corpus_datasets), wiki or None)
+  return infos
+
+
+def run(cfg: SweepConfig) -> dict:
+  """All stages through the older grid runner (`hhh.sweep.grid`); sweeps/objectives.yaml is the sweep-file
+  form of the same grid. Returns {"results": [...], "plot": path, "table": markdown}. Safe to re-run."""
+  out = pathlib.Path(cfg.out)
+  paths = dataset_paths(cfg)
+  prepare(cfg)
   launch = dict(jobs=cfg.jobs, devices=cfg.devices)
   sweep_lib.run_grid(base_runs(out, cfg.sizes, steps=cfg.base_steps, extra=cfg.base_set), out, **launch)
   runs = finetune_runs(out, list(paths), cfg.sizes, steps=cfg.steps, seeds=cfg.seeds, extra=cfg.finetune_set)
@@ -384,3 +394,53 @@ def write_report(out_dir) -> dict:
   md = table(every)
   (out_dir / "objectives.md").write_text(md + "\n")
   return {"plot": str(plot(every, out_dir / "objectives.png")), "table": md}
+
+
+def records(spec) -> list[dict]:
+  """A sweep file's finished trials (sweeps/objectives.yaml) as the records `aggregate`, `table` and `plot`
+  read: the stage, the axis labels (dataset, size, objective, seed), metrics and params."""
+  from hhh.sweep import report
+  out = []
+  for r in report.results(spec):
+    labels = dict(r["labels"])
+    if "seed" in labels:
+      labels["seed"] = int(labels["seed"])
+    out.append({"name": r["id"], "stage": r["stage"], **labels, "metrics": r.get("metrics", {}),
+                "params": r.get("params"), "seconds": r.get("seconds")})
+  return out
+
+
+def write_sweep_report(spec) -> dict:
+  """objectives.md and objectives.png in the sweep directory, over every finished fine-tune of the file."""
+  out_dir = pathlib.Path(spec.out)
+  every = records(spec)
+  md = table(every)
+  (out_dir / "objectives.md").write_text(md + "\n")
+  return {"plot": str(plot(every, out_dir / "objectives.png")), "table": md}
+
+
+def main(argv=None) -> int:
+  """`python -m hhh.objective_sweep prepare --set KEY=VALUE ...`: the data stage of sweeps/objectives.yaml."""
+  import argparse
+  import sys
+  from hhh import config as config_lib
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("stage", choices=("prepare",))
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SweepConfig field")
+  args = p.parse_args(argv)
+  try:
+    cfg = config_lib.apply_overrides(SweepConfig(), args.set)
+    infos = prepare(cfg)
+  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    print(f"hhh: error: {e}", file=sys.stderr)
+    return 2
+  # The trial's result: comparisons per dataset (HHH_TRIAL_DIR is set by the sweep runner).
+  if os.environ.get("HHH_TRIAL_DIR"):
+    metrics = {f"{n}_train": i["train"] for n, i in infos.items()} | {f"{n}_heldout": i["heldout"]
+                                                                      for n, i in infos.items()}
+    (pathlib.Path(os.environ["HHH_TRIAL_DIR"]) / "metrics.json").write_text(json.dumps(metrics))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

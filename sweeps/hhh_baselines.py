@@ -2,32 +2,42 @@
 last words) for a model with no prompt, with the HHH prompt, and context-distilled without it.
 
   hhh distill experiments/context_distill.py --out runs/distill     # the distilled student first
-  python sweeps/hhh_baselines.py [--set limits=truthfulqa_mc=0,hellaswag=0] [--set model=...]
+  python sweeps/hhh_baselines.py [sweeps/hhh_baselines.yaml] [--max-parallel 3]
 
-Writes runs/baselines/CONDITION/TASK.json and runs/baselines/baselines.md; re-running skips finished results.
+Runs the sweep file (one trial per condition and task; re-running skips finished trials), then writes
+OUT/baselines.md.
 """
 
 import argparse
 import pathlib
 import sys
 
-from hhh import config as config_lib
+from hhh import sweep
 from hhh.evals import baselines
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a BaselinesConfig field")
+  p.add_argument("file", nargs="?", default=str(HERE / "hhh_baselines.yaml"))
+  p.add_argument("--out", default=None, help="the sweep directory (default: the file's `out`)")
+  p.add_argument("--backend", choices=("local", "ray"), default="local")
+  p.add_argument("--max-parallel", type=int, default=None)
   args = p.parse_args(argv)
   try:
-    cfg = config_lib.apply_overrides(baselines.BaselinesConfig(), args.set)
-    records = baselines.run(cfg)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    spec = sweep.load(args.file, out=args.out)
+    failed = sweep.run_sweep(spec, backend=args.backend, max_parallel=args.max_parallel)
+  except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2
-  md = baselines.table(records)
-  (pathlib.Path(cfg.out) / "baselines.md").write_text(md + "\n")
+  md = baselines.table(baselines.records_from_sweep(spec))
+  (pathlib.Path(spec.out) / "baselines.md").write_text(md + "\n")
   print(md)
+  if failed:
+    print(f"hhh: {len(failed)} trials failed (a missing distilled student is one: run `hhh distill` first); "
+          f"see `hhh sweep status {args.file}`", file=sys.stderr)
+    return 1
   return 0
 
 

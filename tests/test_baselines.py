@@ -7,7 +7,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+import yaml
 
+from hhh import sweep
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.evals import baselines
 from hhh.model.config import ModelConfig
@@ -45,25 +47,32 @@ def test_baselines_entry_point_two_items_per_task_and_resume(tmp_path):
   prompt = tmp_path / "prompt.txt"
   prompt.write_text("Human: Hi.\n\nAssistant: Hello! How can I help?\n-----\n")
   out = tmp_path / "out"
-  sets = [f"out={out}", f"shared={SHARED_DATA}", f"model={model}", f"distilled={model}", f"prompt={prompt}",
-          "limits=hhh_alignment=2,truthfulqa_mc=2,lambada_wiki=2,hellaswag=2", "batch_size=4"]
-  cmd = [sys.executable, str(REPO / "sweeps" / "hhh_baselines.py")] + [a for s in sets for a in ("--set", s)]
-  proc = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+  # sweeps/hhh_baselines.yaml with the tiny model in every condition, our prompt and 2 items per task.
+  doc = yaml.safe_load((REPO / "sweeps" / "hhh_baselines.yaml").read_text())
+  doc["out"] = str(out)
+  doc["resources"] = {"devices": 0, "cpus": 1}
+  doc["set"].update(model=str(model), distilled=str(model), prompt=str(prompt), shared=str(SHARED_DATA),
+                    limits=[f"{t}=2" for t in baselines.LOCAL_DATA], batch_size=4)
+  path = tmp_path / "baselines.yaml"
+  path.write_text(yaml.safe_dump(doc, sort_keys=False))
+  cmd = [sys.executable, str(REPO / "sweeps" / "hhh_baselines.py"), str(path), "--max-parallel", "2"]
+  proc = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for cond in ("no_prompt", "prompt", "distilled"):
-    for task in baselines.LOCAL_DATA:
-      rec = json.loads((out / cond / f"{task}.json").read_text())
-      assert rec["n"] == 2 and rec["condition"] == cond
-      assert rec["prompt_tokens"] == (len(prompt.read_text().encode()) if cond == "prompt" else 0)
-  tqa = {c: json.loads((out / c / "truthfulqa_mc.json").read_text())["query_format"] for c in
-         ("no_prompt", "prompt", "distilled")}
+  spec = sweep.load(path)
+  recs = {(r["condition"], r["task"]): r for r in baselines.records_from_sweep(spec)}
+  assert sorted(recs) == sorted((c, t) for c in ("no_prompt", "prompt", "distilled") for t in baselines.LOCAL_DATA)
+  for (cond, task), rec in recs.items():
+    assert rec["n"] == 2 and rec["limit"] == 2
+    assert rec["prompt_tokens"] == (len(prompt.read_text().encode()) if cond == "prompt" else 0)
+  tqa = {c: recs[(c, "truthfulqa_mc")]["query_format"] for c in ("no_prompt", "prompt", "distilled")}
   assert "Q: " in tqa["no_prompt"] and "Human: " in tqa["prompt"] and "Human: " in tqa["distilled"]
   table = (out / "baselines.md").read_text()
   assert "| hhh_alignment (accuracy, 2) |" in table
   # A re-run finds every result and recomputes nothing.
-  stamp = (out / "prompt" / "hellaswag.json").stat().st_mtime_ns
+  t = next(t for t in spec.trials if t.labels == {"condition": "prompt"})
+  stamp = (spec.trial_dir(t) / "result.json").stat().st_mtime_ns
   proc = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
-  assert proc.returncode == 0 and (out / "prompt" / "hellaswag.json").stat().st_mtime_ns == stamp
+  assert proc.returncode == 0 and (spec.trial_dir(t) / "result.json").stat().st_mtime_ns == stamp
 
 
 def test_convert_hf_dir_then_load_and_distill_cli(tmp_path):

@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from hhh import objective_sweep as osw
 from hhh import sweep as sweep_lib
+from hhh.sweep.report import status as sweep_status
 from tests.conftest import REPO, SHARED_DATA, hhh_env
 
 
@@ -48,25 +50,63 @@ def test_dataset_paths_errors():
     osw.dataset_paths(osw.SweepConfig(datasets=("hh_rlhf",), paths=("hh_rlhf",)))
 
 
+def _small_objectives_file(tmp_path):
+  """sweeps/objectives.yaml cut down to TruthfulQA, the 100k size and 2 steps of 128-byte windows."""
+  doc = yaml.safe_load((REPO / "sweeps" / "objectives.yaml").read_text())
+  data, base, ft = doc["stages"]
+  cmd = data["command"]
+  sets = {"shared": str(SHARED_DATA), "datasets": "truthfulqa", "corpus_datasets": "truthfulqa", "max_train": "24",
+          "max_heldout": "12", "wikipedia": ""}
+  for i, a in enumerate(cmd):
+    if cmd[i - 1] == "--set" and a.split("=")[0] in sets:
+      cmd[i] = f"{a.split('=')[0]}={sets.pop(a.split('=')[0])}"
+  cmd += [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
+  small = {"data.max_len": 128, "data.buckets": 128, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2,
+           "steps": 2}
+  base["set"].update(small, **{"data.tokenizer": "byte", "model.max_len": 128})
+  ft["set"].update(small)
+  base["experiment"], ft["experiment"] = (str(REPO / "experiments" / "base_lm.py"),
+                                          str(REPO / "experiments" / "objectives.py"))
+  base["axes"] = {"size": ["100k"]}
+  ft["axes"] = {"dataset": {"truthfulqa": None}, "size": ["100k"], "objective": list(osw.OBJECTIVES), "seed": [0]}
+  doc["out"] = str(tmp_path / "sweep")
+  path = tmp_path / "objectives.yaml"
+  path.write_text(yaml.safe_dump(doc, sort_keys=False))
+  return path
+
+
+def test_objectives_file_expands_to_the_readme_grid():
+  spec = sweep_lib.load(REPO / "sweeps" / "objectives.yaml")
+  stages = [t.stage for t in spec.trials]
+  assert stages.count("data") == 1 and stages.count("base") == 2 and stages.count("finetune") == 5 * 2 * 3
+  ft = next(t for t in spec.trials if t.labels == {"dataset": "code", "size": "1.6m", "objective": "binary",
+                                                     "seed": "0"})
+  base = next(t for t in spec.trials if t.labels == {"size": "1.6m"})
+  cfg = ft.config["config"]
+  assert cfg["init_from"] == f"runs/objectives/trials/{base.id}" and cfg["objective"] == "binary"
+  assert cfg["data"]["train"] == "runs/objectives/data/code/train.jsonl" and cfg["steps"] == 100
+  assert base.config["config"]["model"]["d_model"] == 256 and base.config["config"]["steps"] == 400
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data (TruthfulQA mc_task.json)")
 def test_two_step_sweep_end_to_end_and_resume(tmp_path):
+  path = _small_objectives_file(tmp_path)
   out = tmp_path / "sweep"
-  sets = [f"out={out}", f"shared={SHARED_DATA}", "datasets=truthfulqa", "corpus_datasets=truthfulqa", "sizes=100k", "base_steps=2", "steps=2",
-          "max_train=24", "max_heldout=12", "wikipedia=",
-          "base_set=data.tokenizer=byte,model.max_len=128,data.max_len=128,data.buckets=128,batch_size=4,"
-          "eval_every=2,checkpoint_every=2",
-          "finetune_set=data.max_len=128,data.buckets=128,batch_size=4,eval_every=2,checkpoint_every=2"]
-  cmd = [sys.executable, str(REPO / "sweeps" / "objectives.py")] + [a for s in sets for a in ("--set", s)]
-  proc = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+  cmd = [sys.executable, str(REPO / "sweeps" / "objectives.py"), str(path), "--max-parallel", "2"]
+  proc = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=900, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.loads((out / "data" / "truthfulqa" / "info.json").read_text())
   assert (info["train"], info["heldout"]) == (24, 12)
-  results = sweep_lib.read_results(out / "results.jsonl")
-  assert [r["name"] for r in results] == ["base-100k"] + [f"truthfulqa-100k-{o}-s0" for o in osw.OBJECTIVES]
-  for r in results[1:]:
-    assert r["step"] == 2 and 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metrics"]["pairs"] > 0
+  spec = sweep_lib.load(path)
+  results = osw.records(spec)
+  assert [r["stage"] for r in results] == ["data", "base", "finetune", "finetune", "finetune"]
+  assert results[0]["metrics"] == {"truthfulqa_train": 24, "truthfulqa_heldout": 12}
+  assert [r["objective"] for r in results[2:]] == list(osw.OBJECTIVES)
+  for r in results[2:]:
+    assert 0.0 <= r["metrics"]["accuracy"] <= 1.0 and r["metrics"]["pairs"] > 0 and r["params"] > 0
   assert (out / "objectives.png").exists() and "| truthfulqa | 100k |" in (out / "objectives.md").read_text()
+  assert "![objectives](objectives.png)" in (out / "report.md").read_text()
   # Re-running finds every result and trains nothing.
   proc2 = subprocess.run(cmd, env=hhh_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
   assert proc2.returncode == 0, proc2.stderr[-3000:]
-  assert len(sweep_lib.read_results(out / "results.jsonl")) == 4
+  assert [r["attempts"] for r in sweep_status(spec)["trials"]] == [1] * 5

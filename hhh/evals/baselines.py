@@ -3,6 +3,9 @@
 For each condition the judge (and so the prompt's KV cache) is built once and every task reuses it. Each
 (condition, task) result is written to OUT/CONDITION/TASK.json as it finishes, and a re-run skips results that
 exist, so an interrupted run loses nothing. `table` turns the results into the README's markdown.
+
+sweeps/hhh_baselines.yaml is the sweep-file form: one trial per condition, each a process running `main`, so the
+conditions can run side by side or on a cluster; `records_from_sweep` reads them back.
 """
 
 from __future__ import annotations
@@ -99,6 +102,37 @@ def run(cfg: BaselinesConfig) -> list[dict]:
   return records
 
 
+def records_from_sweep(spec) -> list[dict]:
+  """The finished trials of a baselines sweep file (one per condition) as `table` reads them: one record per
+  (condition, task)."""
+  from hhh.sweep import report
+  return [rec for r in report.results(spec) for rec in r["metrics"].values() if isinstance(rec, dict)]
+
+
+def main(argv=None) -> int:
+  """`python -m hhh.evals.baselines --set only=CONDITION --set out=DIR ...`: one trial of
+  sweeps/hhh_baselines.yaml. Writes DIR/metrics.json ({task: record}) and exits 1 if nothing was scored."""
+  import argparse
+  from hhh import config as config_lib
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a BaselinesConfig field")
+  args = p.parse_args(argv)
+  try:
+    cfg = config_lib.apply_overrides(BaselinesConfig(), args.set)
+    records = run(cfg)
+  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    print(f"hhh: error: {e}", file=sys.stderr)
+    return 2
+  if not records:
+    print("hhh: error: no task was scored", file=sys.stderr)
+    return 1
+  out = pathlib.Path(cfg.out)
+  tmp = out / ".metrics.json.tmp"
+  tmp.write_text(json.dumps({f"{r['condition']}/{r['task']}": r for r in records}, indent=2) + "\n")
+  tmp.replace(out / "metrics.json")
+  return 0
+
+
 def _headline(rec: dict) -> tuple[str, float]:
   task = rec["task"]
   key = {"hhh_alignment": "accuracy", "truthfulqa_mc": "mc1", "hellaswag": "acc_norm",
@@ -135,3 +169,7 @@ def table(records: list[dict]) -> str:
         n = any_rec.get("per_category", {}).get(cat, {}).get("n", "?")
         lines.append(f"| &nbsp;&nbsp;{cat} ({n}) | " + " | ".join(row) + " |")
   return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Sweeps: a grid of named `hhh train` runs, each in a fresh process, results appended to one JSONL.
+"""Python-level grids (the older runner; sweep files are the newer one): named `hhh train` runs, each in a fresh process, results appended to one JSONL.
 
 A sweep directory holds `results.jsonl` (one line per finished run: its tags, final held-out metrics, seconds)
 and `runs/NAME/` (each run's workdir and `train.log`). Re-running a sweep skips runs that already have a result
@@ -17,7 +17,6 @@ import json
 import os
 import pathlib
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -75,10 +74,17 @@ def run_one(run: Run, sweep_dir, env: dict[str, str] | None = None) -> dict[str,
   for o in run.overrides:
     cmd += ["--set", o]
   t0 = time.perf_counter()
+  from hhh.sweep.trial import kill_group, spawn
   with open(workdir / "train.log", "a", encoding="utf-8") as log:
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # Its own process group and a parent-death signal: the trainer dies with this runner (see sweep/trial.py).
+    proc = spawn(cmd, log, env={**os.environ, **(env or {})})
+    try:
+      proc.wait()
+    except BaseException:
+      kill_group(proc)
+      raise
   seconds = time.perf_counter() - t0
   if proc.returncode != 0:
     tail = (workdir / "train.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]

@@ -1,0 +1,248 @@
+"""One trial's directory, its process and its result: the unit both backends (local, Ray) run.
+
+TRIALS/ID/ holds `trial.json` (what runs: stage, labels, resolved config), `attempt-N.log` (every attempt's output,
+kept), `result.json` (written once, atomically, when the trial succeeds), `failed.json` (the last failure) and
+`lock`. Whoever runs a trial holds an exclusive flock on `lock`, and so does the trial's process (it inherits the
+descriptor), so a relaunched sweep never starts a second process on a directory some process still works in,
+and `status` can tell a running trial from one a dead launcher left half done.
+
+Trial processes die with their launcher: each starts in its own process group (a Ctrl-C to the launcher's
+terminal does not reach it directly; the launcher kills the group on the way out) and, on Linux, with a
+parent-death signal, so a launcher killed with SIGKILL takes its trainers with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from hhh.sweep.spec import Trial
+
+PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def _prctl():
+  global _libc
+  if _libc is None and sys.platform.startswith("linux"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+  return _libc.prctl if _libc is not None else None
+
+
+def write_json_atomic(path, obj) -> None:
+  """Write-then-rename: a reader (or a relaunch after SIGKILL) sees the whole file or none of it."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(json.dumps(obj, indent=2, default=str) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_json(path) -> dict | None:
+  try:
+    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+  except (FileNotFoundError, json.JSONDecodeError):
+    return None
+
+
+def trial_record(trial: Trial) -> dict[str, Any]:
+  return {"id": trial.id, "stage": trial.stage, "labels": trial.labels, "kind": trial.kind,
+          "experiment": trial.experiment, "overrides": list(trial.overrides), "argv": list(trial.argv),
+          "resources": dataclasses.asdict(trial.resources), "needs": list(trial.needs), "config": trial.config}
+
+
+def prepare(trial: Trial, trial_dir) -> pathlib.Path:
+  d = pathlib.Path(trial_dir)
+  d.mkdir(parents=True, exist_ok=True)
+  if not (d / "trial.json").exists():
+    write_json_atomic(d / "trial.json", trial_record(trial))
+  return d
+
+
+def try_lock(trial_dir) -> int | None:
+  """An fd holding the trial's exclusive lock, or None while another process holds it."""
+  fd = os.open(pathlib.Path(trial_dir) / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    os.close(fd)
+    if e.errno in (errno.EAGAIN, errno.EACCES):
+      return None
+    raise
+  return fd
+
+
+def is_locked(trial_dir) -> bool:
+  if not (pathlib.Path(trial_dir) / "lock").exists():
+    return False
+  fd = try_lock(trial_dir)
+  if fd is None:
+    return True
+  os.close(fd)
+  return False
+
+
+def attempts(trial_dir) -> int:
+  return len(list(pathlib.Path(trial_dir).glob("attempt-*.log")))
+
+
+def command(trial: Trial, trial_dir) -> list[str]:
+  if trial.kind == "train":
+    cmd = [sys.executable, "-m", "hhh.cli", "train", trial.experiment, "--workdir", str(trial_dir)]
+    for o in trial.overrides:
+      cmd += ["--set", o]
+    return cmd
+  return [a.replace("{workdir}", str(trial_dir)).replace("{python}", sys.executable) for a in trial.argv]
+
+
+def spawn(argv: Sequence[str], log, *, env: dict[str, str], cwd=None, cpus: Sequence[int] = (),
+          pass_fds: Sequence[int] = ()) -> subprocess.Popen:
+  """Starts a trial process that cannot outlive the caller (see the module docstring).
+
+  The parent-death signal is tied to the thread that forks, so call this from a thread that lives as long as
+  the child (the local backend's main loop; a Ray task's worker thread).
+  """
+  prctl = _prctl()
+  parent = os.getpid()
+
+  def preexec():
+    os.setpgrp()
+    if prctl is not None:
+      prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+      if os.getppid() != parent:   # the parent died before the signal was armed
+        os._exit(1)
+    if cpus:
+      os.sched_setaffinity(0, set(cpus))
+
+  return subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                          cwd=cwd, preexec_fn=preexec, pass_fds=tuple(pass_fds))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+  with contextlib.suppress(ProcessLookupError, PermissionError):
+    os.killpg(proc.pid, signal.SIGKILL)
+  with contextlib.suppress(Exception):
+    proc.wait(timeout=10)
+
+
+def trial_env(trial: Trial, trial_dir, extra: dict[str, str] | None = None) -> dict[str, str]:
+  env = dict(os.environ, PYTHONUNBUFFERED="1", HHH_TRIAL_ID=trial.id, HHH_TRIAL_DIR=str(trial_dir))
+  env.update(extra or {})
+  return env
+
+
+@dataclasses.dataclass
+class Running:
+  trial: Trial
+  trial_dir: pathlib.Path
+  proc: subprocess.Popen
+  lock_fd: int
+  log: Any
+  attempt: int
+  t0: float
+  alloc: Any = None
+
+
+def start(trial: Trial, trial_dir, lock_fd: int, *, env: dict[str, str], cwd=None,
+          cpus: Sequence[int] = ()) -> Running:
+  """Starts the next attempt of a trial whose lock the caller holds."""
+  d = pathlib.Path(trial_dir)
+  attempt = attempts(d) + 1
+  log = open(d / f"attempt-{attempt}.log", "w", encoding="utf-8")
+  argv = command(trial, d)
+  log.write("$ " + " ".join(argv) + "\n")
+  log.flush()
+  proc = spawn(argv, log, env=env, cwd=cwd, cpus=cpus, pass_fds=(lock_fd,))
+  return Running(trial, d, proc, lock_fd, log, attempt, time.time())
+
+
+def finish(run: Running, returncode: int) -> dict[str, Any]:
+  """Writes result.json (success) or failed.json and returns it; closes the log. The caller releases the lock."""
+  run.log.close()
+  seconds = round(time.time() - run.t0, 1)
+  base = {"id": run.trial.id, "stage": run.trial.stage, "labels": run.trial.labels, "attempts": run.attempt}
+  if returncode == 0:
+    try:
+      rec = {**base, **collect(run.trial, run.trial_dir), "seconds": seconds}
+    except (OSError, RuntimeError, ValueError) as e:
+      rec = {**base, "error": f"finished but no result: {e}", "seconds": seconds}
+    else:
+      write_json_atomic(run.trial_dir / "result.json", rec)
+      with contextlib.suppress(FileNotFoundError):
+        (run.trial_dir / "failed.json").unlink()
+      return rec
+  else:
+    tail = log_tail(run.trial_dir / f"attempt-{run.attempt}.log")
+    rec = {**base, "error": f"exit {returncode}: {tail}", "seconds": seconds}
+  rec["log"] = str(run.trial_dir / f"attempt-{run.attempt}.log")
+  write_json_atomic(run.trial_dir / "failed.json", rec)
+  return rec
+
+
+def log_tail(path, n: int = 1) -> str:
+  try:
+    lines = pathlib.Path(path).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+  except FileNotFoundError:
+    return ""
+  return " | ".join(lines[-n:])[-300:]
+
+
+def collect(trial: Trial, trial_dir) -> dict[str, Any]:
+  """The result of a finished trial: a training run's last held-out evaluation (and its non-embedding parameter
+  count, the scaling plots' x), or the JSON object a command wrote in its directory (`result`)."""
+  d = pathlib.Path(trial_dir)
+  if trial.kind == "command":
+    metrics = read_json(d / trial.result)
+    return {"metrics": metrics if isinstance(metrics, dict) else {}}
+  from hhh.sweep.grid import final_metrics
+  m = final_metrics(d)
+  out = {"step": m.pop("step", None), "metrics": {k: v for k, v in m.items() if k != "split"}}
+  cfg = read_json(d / "config.json")
+  if cfg and "model" in cfg:
+    from hhh import config as config_lib
+    from hhh.model import family
+    from hhh.model.config import ModelConfig
+    out["params"] = family.param_counts(config_lib.from_dict(ModelConfig, cfg["model"]))["non_embedding"]
+  return out
+
+
+def run_blocking(trial: Trial, trial_dir, *, env_extra: dict[str, str] | None = None, cwd=None,
+                 wait_lock: float = 600.0) -> dict[str, Any]:
+  """Runs one attempt of a trial to the end in this thread (the Ray backend's task body). Waits for a process
+  still holding the trial's lock (a killed launcher's child on its way out) and returns an existing result
+  rather than run a finished trial again."""
+  d = prepare(trial, trial_dir)
+  deadline = time.time() + wait_lock
+  fd = try_lock(d)
+  while fd is None:
+    if time.time() > deadline:
+      return {"id": trial.id, "error": f"{d}/lock is held by another process", "busy": True}
+    time.sleep(0.5)
+    fd = try_lock(d)
+  try:
+    done = read_json(d / "result.json")
+    if done is not None:
+      return done
+    run = start(trial, d, fd, env=trial_env(trial, d, env_extra), cwd=cwd)
+    try:
+      rc = run.proc.wait()
+    except BaseException:
+      kill_group(run.proc)
+      raise
+    return finish(run, rc)
+  finally:
+    os.close(fd)
