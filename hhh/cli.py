@@ -20,6 +20,13 @@ def _model_list(args):
 
 def _export(args):
   from hhh.reward import bundle
+  if args.format == "hf":
+    from hhh.reward import hf_export
+    meta = hf_export.export_run(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference)
+    print(f"hhh: wrote HF sequence-classification directory {args.out} (reward read at "
+          f"{meta['end_of_context']['token']!r}, appended; transformers logits = raw reward - "
+          f"{meta['reward_bias']:.6g}, the head's bias; see {args.out}/README.md)")
+    return
   info = bundle.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference)
   norm = info["normalization"]
   print(f"hhh: wrote reward bundle {args.out} ({info['objective']} PM; normalization over {norm['n']} responses "
@@ -40,8 +47,11 @@ def main(argv=None) -> int:
   ml.add_argument("--vocab-size", type=int, default=259)
   ml.set_defaults(func=_model_list)
   e = sub.add_parser("export", help="write a self-contained reward-model bundle from a PM checkpoint")
-  e.add_argument("ckpt", help="a training workdir (its latest checkpoint) or a checkpoint step dir")
+  e.add_argument("ckpt", help="a training workdir (its latest checkpoint) or a checkpoint step dir "
+                 "(with --format hf also a bundle)")
   e.add_argument("--out", required=True, help="bundle directory")
+  e.add_argument("--format", choices=("bundle", "hf"), default="bundle",
+                 help="bundle: hhh's own; hf: a transformers AutoModelForSequenceClassification directory")
   e.add_argument("--reference", default=None,
                  help="data for the normalization statistics (default: the run's validation data)")
   e.add_argument("--max-reference", type=int, default=2000, help="at most this many reference comparisons")
@@ -59,6 +69,10 @@ def main(argv=None) -> int:
   distill.add_cli(sub)
   convert.add_cli(sub)
   eval_commands.add_cli(sub)
+  from hhh import quickstart
+  quickstart.add_cli(sub)
+  from hhh import sweep
+  sweep.add_cli(sub)
   args = parser.parse_args(argv)
   from hhh.config import ConfigError
   from hhh.data.store import NothingMined

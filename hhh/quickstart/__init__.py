@@ -1,0 +1,27 @@
+"""`hhh quickstart`: the offline one-command tour of hhh on a generated world (see `pipeline`)."""
+
+from __future__ import annotations
+
+
+def add_cli(sub) -> None:
+  p = sub.add_parser(
+      "quickstart", help="offline tour: generate dumps, mine, pretrain, PMP, fine-tune, evaluate, report",
+      description="Runs the whole hhh pipeline on data it generates itself (no downloads) and writes "
+                  "DIR/report.md with the objective-scaling and PMP sample-efficiency plots. Re-running the "
+                  "same command resumes; finished runs are kept.")
+  p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+  p.add_argument("--fast", action="store_true", help="reduced mode: one size, one target set, fewer steps")
+  p.add_argument("--seed", type=int, default=0, help="seed of the generated world and of every run")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override a QuickstartConfig field (e.g. sizes=20k,100k or finetune_ns=8,64)")
+  p.set_defaults(func=_cli)
+
+
+def _cli(args) -> None:
+  import dataclasses
+  from hhh import config as config_lib
+  from hhh.quickstart import pipeline
+  pipeline.fast_compile_env()
+  base = (pipeline.fast_config(args.out, args.seed) if args.fast
+          else dataclasses.replace(pipeline.QuickstartConfig(), out=args.out, seed=args.seed))
+  pipeline.run(config_lib.apply_overrides(base, args.set))
