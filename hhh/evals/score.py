@@ -97,11 +97,14 @@ def _score_rows(params, prompt, tokens_BxL, valid_BxL, start_B, targets_BxT, tma
   else:
     P = prompt["valid"].shape[1]
 
-    def grow(x_1xPx):
-      x_BxPx = jnp.broadcast_to(x_1xPx, (B,) + x_1xPx.shape[1:])
-      return jnp.concatenate([x_BxPx, jnp.zeros((B, L) + x_1xPx.shape[2:], x_1xPx.dtype)], axis=1)
+    def grow(x_1x, axis=1):
+      """Broadcast to B rows and add L free slots on the slot axis (axis 2 of the head-major k and v)."""
+      x_Bx = jnp.broadcast_to(x_1x, (B,) + x_1x.shape[1:])
+      free = list(x_Bx.shape)
+      free[axis] = L
+      return jnp.concatenate([x_Bx, jnp.zeros(free, x_1x.dtype)], axis=axis)
 
-    cache = {"layers": [{"k": grow(c["k"]), "v": grow(c["v"])} for c in prompt["layers"]],
+    cache = {"layers": [{"k": grow(c["k"], 2), "v": grow(c["v"], 2)} for c in prompt["layers"]],
              "valid": grow(prompt["valid"]), "index": jnp.int32(P),
              "next_pos": jnp.broadcast_to(prompt["next_pos"], (B,))}
     h_BxLxD, _ = model(tokens_BxL, valid_BxL, cache=cache)
