@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import pathlib
 import random
@@ -395,6 +396,103 @@ def test_bad_options_raise():
     Options(revert_radius=1)
   with pytest.raises(ValueError):
     Options(window_chars=0)
+
+
+# --- read boundaries: the scanner reads _READ_SIZE bytes at a time; a unit tag may fall anywhere across a cut ---
+
+# Two reverts (pages 1 and 3), a page with no revisions, tags with whitespace and attributes. {pad} shifts every
+# tag after it, so sweeping it over one read size puts each tag at every offset relative to the read boundary.
+_BOUNDARY_DOC = (
+    '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">{pad}'
+    '<siteinfo><namespaces><namespace key="1">Talk</namespace></namespaces></siteinfo>'
+    "<page><title>A</title><ns>0</ns><id>1</id><revision><id>11</id><text>Cheese is good.</text></revision>"
+    "<revision><id>12</id><text>Cheese is GROSS.</text></revision>"
+    "<revision><id>13</id><text>Cheese is good.</text></revision></page>"
+    "<page><title>B</title><ns>0</ns><id>2</id></page>"
+    "<page>\n<title>C</title><ns>0</ns><id>3</id><revision>\n<id>31</id><text>x y</text></revision>"
+    '<revision ><id>32</id><text>x z</text></revision><revision><id>33</id><text>x y</text></revision>\n</page>\n'
+    "</mediawiki>")
+# Damage near the tags: a lost </revision>, a bad entity, a stray </revision>, a revision outside any page, a
+# lost </revision> before </page>, and a cut-off </mediawiki.
+_DAMAGED_DOC = (
+    "<mediawiki>{pad}<siteinfo></siteinfo><page><title>A</title><ns>0</ns><id>1</id>"
+    "<revision><id>11</id><text>a</text><revision><id>12</id><text>b &bogus;</text></revision></revision>"
+    "<revision><id>13</id><text>a</text></revision></page><revision><id>99</id></revision>"
+    "<page><title>Z</title><id>5</id><revision><id>51</id><text>q</text></page></mediawiki")
+
+
+class _ShortReads(io.RawIOBase):
+  """A stream that hands back fewer bytes than asked, in a seeded random pattern (as a pipe or decompressor may)."""
+
+  def __init__(self, data: bytes, seed: int):
+    self.data, self.at, self.rng = data, 0, random.Random(seed)
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, b) -> int:
+    n = min(len(b), self.rng.randint(1, 9), len(self.data) - self.at)
+    b[:n] = self.data[self.at:self.at + n]
+    self.at += n
+    return n
+
+
+def _read_all(make_stream) -> tuple[list, list, int, dict]:
+  """(units, mined (key, comparison json), records_read, skips) of passes over fresh streams."""
+  stats = MineStats("wikipedia")
+  mined = [(k, c.to_json()) for k, c in wikipedia._DumpReader(Options(), stats, "d").read(make_stream())]
+  return list(wikipedia._units(make_stream())), mined, stats.records_read, dict(stats.skipped)
+
+
+@pytest.mark.parametrize("doc, records, skipped, ids", [
+    (_BOUNDARY_DOC, 6, {}, ["wikipedia/1/12", "wikipedia/3/32"]),
+    (_DAMAGED_DOC, 5, {"malformed_xml": 4, "truncated_xml": 1}, []),
+], ids=["clean", "damaged"])
+def test_every_tag_offset_across_a_read_boundary(monkeypatch, doc, records, skipped, ids):
+  """Each read size, each shift below it: the same units (offsets too), stats and pairs as one unchunked read."""
+  raw = doc.format(pad="").encode()
+  monkeypatch.setattr(wikipedia, "_READ_SIZE", 1 << 20)
+  want = _read_all(lambda: io.BytesIO(raw))
+  assert want[2:] == (records, skipped) and [c["id"] for _, c in want[1]] == ids
+  for read_size in (1, 2, 3, 5, 7, 11, 16, 17, 64):
+    for shift in range(read_size):
+      raw = doc.format(pad=" " * shift).encode()
+      monkeypatch.setattr(wikipedia, "_READ_SIZE", 1 << 20)
+      whole = _read_all(lambda: io.BytesIO(raw))
+      monkeypatch.setattr(wikipedia, "_READ_SIZE", read_size)
+      assert _read_all(lambda: io.BytesIO(raw)) == whole, (read_size, shift)
+      assert whole[1:] == want[1:]  # whitespace between elements changes nothing but the offsets
+  monkeypatch.setattr(wikipedia, "_READ_SIZE", 64)
+  for seed in range(20):
+    assert _read_all(lambda: _ShortReads(raw, seed))[1:] == want[1:], seed
+
+
+@pytest.mark.parametrize("tag, nth", [("<siteinfo>", 0), ("<revision>", 0), ("<revision>", 1), ("</revision>", 0),
+                                      ("<page>", 1), ("</page>", 0)])
+def test_tags_ending_at_the_real_read_boundary(tmp_path, tag, nth):
+  """The unpatched read size, through mine(): the tag ending at each offset from 6 before the first read's end to
+  4 after it (65530..65540 for 64 KiB reads)."""
+  raw = _BOUNDARY_DOC.format(pad="").encode()
+  want, stats = _run(_write(tmp_path / "ref.xml", raw.decode()))
+  assert stats.records_read == 6 and not stats.skipped and len(want) == 2
+
+  def kinds(path):
+    with path.open("rb") as f:
+      return [event for event, _, _ in wikipedia._units(f)]
+
+  # Page B has no revisions: its head is never parsed, only its end is seen.
+  assert kinds(tmp_path / "ref.xml") == ["siteinfo", "page", *["revision"] * 3, "page_end", "page_end",
+                                         "page", *["revision"] * 3, "page_end", "end"]
+  at = -1
+  for _ in range(nth + 1):
+    at = raw.index(tag.encode(), at + 1)
+  for end in range(wikipedia._READ_SIZE - 6, wikipedia._READ_SIZE + 5):  # tag ends before byte `end`
+    padded = raw[:at] + b" " * (end - at - len(tag)) + raw[at:]
+    assert padded.index(tag.encode(), end - len(tag)) + len(tag) == end
+    out, stats = _run(_write(tmp_path / f"{end}.xml", padded.decode()))
+    assert (stats.records_read, dict(stats.skipped)) == (6, {}), end
+    assert kinds(tmp_path / f"{end}.xml") == kinds(tmp_path / "ref.xml"), end  # e.g. no page read twice
+    assert _as_json(out) == _as_json(want), end
 
 
 _GARBAGE = ["<revision>", "</revision>", "<page>", "</page>", "<text>", "</text>", "<id>7</id>", "<id>x</id>",

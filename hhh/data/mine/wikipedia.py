@@ -513,7 +513,10 @@ def _units(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[st
       if m is not None:
         pos = m.start()  # the tag's ">" is still to come
       else:
-        pos = max(len(buf) - _TAIL, 0 if start is None else start)
+        # Rescan only the last few bytes, for a tag cut off by the read. Never before `pos`: the tags there are
+        # handled already, and the unit held since `start` may begin with one (a "<revision>" ending right at
+        # the read boundary was read a second time, as a revision with a lost end tag).
+        pos = max(pos, len(buf) - _TAIL)
       if start is not None and len(buf) - start > max_bytes:
         oversize, start = True, None  # let the unit go; its end tag still ends it
       drop(min(pos, len(buf)) if start is None else start)
