@@ -12,7 +12,8 @@ since the machine may be shared.
 Shapes (random weights, all sequences full length so no side gains from padding):
 - `13m`: hhh's 13m family member with the byte vocabulary (12.7M parameters), B=8 comparisons, K=2, L=256;
 - `smollm2-135m`: SmolLM2-135M's shape (30 layers, d 576, GQA 9/3, vocab 49,152, tied), same batch.
-FLOPs per step are hhh's `family.train_flops_per_token` (the same model on every side), so GFLOP/s compare.
+FLOPs per step are hhh's `family.step_flops_per_token` for a PM (matmuls only, full L x L attention, no LM head:
+no side forms [B, L, V] logits), the same count for every side, so GFLOP/s compare.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def _emit(obj):
 
 def hhh_worker(shape: dict, batch_size: int, length: int, warmup: int, dtype: str, pack: bool):
   """The hhh side of the worker protocol (see benchmarks/train_step_torch.py)."""
+  if os.environ.get("HHH_BENCH_SRC"):
+    # hhh from another checkout: ahead of the editable install's import hook, which would otherwise win.
+    sys.path.insert(0, os.environ["HHH_BENCH_SRC"])
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -159,7 +164,7 @@ def bench_shape(name, args, torch_python):
   shape = SHAPES[name]
   model_cfg = ModelConfig(**shape)
   B, L = args.batch_size, args.length
-  flops_per_step = family.train_flops_per_token(model_cfg, L) * B * 2 * L
+  flops_per_step = family.step_flops_per_token(model_cfg, L, "ranked") * B * 2 * L
   common = ["--shape", json.dumps(shape), "--batch-size", str(B), "--length", str(L), "--warmup",
             str(args.warmup)]
   hhh_cmd = [sys.executable, __file__, "--worker", "hhh", "--dtype", args.dtype] + common
@@ -167,7 +172,9 @@ def bench_shape(name, args, torch_python):
   for item in filter(None, args.hhh_variants.split(";")):
     # Extra hhh workers under other XLA flags, interleaved with the rest: flag ablations in the same run.
     vname, _, flags = item.partition("=")
-    workers.append(Worker(f"hhh[{vname}]", hhh_cmd, env={"XLA_FLAGS": flags}))
+    vname, _, path = vname.partition("@")  # NAME@DIR: hhh imported from DIR (another checkout, e.g. a baseline)
+    env = {"XLA_FLAGS": flags, "HHH_XLA_DEFAULTS": "0", **({"HHH_BENCH_SRC": path} if path else {})}
+    workers.append(Worker(f"hhh[{vname}]", hhh_cmd, env=env))
   if torch_python:
     for mode in args.torch_modes.split(","):
       workers.append(Worker(mode, [torch_python, str(HERE / "train_step_torch.py"), "--mode", mode] + common))
@@ -223,7 +230,9 @@ def main():
                   help="the python of the torch environment ('' to time hhh alone)")
   ap.add_argument("--torch-modes", default="trl,torch")
   ap.add_argument("--hhh-variants", default="",
-                  help="extra hhh workers, 'NAME=XLA_FLAGS;NAME=XLA_FLAGS', timed in the same interleaved rounds")
+                  help="extra hhh workers, 'NAME[@DIR]=XLA_FLAGS;...', timed in the same interleaved rounds; "
+                       "their XLA_FLAGS are exactly these (hhh's own CPU defaults off; 'ynn=' is JAX's stock "
+                       "XLA:CPU), and @DIR imports hhh from another checkout (e.g. 'before@/tmp/old=')")
   ap.add_argument("--out", default=str(HERE / "results" / "train_step.json"))
   ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
   ap.add_argument("--shape", default="", help=argparse.SUPPRESS)

@@ -14,6 +14,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# The suite's models are tiny and its runs short, so XLA's compile time, not run time, is most of what it
+# waits for: compile with LLVM's expensive passes off, in this process (set before JAX starts its backend) and
+# in every `hhh` subprocess. Tests compare runs under the same flags, so no result depends on them.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), FAST_COMPILE_FLAGS]).strip()
+
 TINY_EXPERIMENT = '''
 from hhh.config import DataConfig, OptimConfig, TrainConfig
 from hhh.model.config import ModelConfig
@@ -36,8 +42,8 @@ def tiny_experiment(tmp_path) -> pathlib.Path:
 
 
 def hhh_env(devices: int = 1, **extra) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=str(REPO))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}")
   env.update(extra)
   return env
 
