@@ -69,3 +69,12 @@ def open_binary(path) -> IO[bytes]:
     reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(open(path, "rb"), read_size=1 << 20)
     return io.BufferedReader(reader, buffer_size=1 << 20)
   return open(path, "rb")
+
+
+def not_utf8(data: bytes) -> bool:
+  """True when a raw slice of a dump does not decode as UTF-8 (skipped as `bad_encoding`)."""
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError:
+    return True
+  return False

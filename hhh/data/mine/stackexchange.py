@@ -81,7 +81,7 @@ import re
 import tempfile
 from typing import IO, Callable, Iterator
 
-from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.mine.common import MineStats, not_utf8, open_binary
 from hhh.data.schema import Comparison
 
 SOURCE = "stackexchange"
@@ -438,16 +438,8 @@ def _parse_tag(tag: bytes, pos: int) -> dict[str, str] | str:
   except _BadTag:
     return "malformed_row"
   if not _TAG_END_RE.fullmatch(tag, pos):
-    return "bad_encoding" if _not_utf8(tag) else "malformed_row"
+    return "bad_encoding" if not_utf8(tag) else "malformed_row"
   return attrs
-
-
-def _not_utf8(data: bytes) -> bool:
-  try:
-    data.decode("utf-8")
-  except UnicodeDecodeError:
-    return True
-  return False
 
 
 def _to_int(value: str | None) -> int | None:

@@ -78,7 +78,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from typing import IO, Iterator
 
-from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.mine.common import MineStats, not_utf8, open_binary
 from hhh.data.schema import Comparison
 
 SOURCE = "wikipedia"
@@ -223,7 +223,7 @@ class _DumpReader:
         try:
           elem = ET.fromstring(data)
         except ET.ParseError:
-          self._broken(page, "bad_encoding" if _not_utf8(data) else "malformed_xml", offset)
+          self._broken(page, "bad_encoding" if not_utf8(data) else "malformed_xml", offset)
           continue
         yield from self._revision(page, elem)
       elif event == "broken" and page is not None:
@@ -572,14 +572,6 @@ def _units(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[st
   if kind == "page" and start is not None:
     yield "page", bytes(buf[start:]), unit_offset  # a dump cut inside a page head
   yield "end", not closed, base + len(buf)
-
-
-def _not_utf8(data: bytes) -> bool:
-  try:
-    data.decode("utf-8")
-  except UnicodeDecodeError:
-    return True
-  return False
 
 
 class _SevenZipStream(io.RawIOBase):
