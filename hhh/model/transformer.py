@@ -177,6 +177,20 @@ class Block(nnx.Module):
     return x + drop(self.mlp(self.norm2(x)), 1), kv_cache
 
 
+def row_layout(valid_BxL, positions_BxL=None, mask_BxLxL=None):
+  """Positions and the [B, L, L] attention mask of one sequence per row (no cache): positions count valid tokens,
+  a query sees valid keys at or before it. Given arrays are used as they are (see `Transformer.__call__`)."""
+  L = valid_BxL.shape[-1]
+  if positions_BxL is None:
+    positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
+  if mask_BxLxL is None:
+    idx_L = jnp.arange(L)
+    mask_BxLxS = (idx_L[:, None] >= idx_L[None, :])[None] & valid_BxL[:, None, :]
+  else:
+    mask_BxLxS = mask_BxLxL.astype(bool)
+  return positions_BxL, mask_BxLxS
+
+
 def last_valid_index(valid_BxL):
   """Index of each row's last valid token: the end-of-context token, whatever the padding side."""
   L = valid_BxL.shape[-1]
@@ -223,13 +237,7 @@ class Transformer(nnx.Module):
       # The cache derives positions and the key mask from its own slots; a second source would silently disagree.
       raise ValueError("positions_BxL and mask_BxLxL cannot be combined with a cache")
     if cache is None:
-      if positions_BxL is None:
-        positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
-      if mask_BxLxL is None:
-        idx_L = jnp.arange(L)
-        mask_BxLxS = (idx_L[:, None] >= idx_L[None, :])[None] & valid_BxL[:, None, :]
-      else:
-        mask_BxLxS = mask_BxLxL.astype(bool)
+      positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL, mask_BxLxL)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     else:
       cache_index = cache["index"]
@@ -240,9 +248,7 @@ class Transformer(nnx.Module):
       q_slot_L = cache_index + jnp.arange(L)
       mask_BxLxS = (q_slot_L[:, None] >= jnp.arange(S)[None, :])[None] & slot_valid_BxS[:, None, :]
       layer_caches = cache["layers"]
-    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0)
-    if self.pos_embed is not None:
-      x_BxLxD = x_BxLxD + jnp.take(self.pos_embed[...], positions_BxL, axis=0)
+    x_BxLxD = self.embed_tokens(tokens_BxL, positions_BxL)
 
     def make_drop(layer):
       def drop(y, which):
@@ -264,6 +270,30 @@ class Transformer(nnx.Module):
         "layers": new_caches, "valid": slot_valid_BxS, "index": cache_index + L,
         "next_pos": cache["next_pos"] + valid_BxL.sum(-1).astype(jnp.int32)}
     return h_BxLxD, new_cache
+
+  def embed_tokens(self, tokens_BxL, positions_BxL):
+    x_BxLxD = jnp.take(self.embed[...], tokens_BxL, axis=0)
+    if self.pos_embed is not None:
+      x_BxLxD = x_BxLxD + jnp.take(self.pos_embed[...], positions_BxL, axis=0)
+    return x_BxLxD
+
+  def block_inputs(self, tokens_BxL, valid_BxL, layers) -> dict[int, jax.Array]:
+    """The residual stream entering block l, for each l in `layers` ([B, L, D] float32; l = n_layers is the
+    final norm's input, 0 the embeddings). Only the blocks below max(layers) run: this is how a frozen trunk's
+    states are cached once (`hhh.frozen.cache`), with the same layout and padding rules as `__call__`."""
+    layers = sorted(set(int(l) for l in layers))
+    if not layers or layers[0] < 0 or layers[-1] > self.cfg.n_layers:
+      raise ValueError(f"layers {layers} must lie in [0, {self.cfg.n_layers}]")
+    valid_BxL = valid_BxL.astype(bool)
+    positions_BxL, mask_BxLxS = row_layout(valid_BxL)
+    x_BxLxD = self.embed_tokens(tokens_BxL, positions_BxL)
+    out = {}
+    for i in range(layers[-1] + 1):
+      if i in layers:
+        out[i] = x_BxLxD
+      if i < layers[-1]:
+        x_BxLxD, _ = self.layers[i](x_BxLxD, positions_BxL, mask_BxLxS, None, 0, lambda y, _: y)
+    return out
 
   def init_cache(self, batch: int, size: int | None = None, dtype=jnp.float32) -> Cache:
     cfg = self.cfg

@@ -12,11 +12,13 @@ WORKDIR/corrupt_checkpoints and the run falls back to the newest earlier one tha
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import hashlib
 import json
 import logging
 import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -97,24 +99,38 @@ def verify(step_dir) -> str | None:
 
 class _HeldLogs(logging.Filter):
   """Holds orbax's (absl) log records during a save or load: replayed on success or on an unexpected
-  error, dropped when the failure is one hhh reports itself in one line."""
+  error, dropped when the failure is one hhh reports itself in one line.
+
+  A failed load also leaves tensorstore futures whose errors Python prints as "Exception ignored in ..."
+  tracebacks whenever the garbage collector reaches them; those are held the same way, and the garbage
+  of a dropped failure is collected before the hook is put back, so none surfaces later.
+  """
 
   def filter(self, record):
     self.records.append(record)
     return False
 
+  def _unraisable(self, unraisable):
+    self.unraisables.append(unraisable)
+
   def __enter__(self):
-    self.records = []
+    self.records, self.unraisables = [], []
     self.drop = False
     logging.getLogger("absl").addFilter(self)
+    self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
     return self
 
   def __exit__(self, *exc):
     log = logging.getLogger("absl")
+    if self.drop:
+      gc.collect()
+    sys.unraisablehook = self._hook
     log.removeFilter(self)
     if not self.drop:
       for r in self.records:
         log.handle(r)
+      for u in self.unraisables:
+        self._hook(u)
     return False
 
 

@@ -1,0 +1,79 @@
+"""Scoring rules (hand-computed picks and margins), the shared-context scorer against `Scorer`, the tax analysis."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from hhh.data.tokenizer import ByteTokenizer
+from hhh.evals import rules, scoring_report
+from hhh.evals.score import Scorer, Scores
+from hhh.model.config import ModelConfig
+from hhh.pretrained import LM
+from hhh.train.step import graphdef_and_params
+
+
+def _s(loglik, n_tokens, n_bytes) -> Scores:
+  return Scores(np.asarray(loglik, np.float64), np.asarray(n_tokens), np.asarray(n_bytes), np.zeros(len(loglik), bool))
+
+
+def test_each_rule_picks_as_computed_by_hand():
+  s = _s([-4.0, -6.0], [2, 4], [5, 12])
+  unc = _s([-3.0, -8.0], [2, 4], [5, 12])
+  # sum -4 > -6; per token -2 < -1.5; per byte -0.8 < -0.5; PMI -1 < +2; longer 12 > 5.
+  assert [rules.choice(r, s, unc) for r in rules.RULES] == [0, 1, 1, 1, 1, 0]
+  assert rules.margin("sum", s, [1, 0]) == 2.0
+  assert rules.margin("per_token", s, [1, 0]) == -0.5
+  assert rules.margin("pmi", s, [0, 1], unc) == 3.0
+  # A tied top score is no choice, and counts as wrong.
+  assert rules.choice("longer", _s([-1.0, -2.0], [1, 1], [4, 4])) == -1
+  np.testing.assert_array_equal(rules.choices("sum", [s, _s([-9.0, -1.0], [1, 1], [1, 1])]), [0, 1])
+  with pytest.raises(ValueError, match="unconditional"):
+    rules.rule_scores("pmi", s)
+  with pytest.raises(ValueError, match="unknown scoring rule"):
+    rules.rule_scores("median", s)
+  with pytest.raises(ValueError, match="preferred and other"):
+    rules.margin("sum", s, [1, 1])
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+  cfg = ModelConfig(vocab_size=ByteTokenizer().vocab_size, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                    max_len=96)
+  _, params = graphdef_and_params(cfg, jax.random.PRNGKey(3))
+  return LM(cfg, params, ByteTokenizer(), name="random-2")
+
+
+@pytest.mark.parametrize("prompt", ["", "Be helpful.\n\n"])
+def test_shared_context_scorer_equals_scorer(tiny_lm, prompt):
+  items = [("Human: hi\nAssistant:", [" hello there", " no"]),
+           ("Human: hi\nAssistant:", [" no", " go away now"]),        # a shared context, one option in common
+           ("Q: 2+2?\nA:", [" 4", " five", " 22"]),
+           ("", [" empty context"]),
+           ("x" * 80, [" the context is cut from the left to fit"])]
+  want = Scorer(tiny_lm, prompt=prompt, batch_size=4).score_many(items)
+  shared = scoring_report.SharedContextScorer(Scorer(tiny_lm, prompt=prompt), contexts_per_batch=2, rows_per_batch=3)
+  got = shared.score_many(items)
+  for w, g in zip(want, got):
+    np.testing.assert_allclose(g.loglik, w.loglik, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(g.n_tokens, w.n_tokens)
+    np.testing.assert_array_equal(g.n_bytes, w.n_bytes)
+  assert shared.truncated == 1
+
+
+def test_tax_analysis_on_hand_made_scores():
+  # Three 2-option tasks, label 0 each. Without the prompt: sum right on 1 and 2, per-byte right on 1 only.
+  # With it: sum right on 1 only, per byte right on all three.
+  sc = lambda ll, nb: {"loglik": ll, "n_tokens": [1, 1], "n_bytes": nb}
+  raw = {"no_prompt": {"scores": [sc([-1, -2], [1, 1]), sc([-1, -2], [1, 4]), sc([-3, -2], [1, 1])]},
+         "prompt": {"scores": [sc([-1, -2], [1, 1]), sc([-3, -2], [6, 1]), sc([-3, -2], [6, 1])]}}
+  res = scoring_report.analyse_tax([0, 0, 0], raw)
+  assert res["conditions"]["no_prompt"]["acc"]["correct"] == 2
+  assert res["conditions"]["no_prompt"]["acc_norm"]["correct"] == 1
+  assert res["conditions"]["prompt"]["acc"]["correct"] == 1
+  assert res["conditions"]["prompt"]["acc_norm"]["correct"] == 3
+  d = res["prompt_minus_no_prompt"]
+  assert d["acc"]["mean"] == pytest.approx(-1 / 3) and d["acc"]["mcnemar"] == {"b01": 0, "b10": 1, "p": 1.0}
+  assert d["acc_norm"]["mean"] == pytest.approx(2 / 3)
+  assert d["acc_norm"]["mcnemar"] == {"b01": 2, "b10": 0, "p": 0.5}
