@@ -130,17 +130,9 @@ READOUT_WINDOW = 64    # targets per text row the readout trains and is scored o
 
 def _lm_loss(lm, run, trainable, feats) -> float:
   """Mean next-token loss of the text rows in `feats`, through the run's readout."""
-  import jax.numpy as jnp
   frozen = {"embed": lm.params["embed"]}
-  total, n = 0.0, 0
-  for i in range(0, len(feats.cache), 8):
-    comps = list(range(i, min(i + 8, len(feats.cache))))
-    b = feats.batch(comps, 1)
-    lp = train_lib._window_logprobs(trainable, frozen, jnp.asarray(b["w_BxKxTxD"][:, 0]), b["tgt_BxKxT"][:, 0],
-                                    b["mask_BxKxT"][:, 0])
-    total += float(-lp.sum())
-    n += int(b["mask_BxKxT"].sum())
-  return total / max(n, 1)
+  rows = train_lib.head_row_scores(run, trainable, frozen, feats)
+  return float(-rows["sum"].sum() / max(int(feats.mask_RxT.sum()), 1))
 
 
 def readouts(cfg: StudyConfig, lm, got) -> dict[int, dict]:

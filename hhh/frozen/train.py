@@ -68,15 +68,12 @@ def _round_up(n: int, m: int = 32) -> int:
   return max(m, -(-n // m) * m)
 
 
-def _next_pow2(n: int) -> int:
-  return 1 << max(n - 1, 0).bit_length()
-
-
 def response_window(cache: Cache, comps: Sequence[int] | None = None) -> int:
-  """T: the longest response (+ <eoc>) of these comparisons, as a power of two (the imitation window)."""
+  """T: the longest response (+ <eoc>) of these comparisons, rounded up to a multiple of 8 (the imitation
+  window; every position past a response's end is padding that still costs a full-vocabulary softmax)."""
   comps = range(len(cache)) if comps is None else comps
   n = max(int(cache.rows_Rx4[r, 1] - cache.rows_Rx4[r, 2]) for c in comps for r in cache.rows_of(c))
-  return _next_pow2(n)
+  return _round_up(n, 8)
 
 
 def _flat(batch: dict) -> tuple:
@@ -335,9 +332,39 @@ def _scores_jit(trainable, frozen, batch, *, cfg, spec, objective, T):
   return response_scores(cfg, spec, objective, trainable, frozen, batch, T)
 
 
-@functools.partial(jax.jit, static_argnames=("objective",))
-def _head_scores_jit(trainable, frozen, batch, *, objective):
-  return head_scores(objective, trainable, frozen, batch)
+PACK = 1024   # response tokens per call of the head tier's packed imitation scorer
+
+
+@jax.jit
+def _packed_logprobs(trainable, frozen, w_NxD, tgt_N):
+  logits_NxV = (w_NxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
+  logp_NxV = jax.nn.log_softmax(logits_NxV, axis=-1)
+  return jnp.take_along_axis(logp_NxV, tgt_N[:, None], axis=-1)[:, 0]
+
+
+def head_row_scores(run: RunConfig, trainable, frozen, feats: HeadFeatures) -> dict[str, np.ndarray]:
+  """Every cached row's score(s) at once: {"reward": [R]} or {"sum": [R], "mean": [R]} (imitation, lm).
+
+  Imitation reads only real response positions, packed PACK at a time (padded rows and positions would each
+  cost a full-vocabulary softmax), and gives both variants from one pass."""
+  if run.objective in ("binary", "ranked"):
+    head = trainable["reward_head"]
+    r = np.asarray(feats.e_RxD @ np.asarray(head["kernel"], np.float32))[:, 0] + float(head["bias"][0])
+    return {"reward": r.astype(np.float64)}
+  _head_ok(feats, run)
+  rows_N, pos_N = np.nonzero(feats.mask_RxT)
+  lp_N = np.zeros(len(rows_N), np.float64)
+  for i in range(0, len(rows_N), PACK):
+    r, t = rows_N[i:i + PACK], pos_N[i:i + PACK]
+    n = len(r)
+    w = np.zeros((PACK, feats.w_RxTxD.shape[-1]), feats.w_RxTxD.dtype)
+    tgt = np.zeros((PACK,), np.int32)
+    w[:n], tgt[:n] = feats.w_RxTxD[r, t], feats.tgt_RxT[r, t]
+    lp_N[i:i + n] = np.asarray(_packed_logprobs(trainable, frozen, w, tgt))[:n]
+  R = len(feats.mask_RxT)
+  total = np.bincount(rows_N, weights=lp_N, minlength=R)
+  count = np.bincount(rows_N, minlength=R)
+  return {"sum": total, "mean": total / np.maximum(count, 1)}
 
 
 def score(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int] | None = None,
@@ -346,20 +373,21 @@ def score(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int] |
   (per-token, the primary) or "sum"."""
   spec = run.tail
   comps = list(range(len(cache))) if comps is None else list(comps)
+  if run.tier == "head":
+    feats = features(lm, run, cache, feats)
+    rows = head_row_scores(run, trainable, tail_lib.frozen_params(lm.params, spec), feats)
+    vals = rows["reward" if run.objective in ("binary", "ranked") else variant]
+    return [vals[np.asarray(cache.rows_of(c))] for c in comps]
   K = cache.fingerprint["max_k"]
   L = min(_round_up(cache.max_row_len(comps)), cache.fingerprint["max_len"])
   T = response_window(cache, comps)
   frozen = tail_lib.frozen_params(lm.params, spec)
-  feats = features(lm, run, cache, feats)
   out = []
   for i in range(0, len(comps), batch_size):
     chunk = comps[i:i + batch_size]
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))   # one static shape
-    if feats is not None:
-      s = _head_scores_jit(trainable, frozen, _head_ok(feats, run).batch(padded, K), objective=run.objective)
-    else:
-      batch = cache.batch(padded, layer=spec.input_layer, K=K, L=L)
-      s = _scores_jit(trainable, frozen, batch, cfg=lm.cfg, spec=spec, objective=run.objective, T=T)
+    batch = cache.batch(padded, layer=spec.input_layer, K=K, L=L)
+    s = _scores_jit(trainable, frozen, batch, cfg=lm.cfg, spec=spec, objective=run.objective, T=T)
     if isinstance(s, tuple):
       s = s[1] if variant == "mean" else s[0]
     s = np.asarray(s)
@@ -396,8 +424,15 @@ def evaluate(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int
   y = true_scores(cache, comps)
   out = {"ids": [cache.comparisons[c]["id"] for c in comps], "groups": [cache.comparisons[c]["group"] for c in comps]}
   variants = ("mean", "sum") if run.objective in ("imitation", "lm") else ("reward",)
+  rows = None
+  if run.tier == "head":   # one pass gives every variant
+    feats = features(lm, run, cache, feats)
+    rows = head_row_scores(run, trainable, tail_lib.frozen_params(lm.params, run.tail), feats)
   for v in variants:
-    scores = score(lm, run, trainable, cache, comps=comps, variant=v, feats=feats)
+    if rows is not None:
+      scores = [rows[v][np.asarray(cache.rows_of(c))] for c in comps]
+    else:
+      scores = score(lm, run, trainable, cache, comps=comps, variant=v, feats=feats)
     for metric, vals in correctness(scores, y).items():
       out[f"{metric}_{v}"] = vals.tolist()
   return out
