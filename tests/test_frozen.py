@@ -168,6 +168,22 @@ def test_head_features_give_the_scores_of_the_generic_path(cache32, lm, objectiv
   valid = feats.batch(comps, 4)["valid_BxK"]   # padded response slots score garbage on both paths
   for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
     np.testing.assert_allclose(np.asarray(a)[valid], np.asarray(b)[valid], atol=1e-4)
+  # The packed all-rows scorer (evaluation) gives the same per-response scores, every variant in one pass.
+  rows = train_lib.head_row_scores(run, trainable, frozen, feats)
+  variants = ("reward",) if objective == "ranked" else ("sum", "mean")
+  for v, b in zip(variants, jax.tree.leaves(slow)):
+    for i, c in enumerate(comps):
+      rs = np.asarray(cache32.rows_of(c))
+      np.testing.assert_allclose(rows[v][rs], np.asarray(b)[i, :len(rs)], atol=1e-4)
+  # Packed training batches give the padded batches' imitation loss.
+  if objective == "imitation":
+    padded, _ = train_lib.head_loss_fn(trainable, frozen, feats.batch(comps, 4), objective="imitation")
+    packed, m = train_lib.head_loss_fn(trainable, frozen, feats.packed(comps, top_only=True), objective="imitation")
+    np.testing.assert_allclose(float(packed), float(padded), rtol=1e-6)
+    top = [int(np.argmax([cache32.scores_R[r] for r in cache32.rows_of(c)])) for c in comps]
+    want = sum(int(cache32.rows_Rx4[r, 1] - cache32.rows_Rx4[r, 2])
+               for c, t in zip(comps, top) for r in [cache32.rows_of(c)[t]])
+    assert int(m["tokens"]) == want
 
 
 def test_correctness_counts_ties_and_levels():

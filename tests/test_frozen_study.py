@@ -59,3 +59,14 @@ def test_study_stages_end_to_end_on_a_toy_trunk(tmp_path):
   mtimes = {p: p.stat().st_mtime_ns for p in runs}
   study.runs(cfg, lm, got, ro)
   assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items())
+
+
+def test_entry_point_rejects_a_bad_override_in_one_line(capsys):
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "frozen_objectives.py"
+  spec = importlib.util.spec_from_file_location("frozen_objectives", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  assert mod.main(["--set", "depths=eight"]) == 2
+  assert capsys.readouterr().err == "hhh: error: depths='eight': expected int\n"

@@ -178,11 +178,37 @@ class HeadFeatures:
     return out
 
 
+  def packed(self, comps, *, top_only: bool, bucket: int = 256) -> dict:
+    """The response positions of `comps` (each comparison's top response, or all its rows) flattened to
+    N tokens, N padded up to a multiple of `bucket`: a few static shapes, and no softmax over padding."""
+    rows = []
+    for c in comps:
+      rs = np.asarray(self.cache.rows_of(int(c)))
+      rows.append(rs[np.argmax(self.cache.scores_R[rs])] if top_only else rs)
+    rows_N, pos_N = np.nonzero(self.mask_RxT[np.hstack(rows)])
+    r_N = np.hstack(rows)[rows_N]
+    n = len(r_N)
+    N = max(bucket, -(-n // bucket) * bucket)
+    w = np.zeros((N, self.w_RxTxD.shape[-1]), self.w_RxTxD.dtype)
+    tgt, mask = np.zeros((N,), np.int32), np.zeros((N,), bool)
+    w[:n], tgt[:n], mask[:n] = self.w_RxTxD[r_N, pos_N], self.tgt_RxT[r_N, pos_N], True
+    return {"w_NxD": w, "tgt_N": tgt, "mask_N": mask}
+
+
 def _window_logprobs(trainable, frozen, w_NxTxD, tgt_NxT, mask_NxT):
   logits = (w_NxTxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
   logp = jax.nn.log_softmax(logits, axis=-1)
   lp = jnp.take_along_axis(logp, tgt_NxT[..., None], axis=-1)[..., 0]
   return jnp.where(mask_NxT, lp, 0.0)
+
+
+def _packed_logprobs(trainable, frozen, w_NxD, tgt_N):
+  logits_NxV = (w_NxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
+  logp_NxV = jax.nn.log_softmax(logits_NxV, axis=-1)
+  return jnp.take_along_axis(logp_NxV, tgt_N[:, None], axis=-1)[:, 0]
+
+
+_packed_logprobs_jit = jax.jit(_packed_logprobs)
 
 
 def head_scores(objective: str, trainable, frozen, batch):
@@ -203,6 +229,11 @@ def head_loss_fn(trainable, frozen, batch, *, objective: str):
     r_BxK = head_scores(objective, trainable, frozen, batch)
     fn = obj.ranked_loss if objective == "ranked" else obj.binary_loss
     return fn(r_BxK, batch["scores_BxK"], batch["valid_BxK"])
+  if "w_NxD" in batch:   # packed (`HeadFeatures.packed`): the positions to learn, already chosen
+    lp_N = jnp.where(batch["mask_N"], _packed_logprobs(trainable, frozen, batch["w_NxD"], batch["tgt_N"]), 0.0)
+    n = jnp.maximum(batch["mask_N"].sum(), 1)
+    loss = -lp_N.sum() / n
+    return loss, {"lm_loss": loss, "tokens": batch["mask_N"].sum()}
   w, tgt, mask = batch["w_BxKxTxD"], batch["tgt_BxKxT"], batch["mask_BxKxT"]
   if objective == "imitation":
     top_B = jnp.argmax(jnp.where(batch["valid_BxK"], batch["scores_BxK"], -jnp.inf), axis=-1)
@@ -312,8 +343,10 @@ def train(lm, run: RunConfig, cache: Cache, *, comps: Sequence[int] | None = Non
   bar = tqdm(range(run.steps), desc=f"{run.objective} d{run.depth} {run.tier} s{run.seed}", disable=not progress,
              leave=False)
   for i in bar:
-    if feats is not None:
-      batch = _head_ok(feats, run).batch(comps[order[i]], K)
+    if feats is not None and run.objective in ("imitation", "lm"):
+      batch = _head_ok(feats, run).packed(comps[order[i]], top_only=run.objective == "imitation")
+    elif feats is not None:
+      batch = feats.batch(comps[order[i]], K)
     else:
       batch = cache.batch(comps[order[i]], layer=spec.input_layer, K=K, L=L)
     trainable, opt_state, metrics = step(trainable, opt_state, frozen, batch)
@@ -335,13 +368,6 @@ def _scores_jit(trainable, frozen, batch, *, cfg, spec, objective, T):
 PACK = 1024   # response tokens per call of the head tier's packed imitation scorer
 
 
-@jax.jit
-def _packed_logprobs(trainable, frozen, w_NxD, tgt_N):
-  logits_NxV = (w_NxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
-  logp_NxV = jax.nn.log_softmax(logits_NxV, axis=-1)
-  return jnp.take_along_axis(logp_NxV, tgt_N[:, None], axis=-1)[:, 0]
-
-
 def head_row_scores(run: RunConfig, trainable, frozen, feats: HeadFeatures) -> dict[str, np.ndarray]:
   """Every cached row's score(s) at once: {"reward": [R]} or {"sum": [R], "mean": [R]} (imitation, lm).
 
@@ -360,7 +386,7 @@ def head_row_scores(run: RunConfig, trainable, frozen, feats: HeadFeatures) -> d
     w = np.zeros((PACK, feats.w_RxTxD.shape[-1]), feats.w_RxTxD.dtype)
     tgt = np.zeros((PACK,), np.int32)
     w[:n], tgt[:n] = feats.w_RxTxD[r, t], feats.tgt_RxT[r, t]
-    lp_N[i:i + n] = np.asarray(_packed_logprobs(trainable, frozen, w, tgt))[:n]
+    lp_N[i:i + n] = np.asarray(_packed_logprobs_jit(trainable, frozen, w, tgt))[:n]
   R = len(feats.mask_RxT)
   total = np.bincount(rows_N, weights=lp_N, minlength=R)
   count = np.bincount(rows_N, minlength=R)
