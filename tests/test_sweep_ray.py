@@ -19,33 +19,60 @@ from tests.conftest import REPO, TINY_EXPERIMENT, free_port, hhh_env  # noqa: E4
 from tests.test_sweep import TRIAL, _completions, _dead, _wait_for  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-  """A local head node on free ports, ours alone; stopped by killing the process group we started."""
-  temp = tempfile.mkdtemp(prefix="/tmp/hhhray")   # short: Ray's socket paths must fit in 107 bytes
+def _start_head(temp: str):
   port = free_port()
-  ports = {f"--{k}": str(free_port()) for k in ("dashboard-port", "dashboard-agent-listen-port",
-                                                 "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                                 "metrics-export-port", "ray-client-server-port")}
+  names = ["dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+           "metrics-export-port"]
+  # The Ray Client server starts (and its port may be set) only where `ray[client]` is installed; the backend
+  # connects to the GCS address and does not need it.
+  from ray._private.utils import get_ray_client_dependency_error
+  if get_ray_client_dependency_error() is None:
+    names.append("ray-client-server-port")
+  ports = {f"--{k}": str(free_port()) for k in names}
   cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
          *[f"{k}={v}" for k, v in ports.items()]]
   # A throwaway cluster on loopback: no token (Ray 2.5x+ asks for one by default, which a driver started by
   # the test would not have).
   env = dict(hhh_env(), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-  head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  log = open(os.path.join(temp, "head.log"), "w+")
+  head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
   address = f"127.0.0.1:{port}"
+  _wait_for(lambda: head.poll() is not None or _ray_up(address), "the Ray head to start", timeout=180)
+  return head, address, log
+
+
+def _stop(head):
   try:
-    _wait_for(lambda: head.poll() is not None or _ray_up(address), "the Ray head to start", timeout=180)
-    assert head.poll() is None, "ray start --head exited"
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=3)
+  except ProcessLookupError:
+    pass
+  except subprocess.TimeoutExpired:
+    os.killpg(head.pid, signal.SIGKILL)
+  head.wait()
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+  """A local head node on free ports, ours alone; stopped by killing the process group we started. The free
+  ports are picked before Ray binds them, so another process can take one in between: a head that exits at
+  start is retried once on fresh ports, and its own log is shown if it fails again."""
+  temp = tempfile.mkdtemp(prefix="/tmp/hhhray")   # short: Ray's socket paths must fit in 107 bytes
+  head = None
+  try:
+    for attempt in range(2):
+      head, address, log = _start_head(temp)
+      if head.poll() is None:
+        break
+      log.seek(0)
+      tail = log.read()[-3000:]
+      head.wait()
+    assert head.poll() is None, f"ray start --head exited twice; its log:\n{tail}"
     yield address
   finally:
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-      head.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-      os.killpg(head.pid, signal.SIGKILL)
-      head.wait()
+    if head is not None:
+      _stop(head)
     shutil.rmtree(temp, ignore_errors=True)
 
 
