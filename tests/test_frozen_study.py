@@ -50,7 +50,9 @@ def test_study_stages_end_to_end_on_a_toy_trunk(tmp_path):
   summary = study.summarize(cfg, chosen, base, ro)
   cell = next(c for c in summary["cells"] if c["tier"] == "lora" and c["depth"] == 4 and c["objective"] == "ranked")
   assert 0.0 <= cell["lo"] <= cell["mean"] <= cell["hi"] <= 1.0 and len(cell["seed_means"]) == 2
-  assert {p["difference"] for p in summary["paired"]} == {"binary - imitation", "ranked - imitation"}
+  assert {p["difference"] for p in summary["paired"]} == {"binary - imitation", "ranked - imitation",
+                                                          "ranked - binary"}
+  assert summary["chance"] == {"truthfulqa": 1 / 3}   # every toy comparison has 3 responses
   report = study.write_report(cfg, summary, counts, cfg.path("out"))
   text_md = report.read_text()
   assert "| lora d4 |" in text_md and "rule:negation" in text_md

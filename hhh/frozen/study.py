@@ -295,12 +295,23 @@ def summarize(cfg: StudyConfig, chosen, base, ro) -> dict:
                                "variant": variant, "metric": primary, "lr": c["lr"], **boot(m),
                                "seed_means": np.nanmean(m, axis=0).tolist(),
                                "train_seconds_median": float(np.median(c["train_seconds"]))})
-    if objective != "imitation" and (tier, name, depth, "imitation") in cells:
-      a = c["metrics"][f"{primary}_reward"]
-      b = cells[(tier, name, depth, "imitation")]["metrics"][f"{primary}_mean"]
+    # Pre-registered: each PM objective against imitation, and ranked against binary (expected ~0 on
+    # TruthfulQA, whose one true answer per question gives "top vs rest" the ranking's information).
+    pairs = [(objective, "reward", "imitation", "mean")] if objective != "imitation" else []
+    if objective == "ranked":
+      pairs.append(("ranked", "reward", "binary", "reward"))
+    for oa, va, ob, vb in pairs:
+      if (tier, name, depth, ob) not in cells:
+        continue
+      a = c["metrics"][f"{primary}_{va}"]
+      b = cells[(tier, name, depth, ob)]["metrics"][f"{primary}_{vb}"]
       d = stats.paired_difference(a, b, n_boot=cfg.n_boot, seed=0)
       summary["paired"].append({"tier": tier, "dataset": name, "depth": depth,
-                                "difference": f"{objective} - imitation", "metric": primary, **d})
+                                "difference": f"{oa} - {ob}", "metric": primary, **d})
+  summary["chance"] = {}
+  for name in base:
+    ks = [len(c.responses) for c in data_lib.read_set(cfg.path("work") / "data", name, "test")]
+    summary["chance"][name] = float(np.mean([1.0 / k for k in ks]))   # top1 when one response is best
   for name, entry in base.items():
     primary = PRIMARY[name]
     for rule, vals in entry["rules"].items():
@@ -347,8 +358,12 @@ def write_report(cfg: StudyConfig, summary: dict, counts: dict, out_dir) -> path
     lines += ["", "Paired differences (95% interval, p):", ""]
     for p in summary["paired"]:
       if p["dataset"] == name:
+        floor = p["p_two_sided"] <= 1.0 / cfg.n_boot   # every resample on one side: p is below the resolution
+        pv = f"p < {2.0 / cfg.n_boot:.2g}" if floor else f"p = {p['p_two_sided']:.3g}"
         lines.append(f"- {p['tier']} d{p['depth']} {p['difference']}: {p['mean']:+.3f} [{p['lo']:+.3f}, "
-                     f"{p['hi']:+.3f}], p = {p['p_two_sided']:.3g}")
+                     f"{p['hi']:+.3f}], {pv}")
+    if name in summary.get("chance", {}) and metric == "top1":
+      lines += ["", f"Chance (top1, the mean of 1/k over test comparisons): {summary['chance'][name]:.3f}"]
     lines += ["", "Baselines:", ""]
     for b in summary["baselines"]:
       if b["dataset"] == name:
