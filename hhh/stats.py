@@ -50,25 +50,18 @@ def _check_boot(n_boot: int, ci: float) -> None:
 
 def _two_stage_means(values_CxS: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
   """[n_boot] nan-means of values resampled by clusters then by seeds (with replacement)."""
-  return _two_stage_means_many([values_CxS], n_boot, rng)[0]
-
-
-def _two_stage_means_many(mats: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
-  """The same resampled (cluster, seed) indices applied to every matrix in `mats` (all of one shape)."""
-  C, S = mats[0].shape
+  C, S = values_CxS.shape
   ci_BxC = rng.integers(0, C, size=(n_boot, C))
   si_BxS = rng.integers(0, S, size=(n_boot, S))
-  out = [np.empty(n_boot) for _ in mats]
+  out = np.empty(n_boot)
   step = max(1, _CHUNK_CELLS // (C * S))
   for s in range(0, n_boot, step):
-    c, k = ci_BxC[s:s + step], si_BxS[s:s + step]
-    for m, o in zip(mats, out):
-      cells_BxCxS = m[c[:, :, None], k[:, None, :]]
-      ok = ~np.isnan(cells_BxCxS)
-      n = ok.sum(axis=(1, 2))
-      total = np.where(ok, cells_BxCxS, 0.0).sum(axis=(1, 2))
-      # A replicate that drew only missing cells has no mean; it is NaN and left out of the interval.
-      o[s:s + step] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    cells_BxCxS = values_CxS[ci_BxC[s:s + step, :, None], si_BxS[s:s + step, None, :]]
+    ok = ~np.isnan(cells_BxCxS)
+    n = ok.sum(axis=(1, 2))
+    total = np.where(ok, cells_BxCxS, 0.0).sum(axis=(1, 2))
+    # A replicate that drew only missing cells has no mean; it is NaN and left out of the interval.
+    out[s:s + step] = np.where(n > 0, total / np.maximum(n, 1), np.nan)
   return out
 
 

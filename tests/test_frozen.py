@@ -162,24 +162,21 @@ def test_head_features_give_the_scores_of_the_generic_path(cache32, lm, objectiv
   feats = train_lib.HeadFeatures(lm, cache32, N_LAYERS)
   comps = [0, 1, 2, 3]
   T = train_lib.response_window(cache32)
-  fast = train_lib.head_scores(objective, trainable, frozen, feats.batch(comps, 4))
-  slow = train_lib.response_scores(lm.cfg, run.tail, objective, trainable, frozen,
-                                   cache32.batch(comps, layer=N_LAYERS, K=4, L=64), T)
-  valid = feats.batch(comps, 4)["valid_BxK"]   # padded response slots score garbage on both paths
-  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
-    np.testing.assert_allclose(np.asarray(a)[valid], np.asarray(b)[valid], atol=1e-4)
-  # The packed all-rows scorer (evaluation) gives the same per-response scores, every variant in one pass.
+  full = cache32.batch(comps, layer=N_LAYERS, K=4, L=64)
+  slow = train_lib.response_scores(lm.cfg, run.tail, objective, trainable, frozen, full, T)
+  # Every response's score from the packed all-rows scorer (evaluation), every variant in one pass.
   rows = train_lib.head_row_scores(run, trainable, frozen, feats)
   variants = ("reward",) if objective == "ranked" else ("sum", "mean")
   for v, b in zip(variants, jax.tree.leaves(slow)):
     for i, c in enumerate(comps):
       rs = np.asarray(cache32.rows_of(c))
       np.testing.assert_allclose(rows[v][rs], np.asarray(b)[i, :len(rs)], atol=1e-4)
-  # Packed training batches give the padded batches' imitation loss.
+  # Training batches: PM features and packed imitation positions give the generic path's loss.
+  fast_batch = feats.batch(comps, 4) if objective == "ranked" else feats.packed(comps, top_only=True)
+  fast_loss, m = train_lib.head_loss_fn(trainable, frozen, fast_batch, objective=objective)
+  slow_loss, _ = train_lib.loss_fn(trainable, frozen, full, cfg=lm.cfg, spec=run.tail, objective=objective, T=T)
+  np.testing.assert_allclose(float(fast_loss), float(slow_loss), rtol=1e-5)
   if objective == "imitation":
-    padded, _ = train_lib.head_loss_fn(trainable, frozen, feats.batch(comps, 4), objective="imitation")
-    packed, m = train_lib.head_loss_fn(trainable, frozen, feats.packed(comps, top_only=True), objective="imitation")
-    np.testing.assert_allclose(float(packed), float(padded), rtol=1e-6)
     top = [int(np.argmax([cache32.scores_R[r] for r in cache32.rows_of(c)])) for c in comps]
     want = sum(int(cache32.rows_Rx4[r, 1] - cache32.rows_Rx4[r, 2])
                for c, t in zip(comps, top) for r in [cache32.rows_of(c)[t]])

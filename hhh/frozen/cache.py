@@ -138,6 +138,13 @@ def _shards(rows_Rx4, shard_tokens: int) -> list[dict]:
   return shards
 
 
+def _shard_of_row(shards: list[dict], n_rows: int) -> np.ndarray:
+  out = np.zeros(n_rows, np.int64)
+  for s, sh in enumerate(shards):
+    out[sh["rows"][0]:sh["rows"][1]] = s
+  return out
+
+
 def cache_dir(root, name: str, fp: dict) -> pathlib.Path:
   key = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
   return pathlib.Path(root) / f"{name}-{key}"
@@ -178,9 +185,7 @@ def build(lm, comparisons: Sequence[Comparison], root, spec: CacheSpec, *, name:
     n = sh["tokens"][1] - sh["tokens"][0]
     maps.append({l: np.lib.format.open_memmap(d / f"h{l:02d}.npy", mode="w+", dtype=dtype, shape=(n, D))
                  for l in layers})
-  shard_of_row = np.zeros(len(rows_Rx4), np.int64)
-  for s, sh in enumerate(shards):
-    shard_of_row[sh["rows"][0]:sh["rows"][1]] = s
+  shard_of_row = _shard_of_row(shards, len(rows_Rx4))
   fn, params = _trunk_fn(lm, layers[-1], layers)
   # Rows sorted by length into buckets: one compiled program per bucket, every batch padded to its full B.
   order = np.argsort(rows_Rx4[:, 1], kind="stable")
@@ -254,9 +259,7 @@ class Cache:
     self.scores_R = np.load(self.path / "scores.npy")
     self.comparisons: list[dict] = json.loads((self.path / "comparisons.json").read_text())
     self._shards = self.manifest["shards"]
-    self._shard_of_row = np.zeros(len(self.rows_Rx4), np.int64)
-    for s, sh in enumerate(self._shards):
-      self._shard_of_row[sh["rows"][0]:sh["rows"][1]] = s
+    self._shard_of_row = _shard_of_row(self._shards, len(self.rows_Rx4))
     self._maps: dict[tuple[int, int], np.ndarray] = {}
 
   def __len__(self) -> int:

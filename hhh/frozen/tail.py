@@ -139,11 +139,15 @@ def response_logprobs(trainable: dict, frozen: dict, h_NxLxD, tokens_NxL, length
   L = tokens_NxL.shape[1]
   target_NxT = jnp.clip(target_NxT, 1, L - 1)
   h_NxTxD = jnp.take_along_axis(h_NxLxD, (target_NxT - 1)[..., None], axis=1)
-  logits_NxTxV = (h_NxTxD @ trainable["readout"]) @ frozen["embed"].T
-  logp_NxTxV = jax.nn.log_softmax(logits_NxTxV, axis=-1)
   tok_NxT = jnp.take_along_axis(tokens_NxL, target_NxT, axis=1)
-  logp_NxT = jnp.take_along_axis(logp_NxTxV, tok_NxT[..., None], axis=-1)[..., 0]
-  return jnp.where(mask_NxT, logp_NxT, 0.0), mask_NxT
+  return jnp.where(mask_NxT, token_logprobs(trainable, frozen, h_NxTxD, tok_NxT), 0.0), mask_NxT
+
+
+def token_logprobs(trainable: dict, frozen: dict, h_xD, tok_x):
+  """log p(tok | h) through the readout and the frozen tied LM head, for any leading shape of h and tok."""
+  logits_xV = (h_xD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
+  logp_xV = jax.nn.log_softmax(logits_xV, axis=-1)
+  return jnp.take_along_axis(logp_xV, tok_x[..., None], axis=-1)[..., 0]
 
 
 def merged_params(lm_params, cfg: ModelConfig, spec: TailSpec, trainable: dict) -> tuple[ModelConfig, dict]:

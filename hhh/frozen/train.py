@@ -122,9 +122,8 @@ def loss_fn(trainable, frozen, batch, *, cfg, spec, objective: str, T: int):
 class HeadFeatures:
   """The head tier's inputs, computed once per (cache, depth): final_norm of the depth-d states at each row's
   <eoc> (e_RxD) and at the T positions that predict its response tokens and <eoc> (w_RxTxD, in the cache's
-  dtype), with
-  those targets (tgt_RxT) and their mask. Nothing below the heads depends on what trains, so every step of
-  every head-tier run reads these instead of the [L, D] states."""
+  dtype), with those targets (tgt_RxT) and their mask. Nothing below the heads depends on what trains, so
+  every step of every head-tier run reads these instead of the [L, D] states."""
 
   def __init__(self, lm, cache: Cache, depth: int, *, need_windows: bool = True, T: int | None = None):
     scale = np.asarray(lm.params["final_norm"]["scale"], np.float32)
@@ -160,6 +159,7 @@ class HeadFeatures:
     self.cache, self.depth = cache, depth
 
   def batch(self, comps, K: int) -> dict:
+    """A PM batch: the <eoc> features, scores and validity of `comps`, padded to K responses."""
     B = len(comps)
     rows_BxK = np.zeros((B, K), np.int64)
     valid_BxK = np.zeros((B, K), bool)
@@ -170,12 +170,7 @@ class HeadFeatures:
         raise ValueError(f"comparison {c} has {len(rs)} responses, the batch holds {K}")
       rows_BxK[b, :len(rs)], valid_BxK[b, :len(rs)] = rs, True
       scores_BxK[b, :len(rs)] = self.cache.scores_R[rs]
-    out = {"e_BxKxD": self.e_RxD[rows_BxK], "tgt_BxKxT": self.tgt_RxT[rows_BxK],
-           "mask_BxKxT": self.mask_RxT[rows_BxK] & valid_BxK[..., None],
-           "scores_BxK": scores_BxK, "valid_BxK": valid_BxK}
-    if self.w_RxTxD is not None:
-      out["w_BxKxTxD"] = self.w_RxTxD[rows_BxK]
-    return out
+    return {"e_BxKxD": self.e_RxD[rows_BxK], "scores_BxK": scores_BxK, "valid_BxK": valid_BxK}
 
 
   def packed(self, comps, *, top_only: bool, bucket: int = 256) -> dict:
@@ -195,56 +190,24 @@ class HeadFeatures:
     return {"w_NxD": w, "tgt_N": tgt, "mask_N": mask}
 
 
-def _window_logprobs(trainable, frozen, w_NxTxD, tgt_NxT, mask_NxT):
-  logits = (w_NxTxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  lp = jnp.take_along_axis(logp, tgt_NxT[..., None], axis=-1)[..., 0]
-  return jnp.where(mask_NxT, lp, 0.0)
+_token_logprobs_jit = jax.jit(tail_lib.token_logprobs)
 
 
-def _packed_logprobs(trainable, frozen, w_NxD, tgt_N):
-  logits_NxV = (w_NxD.astype(jnp.float32) @ trainable["readout"]) @ frozen["embed"].T
-  logp_NxV = jax.nn.log_softmax(logits_NxV, axis=-1)
-  return jnp.take_along_axis(logp_NxV, tgt_N[:, None], axis=-1)[:, 0]
-
-
-_packed_logprobs_jit = jax.jit(_packed_logprobs)
-
-
-def head_scores(objective: str, trainable, frozen, batch):
-  """`response_scores` for the head tier, from `HeadFeatures` batches."""
-  if objective in ("binary", "ranked"):
-    head = trainable["reward_head"]
-    return (batch["e_BxKxD"] @ head["kernel"])[..., 0] + head["bias"][0]
-  B, K, T, D = batch["w_BxKxTxD"].shape
-  lp = _window_logprobs(trainable, frozen, batch["w_BxKxTxD"].reshape(B * K, T, D),
-                        batch["tgt_BxKxT"].reshape(B * K, T), batch["mask_BxKxT"].reshape(B * K, T))
-  total = lp.sum(-1)
-  mean = total / jnp.maximum(batch["mask_BxKxT"].reshape(B * K, T).sum(-1), 1)
-  return total.reshape(B, K), mean.reshape(B, K)
+def head_rewards(trainable, batch):
+  """r_BxK of the head tier's reward head, from a `HeadFeatures.batch`."""
+  head = trainable["reward_head"]
+  return (batch["e_BxKxD"] @ head["kernel"])[..., 0] + head["bias"][0]
 
 
 def head_loss_fn(trainable, frozen, batch, *, objective: str):
+  """PMs: a `HeadFeatures.batch`. Imitation and lm: a `HeadFeatures.packed` batch (the positions to learn)."""
   if objective in ("binary", "ranked"):
-    r_BxK = head_scores(objective, trainable, frozen, batch)
     fn = obj.ranked_loss if objective == "ranked" else obj.binary_loss
-    return fn(r_BxK, batch["scores_BxK"], batch["valid_BxK"])
-  if "w_NxD" in batch:   # packed (`HeadFeatures.packed`): the positions to learn, already chosen
-    lp_N = jnp.where(batch["mask_N"], _packed_logprobs(trainable, frozen, batch["w_NxD"], batch["tgt_N"]), 0.0)
-    n = jnp.maximum(batch["mask_N"].sum(), 1)
-    loss = -lp_N.sum() / n
-    return loss, {"lm_loss": loss, "tokens": batch["mask_N"].sum()}
-  w, tgt, mask = batch["w_BxKxTxD"], batch["tgt_BxKxT"], batch["mask_BxKxT"]
-  if objective == "imitation":
-    top_B = jnp.argmax(jnp.where(batch["valid_BxK"], batch["scores_BxK"], -jnp.inf), axis=-1)
-    w = jnp.take_along_axis(w, top_B[:, None, None, None], axis=1)
-    tgt = jnp.take_along_axis(tgt, top_B[:, None, None], axis=1)
-    mask = jnp.take_along_axis(mask, top_B[:, None, None], axis=1)
-  B, K, T, D = w.shape
-  lp = _window_logprobs(trainable, frozen, w.reshape(B * K, T, D), tgt.reshape(B * K, T), mask.reshape(B * K, T))
-  n = jnp.maximum(mask.sum(), 1)
-  loss = -lp.sum() / n
-  return loss, {"lm_loss": loss, "tokens": mask.sum()}
+    return fn(head_rewards(trainable, batch), batch["scores_BxK"], batch["valid_BxK"])
+  lp_N = jnp.where(batch["mask_N"], tail_lib.token_logprobs(trainable, frozen, batch["w_NxD"], batch["tgt_N"]), 0.0)
+  n = jnp.maximum(batch["mask_N"].sum(), 1)
+  loss = -lp_N.sum() / n
+  return loss, {"lm_loss": loss, "tokens": batch["mask_N"].sum()}
 
 
 def _tx(run: RunConfig, total_steps: int) -> optax.GradientTransformation:
@@ -386,40 +349,46 @@ def head_row_scores(run: RunConfig, trainable, frozen, feats: HeadFeatures) -> d
     w = np.zeros((PACK, feats.w_RxTxD.shape[-1]), feats.w_RxTxD.dtype)
     tgt = np.zeros((PACK,), np.int32)
     w[:n], tgt[:n] = feats.w_RxTxD[r, t], feats.tgt_RxT[r, t]
-    lp_N[i:i + n] = np.asarray(_packed_logprobs_jit(trainable, frozen, w, tgt))[:n]
+    lp_N[i:i + n] = np.asarray(_token_logprobs_jit(trainable, frozen, w, tgt))[:n]
   R = len(feats.mask_RxT)
   total = np.bincount(rows_N, weights=lp_N, minlength=R)
   count = np.bincount(rows_N, minlength=R)
   return {"sum": total, "mean": total / np.maximum(count, 1)}
 
 
-def score(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int] | None = None,
-          batch_size: int = 16, variant: str = "mean", feats: HeadFeatures | None = None) -> list[np.ndarray]:
-  """Each comparison's response scores (higher = preferred), in cache order. Imitation: variant "mean"
-  (per-token, the primary) or "sum"."""
+def comparison_scores(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int] | None = None,
+                      batch_size: int = 16, feats: HeadFeatures | None = None) -> dict[str, list[np.ndarray]]:
+  """Each comparison's response scores (higher = preferred), in `comps` order, per variant, from one pass:
+  {"reward": ...} for PMs, {"mean": ..., "sum": ...} (per-token mean and summed log-likelihood) otherwise."""
   spec = run.tail
   comps = list(range(len(cache))) if comps is None else list(comps)
   if run.tier == "head":
     feats = features(lm, run, cache, feats)
     rows = head_row_scores(run, trainable, tail_lib.frozen_params(lm.params, spec), feats)
-    vals = rows["reward" if run.objective in ("binary", "ranked") else variant]
-    return [vals[np.asarray(cache.rows_of(c))] for c in comps]
+    return {v: [vals[np.asarray(cache.rows_of(c))] for c in comps] for v, vals in rows.items()}
   K = cache.fingerprint["max_k"]
   L = min(_round_up(cache.max_row_len(comps)), cache.fingerprint["max_len"])
   T = response_window(cache, comps)
   frozen = tail_lib.frozen_params(lm.params, spec)
-  out = []
+  out: dict[str, list[np.ndarray]] = {}
   for i in range(0, len(comps), batch_size):
     chunk = comps[i:i + batch_size]
     padded = chunk + [chunk[-1]] * (batch_size - len(chunk))   # one static shape
     batch = cache.batch(padded, layer=spec.input_layer, K=K, L=L)
     s = _scores_jit(trainable, frozen, batch, cfg=lm.cfg, spec=spec, objective=run.objective, T=T)
-    if isinstance(s, tuple):
-      s = s[1] if variant == "mean" else s[0]
-    s = np.asarray(s)
-    for b, c in enumerate(chunk):
-      out.append(s[b, :cache.comparisons[c]["k"]].astype(np.float64))
+    by_variant = {"sum": s[0], "mean": s[1]} if isinstance(s, tuple) else {"reward": s}
+    for v, s_BxK in by_variant.items():
+      s_BxK = np.asarray(s_BxK)
+      out.setdefault(v, []).extend(s_BxK[b, :cache.comparisons[c]["k"]].astype(np.float64)
+                                   for b, c in enumerate(chunk))
   return out
+
+
+def score(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int] | None = None,
+          batch_size: int = 16, variant: str = "mean", feats: HeadFeatures | None = None) -> list[np.ndarray]:
+  """One variant of `comparison_scores` (PMs have only "reward"; imitation "mean", the primary, or "sum")."""
+  got = comparison_scores(lm, run, trainable, cache, comps=comps, batch_size=batch_size, feats=feats)
+  return got["reward"] if "reward" in got else got[variant]
 
 
 def correctness(scores: Sequence[np.ndarray], true_scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -449,16 +418,7 @@ def evaluate(lm, run: RunConfig, trainable, cache: Cache, *, comps: Sequence[int
   comps = list(range(len(cache))) if comps is None else list(comps)
   y = true_scores(cache, comps)
   out = {"ids": [cache.comparisons[c]["id"] for c in comps], "groups": [cache.comparisons[c]["group"] for c in comps]}
-  variants = ("mean", "sum") if run.objective in ("imitation", "lm") else ("reward",)
-  rows = None
-  if run.tier == "head":   # one pass gives every variant
-    feats = features(lm, run, cache, feats)
-    rows = head_row_scores(run, trainable, tail_lib.frozen_params(lm.params, run.tail), feats)
-  for v in variants:
-    if rows is not None:
-      scores = [rows[v][np.asarray(cache.rows_of(c))] for c in comps]
-    else:
-      scores = score(lm, run, trainable, cache, comps=comps, variant=v, feats=feats)
+  for v, scores in comparison_scores(lm, run, trainable, cache, comps=comps, feats=feats).items():
     for metric, vals in correctness(scores, y).items():
       out[f"{metric}_{v}"] = vals.tolist()
   return out
