@@ -97,40 +97,85 @@ def verify(step_dir) -> str | None:
   return None
 
 
-class _HeldLogs(logging.Filter):
-  """Holds orbax's (absl) log records during a save or load: replayed on success or on an unexpected
-  error, dropped when the failure is one hhh reports itself in one line.
+class _Abandoned(logging.Filter):
+  """Drops, for the rest of the process, what the loads and saves hhh gave up on print after the fact.
 
-  A failed load also leaves tensorstore futures whose errors Python prints as "Exception ignored in ..."
-  tracebacks whenever the garbage collector reaches them; those are held the same way, and the garbage
-  of a dropped failure is collected before the hook is put back, so none surfaces later.
+  Orbax gathers one asyncio task per array and closes its event loop as soon as the first one fails;
+  the other reads finish later on tensorstore's threads. Their tasks and coroutines then surface as
+  "Task exception was never retrieved" (asyncio's logger) and "Exception ignored in <coroutine ...>"
+  (sys.unraisablehook) whenever the garbage collector reaches them, and their completion callbacks hit
+  the closed loop ("Event loop is closed", which tensorstore hands to PyErr_Print, so sys.excepthook).
+  That can be seconds after the failure, so no scoped hold catches all of it. Everything else still
+  reaches the previous hooks and handlers: a leftover is one that names a path given up on, or a
+  callback into a loop orbax has closed (installed with the first save or load, since such callbacks
+  can arrive before the failure that leaves them reaches hhh).
   """
+
+  def __init__(self):
+    super().__init__()
+    self.paths: set[str] = set()
+    self._hooks = None
+
+  def add(self, path):
+    self.paths.add(str(path))
+
+  def install(self):
+    if self._hooks is None:
+      self._hooks = sys.unraisablehook, sys.excepthook
+      sys.unraisablehook, sys.excepthook = self._unraisable, self._excepthook
+      logging.getLogger("asyncio").addFilter(self)
+
+  def _leftover(self, exc) -> bool:
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return True
+    return exc is not None and any(p in f"{exc} {exc.__cause__}" for p in self.paths)
+
+  def filter(self, record):
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(p in text for p in self.paths)
+
+  def _unraisable(self, unraisable):
+    if not self._leftover(unraisable.exc_value):
+      self._hooks[0](unraisable)
+
+  def _excepthook(self, typ, value, tb):
+    if not self._leftover(value):
+      self._hooks[1](typ, value, tb)
+
+
+_ABANDONED = _Abandoned()
+
+
+class _HeldLogs(logging.Filter):
+  """Holds orbax's (absl) log records during a save or load under `path`: replayed on success or on an
+  unexpected error, dropped when the failure is one hhh reports itself in one line. A dropped failure's
+  path goes to `_ABANDONED`, which keeps its late leftovers off stderr.
+  """
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = pathlib.Path(path)
 
   def filter(self, record):
     self.records.append(record)
     return False
 
-  def _unraisable(self, unraisable):
-    self.unraisables.append(unraisable)
-
   def __enter__(self):
-    self.records, self.unraisables = [], []
+    self.records = []
     self.drop = False
+    _ABANDONED.install()  # a failing load's callbacks can hit its closed loop before __exit__ runs
     logging.getLogger("absl").addFilter(self)
-    self._hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
     return self
 
   def __exit__(self, *exc):
     log = logging.getLogger("absl")
-    if self.drop:
-      gc.collect()
-    sys.unraisablehook = self._hook
     log.removeFilter(self)
-    if not self.drop:
+    if self.drop:
+      _ABANDONED.add(self.path)
+      gc.collect()  # what is collectable now goes through the filter at once
+    else:
       for r in self.records:
         log.handle(r)
-      for u in self.unraisables:
-        self._hook(u)
     return False
 
 
@@ -173,7 +218,7 @@ class Checkpoints:
     checkpointables = {"state": state, "meta": meta}
     if data_iter is not None:
       checkpointables["data"] = data_iter
-    with _HeldLogs() as held:
+    with _HeldLogs(self.dir / str(step)) as held:
       try:
         self._ckpt.save_checkpointables(step, checkpointables, force=True)
         if jax.process_index() == 0:
@@ -208,7 +253,7 @@ class Checkpoints:
   def restore_intact(self, step: int, abstract_state, data_iter):
     """`restore`, falling back to the newest earlier intact step while a load fails; returns (step, state)."""
     while True:
-      with _HeldLogs() as held:
+      with _HeldLogs(self.step_dir(step)) as held:
         try:
           return step, self.restore(step, abstract_state, data_iter)[0]
         except Exception as e:  # noqa: BLE001 - a failed load of bytes on disk is what we fall back from
@@ -227,7 +272,7 @@ class Checkpoints:
     for step in reversed([s for s in self.steps() if below is None or s < below]):
       why = verify(self.step_dir(step))
       if why is None:
-        with _HeldLogs() as held:
+        with _HeldLogs(self.step_dir(step)) as held:
           try:
             return step, ocp.load_checkpointables(self.step_dir(step), {"meta": None})["meta"], bad
           except Exception as e:  # noqa: BLE001 - whatever orbax raises, this step is unusable
@@ -261,7 +306,7 @@ class Checkpoints:
     self._ckpt = self._open()
 
   def close(self):
-    with _HeldLogs() as held:
+    with _HeldLogs(self.dir) as held:
       try:
         self._ckpt.close()
       except Exception:
