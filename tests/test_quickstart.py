@@ -203,3 +203,18 @@ def test_fast_quickstart_end_to_end_and_resume(tmp_path):
   assert (out / "results.jsonl").read_text().splitlines() == lines
   assert "8/8" in again.stdout and "0/8" not in again.stdout  # the fine-tune bar starts full
   assert json.loads((out / "summary.json").read_text())["finetunes"] == summary["finetunes"]
+
+
+def test_parallel_workers_give_the_sequential_results(tmp_path, world):
+  """The tour's runs go to worker processes on a CPU machine; a run's numbers must not depend on where it ran."""
+  _, paths = world
+  cfg = dataclasses.replace(pipeline.fast_config(str(tmp_path)), lm_steps=3, vocab=300)
+  jobs = [pipeline.Job(f"lm-{s}", "lm", pipeline.lm_config(cfg, s, paths["corpus"]), {"size": s})
+          for s in ("20k", "50k")]
+  one = pipeline.Runner(tmp_path / "one", workers=1).run(jobs, "lm")
+  two = pipeline.Runner(tmp_path / "two", workers=2).run(jobs, "lm")
+  assert [r["name"] for r in two] == ["lm-20k", "lm-50k"]
+  assert [r["metrics"] for r in two] == [r["metrics"] for r in one]
+  assert all(math.isfinite(r["metrics"]["loss"]) for r in two)
+  lines = (tmp_path / "two" / "results.jsonl").read_text().splitlines()
+  assert sorted(json.loads(l)["name"] for l in lines) == ["lm-20k", "lm-50k"]

@@ -12,6 +12,9 @@ def add_cli(sub) -> None:
   p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
   p.add_argument("--fast", action="store_true", help="reduced mode: one size, one target set, fewer steps")
   p.add_argument("--seed", type=int, default=0, help="seed of the generated world and of every run")
+  p.add_argument("--workers", type=int, default=0,
+                 help="trainings run in parallel processes (default 0: one per CPU core up to 4 on a CPU-only "
+                      "machine, else 1); the results do not depend on it")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override a QuickstartConfig field (e.g. sizes=20k,100k or finetune_ns=8,64)")
   p.set_defaults(func=_cli)
@@ -24,4 +27,5 @@ def _cli(args) -> None:
   pipeline.fast_compile_env()
   base = (pipeline.fast_config(args.out, args.seed) if args.fast
           else dataclasses.replace(pipeline.QuickstartConfig(), out=args.out, seed=args.seed))
-  pipeline.run(config_lib.apply_overrides(base, args.set))
+  workers = args.workers if args.workers > 0 else pipeline.auto_workers()
+  pipeline.run(config_lib.apply_overrides(base, args.set), workers=workers)

@@ -1,4 +1,4 @@
-"""`hhh quickstart`: the whole pipeline on a generated world, offline, in one process, resumable.
+"""`hhh quickstart`: the whole pipeline on a generated world, offline, resumable.
 
 Stages (each prints its progress; every training run is `hhh.train.loop.train` on a typed config):
 
@@ -13,8 +13,9 @@ Stages (each prints its progress; every training run is `hhh.train.loop.train` o
   7 report     DIR/report.md, DIR/objectives.png, DIR/sample_efficiency.png, DIR/summary.json
 
 DIR/results.jsonl gets one line per finished run; re-running skips those runs and resumes an interrupted one
-from its checkpoint. Runs share one process so XLA programs compile once per (size, objective); the
-persistent compilation cache in DIR/cache/jax makes a re-run cheaper still.
+from its checkpoint. A stage's runs are independent, so on a CPU-only machine they go to one worker process per
+core (`--workers`); a tiny model's step keeps about one core busy. The persistent compilation cache in
+DIR/cache/jax lets every worker compile a (size, objective) program once between them.
 """
 
 from __future__ import annotations
@@ -161,41 +162,88 @@ def _read_results(path: pathlib.Path) -> dict[str, dict]:
   return out
 
 
-class Runner:
-  """Trains jobs in this process, one result line each in DIR/results.jsonl; finished jobs are skipped."""
+def _train_job(job: Job, out: pathlib.Path) -> dict:
+  """One run, its result record; the same in this process or in a worker."""
+  from hhh import config as config_lib
+  from hhh.model import family
+  from hhh.train import loop
+  workdir = out / "runs" / job.name
+  workdir.mkdir(parents=True, exist_ok=True)
+  t0 = time.perf_counter()
+  # A run's own output (its config line, data notes, final metrics) goes to its log, not the tour's.
+  with open(workdir / "train.log", "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+    metrics = loop.train(job.cfg, workdir)
+  model = json.loads((workdir / "config.json").read_text())["model"]
+  params = family.param_counts(config_lib.from_dict(ModelConfig, model))["non_embedding"]
+  return {"name": job.name, "stage": job.stage, **job.tags, "params": params,
+          "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": round(time.perf_counter() - t0, 2)}
 
-  def __init__(self, out: pathlib.Path, log=print):
-    self.out, self.log = out, log
+
+def _worker_init(out: pathlib.Path) -> None:
+  # XLA_FLAGS come with the environment, so a worker compiles exactly as this process does.
+  _setup_jax(out)
+
+
+def auto_workers() -> int:
+  """Runs in parallel: one per CPU core (up to 4) on a CPU-only machine, where a tiny model's step keeps
+  about one core busy; 1 where an accelerator plugin is installed, since every process would claim the
+  device's memory. Found without starting a JAX backend in this process."""
+  import importlib.util
+  plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+  if os.environ.get("JAX_PLATFORMS", "cpu") not in ("cpu", "") or any(
+      importlib.util.find_spec(m) is not None for m in plugins):
+    return 1
+  return max(1, min(4, os.cpu_count() or 1))
+
+
+class Runner:
+  """Trains jobs, one result line each in DIR/results.jsonl (written by this process only, as each
+  finishes); finished jobs are skipped. With workers > 1 the jobs of a stage run in that many spawned
+  processes; each run is deterministic in its config, so the results do not depend on the count."""
+
+  def __init__(self, out: pathlib.Path, log=print, workers: int = 1):
+    self.out, self.log, self.workers = out, log, max(1, workers)
     self.results_path = out / "results.jsonl"
     self.results = _read_results(self.results_path)
 
+  def _record(self, rec: dict, bar) -> None:
+    with open(self.results_path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(rec) + "\n")
+    self.results[rec["name"]] = rec
+    bar.update(1)
+
   def run(self, jobs: list[Job], desc: str) -> list[dict]:
-    from hhh import config as config_lib
-    from hhh.model import family
-    from hhh.train import loop
     todo = [j for j in jobs if j.name not in self.results]
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="run", dynamic_ncols=True,
                file=sys.stdout)
     try:
-      for job in todo:
-        bar.set_postfix_str(job.name, refresh=True)
-        workdir = self.out / "runs" / job.name
-        workdir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        # A run's own output (its config line, data notes, final metrics) goes to its log, not the tour's.
-        with open(workdir / "train.log", "a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
-          metrics = loop.train(job.cfg, workdir)
-        model = json.loads((workdir / "config.json").read_text())["model"]
-        params = family.param_counts(config_lib.from_dict(ModelConfig, model))["non_embedding"]
-        rec = {"name": job.name, "stage": job.stage, **job.tags, "params": params,
-               "metrics": {k: float(v) for k, v in metrics.items()}, "seconds": round(time.perf_counter() - t0, 2)}
-        with open(self.results_path, "a", encoding="utf-8") as f:
-          f.write(json.dumps(rec) + "\n")
-        self.results[job.name] = rec
-        bar.update(1)
+      if self.workers == 1 or len(todo) <= 1:
+        for job in todo:
+          bar.set_postfix_str(job.name, refresh=True)
+          self._record(_train_job(job, self.out), bar)
+      else:
+        self._parallel(todo, bar)
     finally:
       bar.close()
     return [self.results[j.name] for j in jobs]
+
+  def _parallel(self, todo: list[Job], bar) -> None:
+    import concurrent.futures
+    import multiprocessing
+    # spawn, not fork: this process may hold JAX's threads already.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        min(self.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init, initargs=(self.out,))
+    try:
+      pending = {pool.submit(_train_job, job, self.out): job for job in todo}
+      while pending:
+        done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+        for fut in done:
+          job = pending.pop(fut)
+          bar.set_postfix_str(job.name, refresh=True)
+          self._record(fut.result(), bar)  # a failed run raises here, after the finished ones are kept
+    finally:
+      pool.shutdown(wait=True, cancel_futures=True)
 
 
 # The models are tiny, so compiling dominates: ask XLA for quick compiles over fast code. Only takes effect when
@@ -291,8 +339,9 @@ def hhh_eval(out: pathlib.Path, jobs: list[Job], eval_dir: str) -> list[dict]:
   return records
 
 
-def run(cfg: QuickstartConfig, log=print) -> dict:
-  """All stages; returns the summary (also DIR/summary.json). Safe to re-run: finished work is kept."""
+def run(cfg: QuickstartConfig, log=print, workers: int = 1) -> dict:
+  """All stages; returns the summary (also DIR/summary.json). Safe to re-run: finished work is kept.
+  `workers` runs a stage's trainings in that many processes (`auto_workers()` picks for the machine)."""
   out = pathlib.Path(cfg.out)
   out.mkdir(parents=True, exist_ok=True)
   for size in cfg.sizes:
@@ -347,7 +396,7 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
         f"(train {s['kept']['train']}, validation {s['kept']['validation']}, test {s['kept']['test']})")
   times["mine"] = time.perf_counter() - t
 
-  runner = Runner(out, log)
+  runner = Runner(out, log, workers)
   t = stage(3, "pretrain", f"{len(cfg.sizes)} base LMs ({', '.join(cfg.sizes)}), {cfg.lm_steps} steps each")
   lms = runner.run([Job(f"lm-{s}", "lm", lm_config(cfg, s, corpus), {"size": s}) for s in cfg.sizes],
                    "pretrain")
