@@ -225,7 +225,10 @@ class Runner:
         self._parallel(todo, bar)
     finally:
       bar.close()
-    return [self.results[j.name] for j in jobs]
+    # Job order, not finishing order, so the summary is the same for any worker count.
+    stage = {j.name: self.results[j.name] for j in jobs}
+    self.results = {**{k: v for k, v in self.results.items() if k not in stage}, **stage}
+    return list(stage.values())
 
   def _parallel(self, todo: list[Job], bar) -> None:
     import concurrent.futures
@@ -433,7 +436,7 @@ def run(cfg: QuickstartConfig, log=print, workers: int = 1) -> dict:
   t = stage(7, "report", f"{out / 'report.md'}")
   from hhh.quickstart import report
   times["total"] = time.perf_counter() - t_all
-  summary = report.write(out, cfg, runner.results, summaries, hhh, times)
+  summary = report.write(out, cfg, runner.results, summaries, hhh, times, workers=runner.workers)
   times["report"] = time.perf_counter() - t
   log(f"hhh quickstart: done in {times['total'] + times['report']:.0f} s; open {out / 'report.md'}")
   return summary

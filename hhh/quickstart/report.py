@@ -95,7 +95,7 @@ def _fmt(r: dict | None) -> str:
   return f"{acc:.3f} ± {se:.3f}"
 
 
-def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], times: dict) -> dict:
+def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], times: dict, workers: int = 1) -> dict:
   """DIR/report.md, the two PNGs and DIR/summary.json (every number of the report, machine-readable)."""
   from hhh.model import family
   fts = _finetunes(results)
@@ -112,7 +112,7 @@ def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], t
            f"Generated world seed {cfg.seed}; sizes {', '.join(cfg.sizes)}; target sets {', '.join(targets)}. "
            f"Wall time {times['total']:.0f} s (generate {times['generate']:.0f}, mine {times['mine']:.0f}, "
            f"pretrain {times['pretrain']:.0f}, PMP {times['pmp']:.0f}, fine-tune {times['finetune']:.0f}, "
-           f"evaluate {times['evaluate']:.0f}).", "",
+           f"evaluate {times['evaluate']:.0f}), trainings in {workers} process{'es' if workers > 1 else ''}.", "",
            "Every accuracy is held-out pairwise accuracy on comparisons no run trained on (chance 0.5); ± is "
            "its binomial standard error over the held-out pairs (one seed, so seed-to-seed spread is not "
            "shown). The target labels are the hidden quality itself: exact, with no annotator noise.", "",
@@ -181,7 +181,7 @@ def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], t
             f"- Every run's config, metrics and log are in `{out.name}/runs/NAME/`; `results.jsonl` holds all "
             "numbers above, and `summary.json` the report's inputs.", ""]
   (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-  summary = {"report": str(out / "report.md"), "plots": [str(obj_png), str(se_png)], "times": times,
+  summary = {"report": str(out / "report.md"), "plots": [str(obj_png), str(se_png)], "times": times, "workers": workers,
              "finetunes": fts, "lms": [r for r in results.values() if r.get("stage") == "lm"],
              "pmp": [r for r in results.values() if r.get("stage") == "pmp"], "mined": mined, "hhh_eval": hhh}
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
