@@ -97,8 +97,9 @@ def _tiny_pm_accuracy(workdir, steps: int) -> float:
 
 
 def test_tiny_pm_learns_above_chance(tmp_path):
-  """The smoke experiment's promise, on a shortened run: held-out pairwise accuracy clearly above 0.5."""
-  assert _tiny_pm_accuracy(tmp_path / "tiny_pm", 100) > 0.65
+  """The smoke experiment's promise, on a shortened run: held-out pairwise accuracy clearly above 0.5
+  (50 steps reach 0.725 on the development machine)."""
+  assert _tiny_pm_accuracy(tmp_path / "tiny_pm", 50) > 0.65
 
 
 @pytest.mark.slow
