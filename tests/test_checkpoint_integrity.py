@@ -135,3 +135,28 @@ def test_no_intact_checkpoint_is_a_one_line_error(straight, tmp_path):
   # Loading parameters (export, init_from) refuses the corrupt step too.
   with pytest.raises(ckpt_lib.CheckpointCorrupt, match=r"checkpoints/8 is corrupt: state/.* does not match"):
     ckpt_lib.load_params(wd)
+
+
+def test_only_leftovers_of_abandoned_loads_are_dropped():
+  """The process-wide filter drops callbacks into a closed loop and errors naming a path given up on;
+  the same message raised by anything else, and every other error, still reaches the previous hook."""
+  import asyncio
+  seen = []
+  f = ckpt_lib._Abandoned()
+  f._hooks = (None, lambda typ, value, tb: seen.append(str(value)))
+  f.add("/runs/x/checkpoints/8")
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    f._excepthook(type(e), e, e.__traceback__)
+  def own_code():
+    raise RuntimeError("Event loop is closed")
+  for fn in (own_code, lambda: (_ for _ in ()).throw(OSError("read /runs/x/checkpoints/8/state failed")),
+             lambda: (_ for _ in ()).throw(OSError("read /runs/x/checkpoints/6/state failed"))):
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001
+      f._excepthook(type(e), e, e.__traceback__)
+  assert seen == ["Event loop is closed", "read /runs/x/checkpoints/6/state failed"]

@@ -184,14 +184,25 @@ def _worker_init(out: pathlib.Path) -> None:
   _setup_jax(out)
 
 
+def _accelerator_plugin() -> bool:
+  """Whether JAX would find a non-CPU backend, looked up as JAX discovers PJRT plugins (the `jax_plugins`
+  namespace and entry points; libtpu on its own) without starting a backend in this process."""
+  import importlib.metadata
+  import importlib.util
+  import pkgutil
+  if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
+    return True
+  try:
+    import jax_plugins
+  except ImportError:
+    return False
+  return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+
+
 def auto_workers() -> int:
   """Runs in parallel: one per CPU core (up to 4) on a CPU-only machine, where a tiny model's step keeps
-  about one core busy; 1 where an accelerator plugin is installed, since every process would claim the
-  device's memory. Found without starting a JAX backend in this process."""
-  import importlib.util
-  plugins = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
-  if os.environ.get("JAX_PLATFORMS", "cpu") not in ("cpu", "") or any(
-      importlib.util.find_spec(m) is not None for m in plugins):
+  about one core busy; 1 where an accelerator is in reach, since every process would claim its memory."""
+  if os.environ.get("JAX_PLATFORMS", "cpu") not in ("cpu", "") or _accelerator_plugin():
     return 1
   return max(1, min(4, os.cpu_count() or 1))
 

@@ -95,7 +95,8 @@ def _fmt(r: dict | None) -> str:
   return f"{acc:.3f} ± {se:.3f}"
 
 
-def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], times: dict, workers: int = 1) -> dict:
+def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], times: dict,
+          workers: int = 1) -> dict:
   """DIR/report.md, the two PNGs and DIR/summary.json (every number of the report, machine-readable)."""
   from hhh.model import family
   fts = _finetunes(results)
@@ -181,8 +182,8 @@ def write(out: pathlib.Path, cfg, results: dict, mined: dict, hhh: list[dict], t
             f"- Every run's config, metrics and log are in `{out.name}/runs/NAME/`; `results.jsonl` holds all "
             "numbers above, and `summary.json` the report's inputs.", ""]
   (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-  summary = {"report": str(out / "report.md"), "plots": [str(obj_png), str(se_png)], "times": times, "workers": workers,
-             "finetunes": fts, "lms": [r for r in results.values() if r.get("stage") == "lm"],
+  summary = {"report": str(out / "report.md"), "plots": [str(obj_png), str(se_png)], "times": times,
+             "workers": workers, "finetunes": fts, "lms": [r for r in results.values() if r.get("stage") == "lm"],
              "pmp": [r for r in results.values() if r.get("stage") == "pmp"], "mined": mined, "hhh_eval": hhh}
   (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
   return summary

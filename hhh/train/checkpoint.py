@@ -19,6 +19,7 @@ import logging
 import os
 import pathlib
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -107,7 +108,7 @@ class _Abandoned(logging.Filter):
   the closed loop ("Event loop is closed", which tensorstore hands to PyErr_Print, so sys.excepthook).
   That can be seconds after the failure, so no scoped hold catches all of it. Everything else still
   reaches the previous hooks and handlers: a leftover is one that names a path given up on, or a
-  callback into a loop orbax has closed (installed with the first save or load, since such callbacks
+  `call_soon_threadsafe` into a closed loop (installed with the first save or load, since such callbacks
   can arrive before the failure that leaves them reaches hhh).
   """
 
@@ -125,9 +126,10 @@ class _Abandoned(logging.Filter):
       sys.unraisablehook, sys.excepthook = self._unraisable, self._excepthook
       logging.getLogger("asyncio").addFilter(self)
 
-  def _leftover(self, exc) -> bool:
+  def _leftover(self, exc, tb) -> bool:
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
-      return True
+      # Only a completion callback scheduled into the dead loop; any other such error is the caller's.
+      return any("call_soon_threadsafe" in f.name for f in traceback.extract_tb(tb))
     return exc is not None and any(p in f"{exc} {exc.__cause__}" for p in self.paths)
 
   def filter(self, record):
@@ -135,11 +137,11 @@ class _Abandoned(logging.Filter):
     return not any(p in text for p in self.paths)
 
   def _unraisable(self, unraisable):
-    if not self._leftover(unraisable.exc_value):
+    if not self._leftover(unraisable.exc_value, unraisable.exc_traceback):
       self._hooks[0](unraisable)
 
   def _excepthook(self, typ, value, tb):
-    if not self._leftover(value):
+    if not self._leftover(value, tb):
       self._hooks[1](typ, value, tb)
 
 
