@@ -11,6 +11,7 @@ Attention activations and the KV cache are head-major ([B, K, S, Dh]).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -33,7 +34,11 @@ def _zeros(shape) -> nnx.Param:
 
 
 def _matmul(x, w, dtype):
-  return jnp.matmul(x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  # Tokens flattened to one axis: the weight gradient then contracts over a single token axis. Contracting over
+  # [B, L] together makes XLA:CPU canonicalise the dot with a transposing copy of the activation gradient,
+  # fused into its elementwise producer, which cost about a fifth of the PM step (benchmarks/train_step.py).
+  y = jnp.matmul(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+  return y.reshape(*x.shape[:-1], w.shape[-1])
 
 
 class Norm(nnx.Module):
@@ -74,6 +79,96 @@ def rope_head_major(x_BxNxLxDh, positions_BxL, rotary_dim: int, theta: float):
   return rope(x_BxNxLxDh, positions_BxL, rotary_dim, theta, head_axis=1)
 
 
+def _query_blocks(L: int) -> int:
+  # Blocks of at least 64 queries: smaller ones lose more to per-op overhead than the skipped keys save on CPU.
+  for n in (4, 2):
+    if L % n == 0 and L // n >= 64:
+      return n
+  return 1
+
+
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+def _block_probs(qs_BxKxGxLxDh, k_BxKxSxDh, mask_BxLxS, i, n_blocks, dtype):
+  """Softmax probabilities [B, K, G, c, S_i] of query block i over its keys [0, S_i)."""
+  B, K, G, L, Dh = qs_BxKxGxLxDh.shape
+  S = k_BxKxSxDh.shape[2]
+  c = L // n_blocks
+  S_i = S if n_blocks == 1 else (i + 1) * c
+  q_BxKxCxDh = qs_BxKxGxLxDh[:, :, :, i * c:(i + 1) * c].reshape(B, K, G * c, Dh)
+  # One batched [G*c, Dh] x [Dh, S_i] matmul per (row, kv head); G folds into the query rows.
+  logits = jnp.einsum("bkqd,bksd->bkqs", q_BxKxCxDh.astype(dtype), k_BxKxSxDh[:, :, :S_i].astype(dtype),
+                      preferred_element_type=jnp.float32).reshape(B, K, G, c, S_i)
+  # finfo.min rather than -inf: a fully masked row (a pad query) stays finite instead of NaN.
+  logits = jnp.where(mask_BxLxS[:, None, None, i * c:(i + 1) * c, :S_i], logits, _NEG)
+  return jax.nn.softmax(logits, axis=-1), S_i
+
+
+def _block_out(p_BxKxGxCxS, v_BxKxSxDh, dtype):
+  B, K, G, c, S_i = p_BxKxGxCxS.shape
+  o = jnp.einsum("bkqs,bksd->bkqd", p_BxKxGxCxS.reshape(B, K, G * c, S_i).astype(dtype),
+                 v_BxKxSxDh[:, :, :S_i].astype(dtype), preferred_element_type=jnp.float32)
+  return o.reshape(B, K, G, c, -1)
+
+
+def _core_fwd(q, k, v, mask, n_blocks, dtype):
+  qs = q * (1.0 / math.sqrt(q.shape[-1]))
+  probs = [_block_probs(qs, k, mask, i, n_blocks, dtype)[0] for i in range(n_blocks)]
+  out = jnp.concatenate([_block_out(p, v, dtype) for p in probs], axis=3)
+  return out, (qs, k, v, probs, out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _core(q, k, v, mask, n_blocks, dtype):
+  return _core_fwd(q, k, v, mask, n_blocks, dtype)[0]
+
+
+def _core_vjp_fwd(q, k, v, mask, n_blocks, dtype):
+  out, res = _core_fwd(q, k, v, mask, n_blocks, dtype)
+  return out, (res, mask)
+
+
+def _core_vjp_bwd(n_blocks, dtype, saved, do_BxKxGxLxDh):
+  """Softmax backward with the row term sum(dO * O) (over Dh) instead of sum(dP * P) (over S): one pass fewer
+  over the L x S probabilities; each block's key gradients land in the prefix of keys it saw."""
+  (qs, k, v, probs, out), mask = saved
+  B, K, G, L, Dh = qs.shape
+  c = L // n_blocks
+  row_BxKxGxLx1 = jnp.sum(do_BxKxGxLxDh * out, axis=-1, keepdims=True)
+  dq_blocks, dk, dv = [], jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+  for i, p in enumerate(probs):
+    S_i = p.shape[-1]
+    blk = slice(i * c, (i + 1) * c)
+    do_BxKxCxDh = do_BxKxGxLxDh[:, :, :, blk].reshape(B, K, G * c, Dh).astype(dtype)
+    p_BxKxCxS = p.reshape(B, K, G * c, S_i)
+    dv = dv.at[:, :, :S_i].add(jnp.einsum("bkqs,bkqd->bksd", p_BxKxCxS.astype(dtype), do_BxKxCxDh,
+                                          preferred_element_type=jnp.float32))
+    dp = jnp.einsum("bkqd,bksd->bkqs", do_BxKxCxDh, v[:, :, :S_i].astype(dtype), preferred_element_type=jnp.float32)
+    ds_BxKxCxS = (p_BxKxCxS * (dp - row_BxKxGxLx1[:, :, :, blk].reshape(B, K, G * c, 1))).astype(dtype)
+    dq_blocks.append(jnp.einsum("bkqs,bksd->bkqd", ds_BxKxCxS, k[:, :, :S_i].astype(dtype),
+                                preferred_element_type=jnp.float32).reshape(B, K, G, c, Dh))
+    q_BxKxCxDh = qs[:, :, :, blk].reshape(B, K, G * c, Dh).astype(dtype)
+    dk = dk.at[:, :, :S_i].add(jnp.einsum("bkqs,bkqd->bksd", ds_BxKxCxS, q_BxKxCxDh,
+                                          preferred_element_type=jnp.float32))
+  dq = jnp.concatenate(dq_blocks, axis=3) * (1.0 / math.sqrt(Dh))
+  return dq.astype(qs.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_core.defvjp(_core_vjp_fwd, _core_vjp_bwd)
+
+
+def attention_core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks: int = 1, dtype=jnp.float32):
+  """softmax(q k^T / sqrt(Dh), masked) v, [B, K, G, L, Dh] in float32, for GQA-grouped queries.
+
+  With n_blocks > 1 the mask must be causal (no key after its query; S == L): query block i then attends to
+  keys [0, (i + 1) L / n_blocks) only, the same result for every query that has a valid key. Matmuls run in
+  `dtype` with float32 accumulation; the softmax is float32."""
+  if n_blocks > 1 and (k_BxKxSxDh.shape[2] != q_BxKxGxLxDh.shape[3] or q_BxKxGxLxDh.shape[3] % n_blocks):
+    raise ValueError(f"query blocks need S == L divisible by n_blocks={n_blocks}")
+  return _core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks, jnp.dtype(dtype))
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -89,23 +184,28 @@ class Attention(nnx.Module):
     else:
       self.bq = self.bk = self.bv = self.bo = None
 
-  def _heads(self, x_BxLxD, w, b, n):
-    """The projection straight into head-major layout [B, n, L, Dh]: the attention matmuls then batch over
-    (B, heads) with no transposes of q, k, v or of their gradients (about a fifth of the attention block's time
-    on CPU when they were [B, L, n, Dh])."""
+  def _qkv(self, x_BxLxD):
+    """q, k, v in head-major layout [B, n, L, Dh], from one token-major matmul against [wq | wk | wv] and one
+    transpose: on CPU that beat projecting straight into head-major layout, whose weight gradients contract over
+    two token axes at once and run at about 60% of the 2-D matmul rate."""
     cfg = self.cfg
-    w_DxNxDh = w[...].reshape(cfg.d_model, n, cfg.head_dim)
-    y = jnp.einsum("bld,dnk->bnlk", x_BxLxD.astype(cfg.dtype), w_DxNxDh.astype(cfg.dtype),
-                   preferred_element_type=jnp.float32)
-    return y + b[...].reshape(n, 1, cfg.head_dim) if b is not None else y
+    B, L, _ = x_BxLxD.shape
+    H, K, Dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    w = jnp.concatenate([self.wq[...], self.wk[...], self.wv[...]], axis=1)
+    y_BxLxN = _matmul(x_BxLxD, w, cfg.dtype)
+    if self.bq is not None:
+      y_BxLxN = y_BxLxN + jnp.concatenate([self.bq[...], self.bk[...], self.bv[...]])
+    y_BxNxLxDh = y_BxLxN.reshape(B, L, H + 2 * K, Dh).transpose(0, 2, 1, 3)
+    return y_BxNxLxDh[:, :H], y_BxNxLxDh[:, H:H + K], y_BxNxLxDh[:, H + K:]
 
   def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache: Cache | None, cache_index):
     cfg = self.cfg
     B, L, _ = x_BxLxD.shape
     H, K, Dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-    q_BxHxLxDh = self._heads(x_BxLxD, self.wq, self.bq, H)
-    k_BxKxLxDh = self._heads(x_BxLxD, self.wk, self.bk, K)
-    v_BxKxLxDh = self._heads(x_BxLxD, self.wv, self.bv, K)
+    def hd(w, n):
+      y = jnp.einsum("bld,dnk->bnlk", x_BxLxD.astype(cfg.dtype), w[...].reshape(cfg.d_model, n, Dh).astype(cfg.dtype), preferred_element_type=jnp.float32)
+      return y
+    q_BxHxLxDh, k_BxKxLxDh, v_BxKxLxDh = hd(self.wq, H), hd(self.wk, K), hd(self.wv, K)
     if cfg.pos == "rope":
       q_BxHxLxDh = rope_head_major(q_BxHxLxDh, positions_BxL, cfg.rotary_dim, cfg.rope_theta)
       k_BxKxLxDh = rope_head_major(k_BxKxLxDh, positions_BxL, cfg.rotary_dim, cfg.rope_theta)
@@ -117,18 +217,12 @@ class Attention(nnx.Module):
     else:
       k_BxKxSxDh, v_BxKxSxDh = k_BxKxLxDh, v_BxKxLxDh
     G = H // K
-    q_BxKxGxLxDh = q_BxHxLxDh.reshape(B, K, G, L, Dh)
-    logits_BxKxGxLxS = jnp.einsum(
-        "bkgld,bksd->bkgls", q_BxKxGxLxDh.astype(cfg.dtype), k_BxKxSxDh.astype(cfg.dtype),
-        preferred_element_type=jnp.float32) / math.sqrt(Dh)
-    # finfo.min rather than -inf: a fully masked row (a pad query) stays finite instead of NaN.
-    logits_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], logits_BxKxGxLxS, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits_BxKxGxLxS, axis=-1)
-    out_BxKxGxLxDh = jnp.einsum("bkgls,bksd->bkgld", probs.astype(cfg.dtype), v_BxKxSxDh.astype(cfg.dtype),
-                                preferred_element_type=jnp.float32)
-    w_HxDhxD = self.wo[...].reshape(H, Dh, cfg.d_model)
-    out = jnp.einsum("bhld,hde->ble", out_BxKxGxLxDh.reshape(B, H, L, Dh).astype(cfg.dtype),
-                     w_HxDhxD.astype(cfg.dtype), preferred_element_type=jnp.float32)
+    # Without a cache every mask is causal (row_layout, packed_mask), so query block i needs only the keys up to
+    # its own end: blocks skip the upper triangle of the L x S square (3/8 of its matmuls and softmax at 4 blocks).
+    n_blocks = _query_blocks(L) if kv_cache is None else 1
+    out_BxKxGxLxDh = attention_core(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
+                                    n_blocks, cfg.dtype)
+    out = jnp.einsum("bhld,hde->ble", out_BxKxGxLxDh.reshape(B, H, L, Dh), self.wo[...].reshape(H, Dh, cfg.d_model), preferred_element_type=jnp.float32)
     return (out + self.bo[...] if self.bo is not None else out), kv_cache
 
 
