@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -92,19 +93,23 @@ def hhh_worker(shape: dict, batch_size: int, length: int, warmup: int, dtype: st
   def run(n):
     """n steps, timed one by one; each step's metrics reach the host (as the training loop's logging does)."""
     nonlocal state
-    ts = []
+    ts, faults, sys_s = [], [], []
     for _ in range(n):
       b = batch()
+      r0 = resource.getrusage(resource.RUSAGE_SELF)
       t0 = time.perf_counter()
       state, metrics = steps.train(state, b)
       float(metrics["loss"])
       ts.append(time.perf_counter() - t0)
-    return ts
+      r1 = resource.getrusage(resource.RUSAGE_SELF)
+      faults.append(r1.ru_minflt - r0.ru_minflt)
+      sys_s.append(r1.ru_stime - r0.ru_stime)
+    return ts, faults, sys_s
 
   _emit({"versions": {"jax": jax.__version__, "devices": str(jax.devices()),
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}})
   t0 = time.perf_counter()
-  warm = run(warmup)
+  warm = run(warmup)[0]
   _emit({"ready": True, "warmup_s": warm, "first_step_s": time.perf_counter() - t0})
   for line in sys.stdin:
     line = line.strip()
@@ -112,7 +117,8 @@ def hhh_worker(shape: dict, batch_size: int, length: int, warmup: int, dtype: st
       return
     n = int(line.split()[1])
     peak = matmul_gflops()
-    _emit({"times": run(n), "peak_gflops": peak})
+    ts, faults, sys_s = run(n)
+    _emit({"times": ts, "minflt": faults, "sys_s": sys_s, "peak_gflops": peak})
 
 
 @dataclasses.dataclass
@@ -157,6 +163,16 @@ class Worker:
         self.proc.kill()
 
 
+def _cpu_model() -> str:
+  try:
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return ""
+
+
 def bench_shape(name, args, torch_python):
   from hhh.model import family
   from hhh.model.config import ModelConfig
@@ -189,7 +205,8 @@ def bench_shape(name, args, torch_python):
         res["load_avg"] = os.getloadavg()
         rounds[w.name].append(res)
         print(f"[{name}] round {r + 1}/{args.rounds} {w.name}: {statistics.median(res['times']):.3f} s/step "
-              f"(matmul {res['peak_gflops']:.0f} GFLOP/s, load {res['load_avg'][0]:.2f})", file=sys.stderr,
+              f"(matmul {res['peak_gflops']:.0f} GFLOP/s, {statistics.median(res.get('minflt', [0])):.0f} page faults, "
+              f"load {res['load_avg'][0]:.2f})", file=sys.stderr,
               flush=True)
   finally:
     for w in workers:
@@ -207,6 +224,10 @@ def bench_shape(name, args, torch_python):
         "s_per_step": s, "s_per_step_rounds": per_round, "pairs_per_s": B / s, "tokens_per_s": B * 2 * L / s,
         "gflops": flops_per_step / s / 1e9, "pct_of_peak": 100 * flops_per_step / s / 1e9 / peak,
         "load_avg_rounds": [r["load_avg"] for r in rounds[w.name]],
+        # Minor page faults and kernel CPU seconds per step: fresh pages for each step's buffers, zeroed by the
+        # kernel, are a large share of a CPU step unless the allocator keeps freed memory.
+        "minflt_per_step": statistics.median(f for r in rounds[w.name] for f in r.get("minflt", [0])),
+        "sys_s_per_step": statistics.median(f for r in rounds[w.name] for f in r.get("sys_s", [0.0])),
         "worker_info": {k: v for k, v in w.info.items() if k != "ready"}}
   out = {"shape": name, "config": dict(shape, batch_comparisons=B, k=2, seq_len=L, dtype=args.dtype,
                                        optimizer="adamw, clip 1.0"),
@@ -245,7 +266,11 @@ def main():
              f"run `bash benchmarks/setup_torch_env.sh` first, or pass --torch-python ''")
   results = {"command": " ".join(["python", "benchmarks/train_step.py"] + sys.argv[1:]),
              "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "load_avg_start": os.getloadavg(), "shapes": []}
+             "load_avg_start": os.getloadavg(),
+             # Every worker inherits these: the allocator changes a CPU step's page faults (see the README).
+             "environment": {k: os.environ[k] for k in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES", "XLA_FLAGS")
+                             if k in os.environ},
+             "cpu_model": _cpu_model(), "shapes": []}
   for name in args.shapes.split(","):
     results["shapes"].append(bench_shape(name, args, torch_python))
   results["load_avg_end"] = os.getloadavg()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -62,19 +63,26 @@ class Protocol:
 
   def __init__(self, warmup):
     self.warmup, self.times, self.target, self.t0 = warmup, [], warmup, None
+    self.faults, self.sys_s = [], []
 
   def step_begin(self):
+    self.r0 = resource.getrusage(resource.RUSAGE_SELF)
     self.t0 = time.perf_counter()
 
   def step_end(self) -> bool:
     """True when training should stop."""
     self.times.append(time.perf_counter() - self.t0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    self.faults.append(r1.ru_minflt - self.r0.ru_minflt)
+    self.sys_s.append(r1.ru_stime - self.r0.ru_stime)
     if len(self.times) < self.target:
       return False
     if self.target == self.warmup:
       emit({"ready": True, "warmup_s": self.times})
     else:
-      emit({"times": self.times[-self.requested:], "peak_gflops": self.peak})
+      n = self.requested
+      emit({"times": self.times[-n:], "minflt": self.faults[-n:], "sys_s": self.sys_s[-n:],
+            "peak_gflops": self.peak})
     line = sys.stdin.readline().strip()
     if not line or line == "quit":
       return True

@@ -34,6 +34,9 @@ def _export(args):
 
 
 def main(argv=None) -> int:
+  if argv is None:  # the console command, not a caller's own process: choose the allocator first (cpu_malloc)
+    from hhh import cpu_malloc
+    cpu_malloc.reexec_under_jemalloc()
   parser = argparse.ArgumentParser(prog="hhh", description="Preference modeling and HHH alignment baselines.")
   sub = parser.add_subparsers(dest="command", required=True)
   p = sub.add_parser("train", help="train an LM or a preference model from an experiment config")

@@ -185,18 +185,8 @@ def _worker_init(out: pathlib.Path) -> None:
 
 
 def _accelerator_plugin() -> bool:
-  """Whether JAX would find a non-CPU backend, looked up as JAX discovers PJRT plugins (the `jax_plugins`
-  namespace and entry points; libtpu on its own) without starting a backend in this process."""
-  import importlib.metadata
-  import importlib.util
-  import pkgutil
-  if importlib.util.find_spec("libtpu") is not None or importlib.metadata.entry_points(group="jax_plugins"):
-    return True
-  try:
-    import jax_plugins
-  except ImportError:
-    return False
-  return any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
+  from hhh.cpu_malloc import accelerator_plugin
+  return accelerator_plugin()
 
 
 def auto_workers() -> int:
