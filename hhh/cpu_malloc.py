@@ -6,8 +6,8 @@ fresh mmaps, so every step page-faults its working set back in and the kernel ze
 records both). jemalloc with `oversize_threshold:0` keeps freed extents for reuse: 13m steps 1.70 s against
 2.02 s, SmolLM2-135M steps 14.5 s against 27.8 s in the README's runs.
 
-An allocator can only be chosen before a process starts, so the console command re-executes itself once with
-`LD_PRELOAD` when all hold: no accelerator plugin is installed (device memory is not malloc's), HHH_JEMALLOC is
+An allocator can only be chosen before a process starts, so the console command, like the experiment scripts
+that have a `main`, re-executes itself once with `LD_PRELOAD` when all hold: no accelerator plugin is installed (device memory is not malloc's), HHH_JEMALLOC is
 not 0, nothing is preloaded yet, and a libjemalloc.so.2 is found. Processes it starts (quickstart workers, sweep
 trials) inherit the setting. The library never does this on import: a program embedding hhh picks its own.
 """
@@ -55,8 +55,9 @@ def jemalloc_env(environ, jemalloc: str | None, accelerator: bool) -> dict | Non
   return dict(environ, LD_PRELOAD=jemalloc, MALLOC_CONF=environ.get("MALLOC_CONF", MALLOC_CONF), **{_ACTIVE: "1"})
 
 
-def reexec_under_jemalloc() -> None:
-  """Replace this process by the same `hhh` command under jemalloc, when `jemalloc_env` says so."""
+def reexec_under_jemalloc(command: list[str] | None = None) -> None:
+  """Replace this process by the same command under jemalloc, when `jemalloc_env` says so: the `hhh` command by
+  default, or `command` (an experiment script's own command line)."""
   if os.environ.get(_ACTIVE) or os.environ.get("HHH_JEMALLOC", "1") == "0":
     return
   env = jemalloc_env(os.environ, find_jemalloc(), accelerator_plugin())
@@ -64,5 +65,6 @@ def reexec_under_jemalloc() -> None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, "-c", "import sys; from hhh.cli import main; sys.exit(main())",
-                             *sys.argv[1:]], env)
+  command = command or [sys.executable, "-c", "import sys; from hhh.cli import main; sys.exit(main())",
+                        *sys.argv[1:]]
+  os.execve(command[0], command, env)

@@ -52,6 +52,10 @@ def test_the_command_runs_under_jemalloc_and_keeps_its_arguments(tmp_path):
   off = subprocess.run([sys.executable, "-c", probe], env=dict(env, HHH_JEMALLOC="0"), capture_output=True,
                        text=True, timeout=120)
   assert off.returncode == 0 and off.stdout.strip().splitlines()[-1] == "NOT MAPPED"
+  # An experiment script re-executes itself, with its own arguments.
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "hhh_scoring.py"
+  exp = subprocess.run([sys.executable, str(script), "--help"], env=env, capture_output=True, text=True, timeout=120)
+  assert exp.returncode == 0 and "usage" in exp.stdout and exp.stdout.strip().splitlines()[-1] == "MAPPED"
   # A library caller's main(argv) never re-executes its process.
   lib = subprocess.run([sys.executable, "-c", "from hhh.cli import main; main(['model', 'list'])"], env=env,
                        capture_output=True, text=True, timeout=120)
