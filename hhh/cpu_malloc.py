@@ -1,15 +1,16 @@
 """The `hhh` command on CPU runs under jemalloc when the system has it.
 
 XLA:CPU allocates each step's temporaries afresh and frees them at the end. Under glibc's malloc the large ones are
-fresh mmaps, so every step page-faults its working set back in and the kernel zeroes it: 0.26M minor faults per
-13m PM step and 2.4M (10 GB) per SmolLM2-135M step, 0.4 s and 10 s of kernel time (benchmarks/train_step.py
-records both). jemalloc with `oversize_threshold:0` keeps freed extents for reuse: 13m steps 1.70 s against
-2.02 s, SmolLM2-135M steps 14.5 s against 27.8 s in the README's runs.
+fresh mmaps, so every step page-faults its working set back in and the kernel zeroes it: 0.27M minor faults per
+13m PM step and 2.4M (10 GB) per SmolLM2-135M step (benchmarks/train_step.py records faults and kernel time).
+jemalloc with `oversize_threshold:0` keeps freed extents for reuse: 13m steps 1.70 s against 2.15 s, SmolLM2-135M
+steps 14.5 s against 26.9 s, in the README's runs.
 
 An allocator can only be chosen before a process starts, so the console command, like the experiment scripts
-that have a `main`, re-executes itself once with `LD_PRELOAD` when all hold: no accelerator plugin is installed (device memory is not malloc's), HHH_JEMALLOC is
-not 0, nothing is preloaded yet, and a libjemalloc.so.2 is found. Processes it starts (quickstart workers, sweep
-trials) inherit the setting. The library never does this on import: a program embedding hhh picks its own.
+that have a `main`, re-executes itself once with `LD_PRELOAD` when all hold: no accelerator plugin is installed
+(device memory is not malloc's), HHH_JEMALLOC is not 0, nothing is preloaded yet, and a libjemalloc.so.2 is
+found. Processes it starts (quickstart workers, sweep trials) inherit the setting. The library never does this
+on import: a program embedding hhh picks its own.
 """
 
 from __future__ import annotations
