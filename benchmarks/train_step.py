@@ -205,9 +205,8 @@ def bench_shape(name, args, torch_python):
         res["load_avg"] = os.getloadavg()
         rounds[w.name].append(res)
         print(f"[{name}] round {r + 1}/{args.rounds} {w.name}: {statistics.median(res['times']):.3f} s/step "
-              f"(matmul {res['peak_gflops']:.0f} GFLOP/s, {statistics.median(res.get('minflt', [0])):.0f} page faults, "
-              f"load {res['load_avg'][0]:.2f})", file=sys.stderr,
-              flush=True)
+              f"(matmul {res['peak_gflops']:.0f} GFLOP/s, {statistics.median(res['minflt']):.0f} page faults, "
+              f"load {res['load_avg'][0]:.2f})", file=sys.stderr, flush=True)
   finally:
     for w in workers:
       w.stop()
@@ -226,8 +225,8 @@ def bench_shape(name, args, torch_python):
         "load_avg_rounds": [r["load_avg"] for r in rounds[w.name]],
         # Minor page faults and kernel CPU seconds per step: fresh pages for each step's buffers, zeroed by the
         # kernel, are a large share of a CPU step unless the allocator keeps freed memory.
-        "minflt_per_step": statistics.median(f for r in rounds[w.name] for f in r.get("minflt", [0])),
-        "sys_s_per_step": statistics.median(f for r in rounds[w.name] for f in r.get("sys_s", [0.0])),
+        "minflt_per_step": statistics.median(f for r in rounds[w.name] for f in r["minflt"]),
+        "sys_s_per_step": statistics.median(f for r in rounds[w.name] for f in r["sys_s"]),
         "worker_info": {k: v for k, v in w.info.items() if k != "ready"}}
   out = {"shape": name, "config": dict(shape, batch_comparisons=B, k=2, seq_len=L, dtype=args.dtype,
                                        optimizer="adamw, clip 1.0"),

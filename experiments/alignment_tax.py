@@ -13,7 +13,6 @@ import argparse
 import json
 import pathlib
 import shlex
-import os
 import sys
 import time
 
@@ -23,7 +22,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def main(argv=None) -> int:
   if argv is None:  # run from the command line: the allocator is chosen first (hhh/cpu_malloc.py)
     from hhh import cpu_malloc
-    cpu_malloc.reexec_under_jemalloc([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    cpu_malloc.reexec_under_jemalloc(script=__file__)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="smollm2-135m-instruct", help="a hhh.pretrained.load_lm spec")
   p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hellaswag" / "hellaswag_val_full.txt.bz2"))

@@ -11,14 +11,13 @@ Every stage resumes: prepared sets, caches, readouts and finished runs are found
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
 def main(argv=None) -> int:
   if argv is None:  # run from the command line: the allocator is chosen first (hhh/cpu_malloc.py)
     from hhh import cpu_malloc
-    cpu_malloc.reexec_under_jemalloc([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    cpu_malloc.reexec_under_jemalloc(script=__file__)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a StudyConfig field")
   p.add_argument("--stage", choices=("all", "cache"), default="all")

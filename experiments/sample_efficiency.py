@@ -21,7 +21,6 @@ All runs share one process and its devices (the default mesh over every visible 
 
 import argparse
 import dataclasses
-import os
 import sys
 
 from hhh import config as config_lib
@@ -40,7 +39,7 @@ def config() -> pipeline.QuickstartConfig:
 def main(argv=None) -> int:
   if argv is None:  # run from the command line: the allocator is chosen first (hhh/cpu_malloc.py)
     from hhh import cpu_malloc
-    cpu_malloc.reexec_under_jemalloc([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    cpu_malloc.reexec_under_jemalloc(script=__file__)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="output directory (default: runs/sample_efficiency)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -8,9 +8,10 @@ __version__ = "0.1.0"
 # operands contract over their leading (token) axis, to a transposing copy or a slower fallback; with YNNPACK
 # fusions off, every dot goes to Eigen's contraction, which reads either layout. On 2 AVX2 cores that made the
 # PM train step 9-20% faster in each interleaved round we ran (benchmarks/train_step.py, variant `ynn`); since
-# the matmuls flatten their token axes the two are within noise on an AVX-512 Xeon. It changes nothing on GPU or TPU. Applied only for the jaxlib minor version it was measured on (XLA aborts on a
-# flag it does not know), only before JAX starts its backend, and never over a user's own setting of the flag;
-# HHH_XLA_DEFAULTS=0 turns it off.
+# the matmuls flatten their token axes the two are within noise on an AVX-512 Xeon. It changes nothing on GPU or
+# TPU. Applied only for the jaxlib minor version it was measured on (XLA aborts on a flag it does not know),
+# only before JAX starts its backend, and never over a user's own setting of the flag; HHH_XLA_DEFAULTS=0 turns
+# it off.
 _CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 

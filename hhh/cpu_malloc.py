@@ -56,16 +56,18 @@ def jemalloc_env(environ, jemalloc: str | None, accelerator: bool) -> dict | Non
   return dict(environ, LD_PRELOAD=jemalloc, MALLOC_CONF=environ.get("MALLOC_CONF", MALLOC_CONF), **{_ACTIVE: "1"})
 
 
-def reexec_under_jemalloc(command: list[str] | None = None) -> None:
-  """Replace this process by the same command under jemalloc, when `jemalloc_env` says so: the `hhh` command by
-  default, or `command` (an experiment script's own command line)."""
+def reexec_under_jemalloc(script: str | None = None) -> None:
+  """Replace this process by the same command under jemalloc, when `jemalloc_env` says so: the `hhh` command, or
+  `python SCRIPT ARGS...` for an experiment script."""
   if os.environ.get(_ACTIVE) or os.environ.get("HHH_JEMALLOC", "1") == "0":
-    return
+    return  # before the plugin lookup below, which would otherwise run again in the re-executed process
   env = jemalloc_env(os.environ, find_jemalloc(), accelerator_plugin())
   if env is None:
     return
+  if script is None:
+    command = [sys.executable, "-c", "import sys; from hhh.cli import main; sys.exit(main())", *sys.argv[1:]]
+  else:
+    command = [sys.executable, os.path.abspath(script), *sys.argv[1:]]
   sys.stdout.flush()
   sys.stderr.flush()
-  command = command or [sys.executable, "-c", "import sys; from hhh.cli import main; sys.exit(main())",
-                        *sys.argv[1:]]
-  os.execve(command[0], command, env)
+  os.execve(sys.executable, command, env)

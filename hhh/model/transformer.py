@@ -102,7 +102,7 @@ def _block_probs(qs_BxKxGxLxDh, k_BxKxSxDh, mask_BxLxS, i, n_blocks, dtype):
                       preferred_element_type=jnp.float32).reshape(B, K, G, c, S_i)
   # finfo.min rather than -inf: a fully masked row (a pad query) stays finite instead of NaN.
   logits = jnp.where(mask_BxLxS[:, None, None, i * c:(i + 1) * c, :S_i], logits, _NEG)
-  return jax.nn.softmax(logits, axis=-1), S_i
+  return jax.nn.softmax(logits, axis=-1)
 
 
 def _block_out(p_BxKxGxCxS, v_BxKxSxDh, dtype):
@@ -114,7 +114,7 @@ def _block_out(p_BxKxGxCxS, v_BxKxSxDh, dtype):
 
 def _core_fwd(q, k, v, mask, n_blocks, dtype):
   qs = q * (1.0 / math.sqrt(q.shape[-1]))
-  probs = [_block_probs(qs, k, mask, i, n_blocks, dtype)[0] for i in range(n_blocks)]
+  probs = [_block_probs(qs, k, mask, i, n_blocks, dtype) for i in range(n_blocks)]
   out = jnp.concatenate([_block_out(p, v, dtype) for p in probs], axis=3)
   return out, (qs, k, v, probs, out)
 

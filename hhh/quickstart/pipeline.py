@@ -184,15 +184,11 @@ def _worker_init(out: pathlib.Path) -> None:
   _setup_jax(out)
 
 
-def _accelerator_plugin() -> bool:
-  from hhh.cpu_malloc import accelerator_plugin
-  return accelerator_plugin()
-
-
 def auto_workers() -> int:
   """Runs in parallel: one per CPU core (up to 4) on a CPU-only machine, where a tiny model's step keeps
   about one core busy; 1 where an accelerator is in reach, since every process would claim its memory."""
-  if os.environ.get("JAX_PLATFORMS", "cpu") not in ("cpu", "") or _accelerator_plugin():
+  from hhh.cpu_malloc import accelerator_plugin
+  if os.environ.get("JAX_PLATFORMS", "cpu") not in ("cpu", "") or accelerator_plugin():
     return 1
   return max(1, min(4, os.cpu_count() or 1))
 
