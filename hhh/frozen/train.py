@@ -157,6 +157,7 @@ class HeadFeatures:
       if need_windows:
         self.w_RxTxD[r, :m] = norm(np.asarray(x[targets - 1])).astype(wdtype)
     self.cache, self.depth = cache, depth
+    self.scores_R = cache.scores_R   # the labels batches read (a relabelled copy swaps only these)
 
   def batch(self, comps, K: int) -> dict:
     """A PM batch: the <eoc> features, scores and validity of `comps`, padded to K responses."""
@@ -169,7 +170,7 @@ class HeadFeatures:
       if len(rs) > K:
         raise ValueError(f"comparison {c} has {len(rs)} responses, the batch holds {K}")
       rows_BxK[b, :len(rs)], valid_BxK[b, :len(rs)] = rs, True
-      scores_BxK[b, :len(rs)] = self.cache.scores_R[rs]
+      scores_BxK[b, :len(rs)] = self.scores_R[rs]
     return {"e_BxKxD": self.e_RxD[rows_BxK], "scores_BxK": scores_BxK, "valid_BxK": valid_BxK}
 
 
@@ -179,7 +180,7 @@ class HeadFeatures:
     rows = []
     for c in comps:
       rs = np.asarray(self.cache.rows_of(int(c)))
-      rows.append(rs[np.argmax(self.cache.scores_R[rs])] if top_only else rs)
+      rows.append(rs[np.argmax(self.scores_R[rs])] if top_only else rs)
     rows_N, pos_N = np.nonzero(self.mask_RxT[np.hstack(rows)])
     r_N = np.hstack(rows)[rows_N]
     n = len(r_N)
