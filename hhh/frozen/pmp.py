@@ -104,7 +104,7 @@ def mined(shared_data, source: str) -> list[tuple[str, Comparison]]:
 
 
 def pmp_sets(pairs_by_source: dict[str, list[tuple[str, Comparison]]], caps: dict[str, int], *,
-             validation: float = 0.1, seed: int = 0) -> dict[str, list[Comparison]]:
+             validation: float = 0.2, seed: int = 0) -> dict[str, list[Comparison]]:
   """The mixture's train and validation splits: each source's rankings cut to pairs, a seeded subset of at most
   caps[source], split by a hash of the group key (one thread, question or page never straddles the two)."""
   out = {"train": [], "validation": []}
