@@ -4,6 +4,7 @@
     python experiments/alignment_tax.py --n 0             # all 10042 (hours on 2 CPU cores)
 
 Writes OUT/results.json (per-option scores, the analysis, the command and wall time) and OUT/report.md.
+Scores are saved to OUT/partial/ every 100 tasks; a rerun of the same command continues from there.
 The logic is in hhh/evals/scoring_report.py.
 """
 
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     raw, res = scoring_report.run_tax(load_lm(args.model), args.data, prompt_text=prompt_text, n=args.n,
                                       seed=args.seed, contexts_per_batch=args.contexts_per_batch,
-                                      rows_per_batch=args.rows_per_batch)
+                                      rows_per_batch=args.rows_per_batch,
+                                      partial_dir=pathlib.Path(args.out) / "partial")
     res.update(command=command, wall_seconds=time.perf_counter() - t0, model=args.model, prompt=args.prompt)
   except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)

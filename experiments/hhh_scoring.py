@@ -53,7 +53,8 @@ def main(argv=None) -> int:
       _, prompt_text = commands.resolve_prompt(args.prompt)
       raw, res = scoring_report.run_hhh(load_lm(args.model), args.data, prompt_text=prompt_text, limit=args.limit,
                                         contexts_per_batch=args.contexts_per_batch,
-                                        rows_per_batch=args.rows_per_batch, seed=args.seed)
+                                        rows_per_batch=args.rows_per_batch, seed=args.seed,
+                                        partial_dir=out / "partial")
       res.update(command=command, wall_seconds=time.perf_counter() - t0, model=args.model, prompt=args.prompt)
   except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)

@@ -88,6 +88,16 @@ def test_cached_equals_uncached_and_a_hand_rolled_forward(lm, cached):
   assert all(float(x) < 0 for s in cached for x in s.loglik)
 
 
+def test_prefill_in_chunks_and_padded_slots_change_nothing(lm, cached):
+  # 109 cached prompt tokens: 128 slots in one pass by default; in chunks of 32 (4 chunks) and of 48 (144 slots,
+  # 35 of them invalid padding) the rows read the same prefix.
+  for chunk, slots in ((32, 128), (48, 144)):
+    scorer = Scorer(lm, batch_size=4, prompt=PROMPT, prefill_chunk=chunk)
+    assert (scorer._P, scorer._chunk) == (slots, chunk)
+    for c, s in zip(cached, scorer.score_many(ITEMS)):
+      np.testing.assert_allclose(s.loglik, c.loglik, atol=1e-5)
+
+
 def test_batching_and_batch_mates_do_not_change_results(lm, cached):
   one_by_one = Scorer(lm, batch_size=1, prompt=PROMPT)
   for (context, options), c in zip(ITEMS, cached):

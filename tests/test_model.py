@@ -202,6 +202,27 @@ def test_kv_cache_greedy_decoding_matches_full_forward(name):
   np.testing.assert_allclose(h_inc[1, 4:], h_alone[0], rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_shared_prefix_matches_full_forward(name):
+  """Three rows continuing one prefilled prefix (5 tokens in 8 slots, the last 3 invalid) read it as a shared
+  prefix (`prefix=`, never copied per row): the same states as a full forward over prefix + row, padding and all."""
+  model = make_model(CONFIGS[name], seed=4)
+  prefix = _tokens(30, 5)
+  cache = model.init_cache(1, size=8)
+  prefix_8, prefix_valid_8 = _pad(prefix, 8, False, 0)
+  _, _, cache = fwd_cached(model, prefix_8[None], prefix_valid_8[None], cache)
+  shared = {"layers": cache["layers"], "valid": cache["valid"], "next_pos": cache["next_pos"]}
+  rows, valid = _rows(*(_pad(_tokens(31 + i, n), 6, False, i) for i, n in enumerate((6, 2, 4))))
+  graphdef, params = nnx.split(model)
+  h = jax.jit(lambda p, t, v, pre: nnx.merge(graphdef, p)(t, v, prefix=pre))(params, rows, valid, shared)
+  for b in range(3):
+    n = int(valid[b].sum())
+    h_full, _, _ = fwd(model, np.concatenate([prefix, rows[b, :n]])[None])
+    np.testing.assert_allclose(h[b, :n], h_full[0, 5:], rtol=0, atol=ATOL)
+  with pytest.raises(ValueError, match="shared by every row"):
+    model(rows, valid, prefix={**shared, "valid": jnp.concatenate([shared["valid"]] * 2)})
+
+
 # ---------------------------------------------------------------------------------------------------
 # 3. Parameter count.
 

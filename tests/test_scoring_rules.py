@@ -62,6 +62,29 @@ def test_shared_context_scorer_equals_scorer(tiny_lm, prompt):
   assert shared.truncated == 1
 
 
+def test_score_conditions_resume_from_partial_chunks(tiny_lm, tmp_path):
+  queries = [("Q: 2+2?\nA:", [" 4", " five"]), ("Human: hi\nAssistant:", [" hello", " no"]),
+             ("Q: sky?\nA:", [" blue", " green", " red"]), ("x", [" y"]), ("Q: 1?\nA:", [" one", " two"])]
+  conds = [("no_prompt", ""), ("prompt", "Be helpful.\n\n")]
+  straight = scoring_report.score_conditions(tiny_lm, conds, queries, "Q:", chunk_items=2)
+  part = tmp_path / "partial"
+  scoring_report.score_conditions(tiny_lm, conds, queries, "Q:", chunk_items=2, partial_dir=part)
+  # Killed after the first chunk of the prompted condition: a rerun scores the rest and returns everything.
+  lines = (part / "prompt.jsonl").read_text().splitlines()
+  assert len(lines) == 1 + 3  # the key, then chunks of 2, 2 and 1 items
+  (part / "prompt.jsonl").write_text("\n".join(lines[:2]) + "\n")
+  resumed = scoring_report.score_conditions(tiny_lm, conds, queries, "Q:", chunk_items=2, partial_dir=part)
+  assert len((part / "prompt.jsonl").read_text().splitlines()) == 4
+  for cond, _ in conds:
+    for key in ("scores", "unconditional"):
+      assert len(resumed[cond][key]) == 5
+      for a, b in zip(resumed[cond][key], straight[cond][key]):
+        np.testing.assert_allclose(a["loglik"], b["loglik"], rtol=0, atol=1e-5)
+  with pytest.raises(ValueError, match="other queries"):
+    scoring_report.score_conditions(tiny_lm, [("prompt", "Another prompt.\n")], queries, "Q:", chunk_items=2,
+                                    partial_dir=part)
+
+
 def test_tax_analysis_on_hand_made_scores():
   # Three 2-option tasks, label 0 each. Without the prompt: sum right on 1 and 2, per-byte right on 1 only.
   # With it: sum right on 1 only, per byte right on all three.

@@ -4,16 +4,17 @@
     scorer.loglik("\\nHuman: Hi!\\nAssistant:", [" Hello!", " Go away."])   # -> array([-9.1, -15.3])
 
 Layout. The prompt's tokens p[0..n-1] are run through the model ONCE (batch 1, when the first batch is
-scored), into a KV cache of P = n - 1 slots rounded up to a multiple of 64 (unused slots are invalid and
-change nothing). Each (item, option) pair is one row placed after that cache:
+scored), into a KV cache of P = n - 1 slots rounded up to a multiple of 64, or of the 512-token prefill chunk
+when longer (unused slots are invalid and change nothing). Each (item, option) pair is one row placed after that cache:
 
     row = [p[n-1]] + context tokens + option tokens          (no prompt: context tokens + option tokens)
 
 The row starts with the prompt's last token so that a row always holds the position that predicts the
 first context (or option) token; without a prompt an empty context becomes [<eos>], the token a document
-follows in LM data. Rows are right-padded to a power-of-two length L (>= 16) and batched; the prompt cache
-is broadcast to the batch inside the jitted program, so only one program is compiled per (rows, L, T)
-bucket (T: the longest option's tokens, rounded up to a power of two), and the prompt prefill once.
+follows in LM data. Rows are right-padded to a power-of-two length L (>= 16) and batched; every row reads
+the prompt cache as one shared prefix (`Transformer(prefix=...)`, never copied per row), so only one program
+is compiled per (rows, L, T) bucket (T: the longest option's tokens, rounded up to a power of two), and the
+prompt prefill once.
 Only the T positions that predict option tokens go through the LM head and the log-softmax.
 
 `use_cache=False` is the reference (and the benchmark's baseline): every row is a full forward pass over
@@ -51,6 +52,7 @@ from flax import nnx
 _MIN_ROW = 16     # narrower rows are padded to this (one program serves all short items)
 _MIN_OPTION = 4
 _PROMPT_ALIGN = 64
+_PREFILL_CHUNK = 512
 
 
 def _next_pow2(x: int) -> int:
@@ -75,12 +77,26 @@ class Scores:
   greedy: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _prefill(params, tokens_1xP, valid_1xP, *, graphdef):
-  """The prompt's KV cache (batch 1, P slots)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk: int | None = None):
+  """The prompt's KV cache (batch 1, P slots), filled `chunk` tokens at a time (P must be a multiple of it).
+
+  In one pass a 7k-token prompt makes [heads, P, P] attention temporaries of 1.7 GB per layer; in chunks of
+  512 each is 1/13 of that and the prefill is bound by its FLOPs rather than by memory."""
   model = nnx.merge(graphdef, params)
-  cache = model.init_cache(1, tokens_1xP.shape[1], dtype=jnp.dtype(model.cfg.dtype))
-  _, cache = model(tokens_1xP, valid_1xP, cache=cache)
+  P = tokens_1xP.shape[1]
+  C = chunk or P
+  if P % C:
+    raise ValueError(f"prompt cache of {P} slots is not a multiple of the prefill chunk {C}")
+  cache = model.init_cache(1, P, dtype=jnp.dtype(model.cfg.dtype))
+
+  def step(cache, chunk_arrays):
+    tokens_1xC, valid_1xC = chunk_arrays
+    _, cache = model(tokens_1xC, valid_1xC, cache=cache)
+    return cache, None
+
+  chunks = (tokens_1xP.reshape(P // C, 1, C), valid_1xP.reshape(P // C, 1, C))
+  cache, _ = jax.lax.scan(step, cache, chunks)
   return {"layers": cache["layers"], "valid": cache["valid"], "next_pos": cache["next_pos"]}
 
 
@@ -88,26 +104,11 @@ def _prefill(params, tokens_1xP, valid_1xP, *, graphdef):
 def _score_rows(params, prompt, tokens_BxL, valid_BxL, start_B, targets_BxT, tmask_BxT, *, graphdef):
   """(sum of target log-probs [B], all targets greedy [B]); targets[t] is predicted at row position start + t.
 
-  `prompt` is a prefilled cache (broadcast to the B rows here, with L free slots after it) or None.
+  `prompt` is a prefilled cache every row continues (a shared prefix, never copied per row) or None.
   """
   model = nnx.merge(graphdef, params)
   B, L = tokens_BxL.shape
-  if prompt is None:
-    h_BxLxD = model(tokens_BxL, valid_BxL)
-  else:
-    P = prompt["valid"].shape[1]
-
-    def grow(x_1x, axis=1):
-      """Broadcast to B rows and add L free slots on the slot axis (axis 2 of the head-major k and v)."""
-      x_Bx = jnp.broadcast_to(x_1x, (B,) + x_1x.shape[1:])
-      free = list(x_Bx.shape)
-      free[axis] = L
-      return jnp.concatenate([x_Bx, jnp.zeros(free, x_1x.dtype)], axis=axis)
-
-    cache = {"layers": [{"k": grow(c["k"], 2), "v": grow(c["v"], 2)} for c in prompt["layers"]],
-             "valid": grow(prompt["valid"]), "index": jnp.int32(P),
-             "next_pos": jnp.broadcast_to(prompt["next_pos"], (B,))}
-    h_BxLxD, _ = model(tokens_BxL, valid_BxL, cache=cache)
+  h_BxLxD = model(tokens_BxL, valid_BxL, prefix=prompt)
   T = targets_BxT.shape[1]
   idx_BxT = jnp.minimum(start_B[:, None] + jnp.arange(T)[None, :], L - 1)
   h_BxTxD = jnp.take_along_axis(h_BxLxD, idx_BxT[:, :, None], axis=1)
@@ -131,7 +132,8 @@ class Row:
 class Scorer:
   """Scores options of multiple-choice items by log-likelihood after `prompt` (see the module docstring)."""
 
-  def __init__(self, lm, *, batch_size: int = 16, prompt: str = "", use_cache: bool = True):
+  def __init__(self, lm, *, batch_size: int = 16, prompt: str = "", use_cache: bool = True,
+               prefill_chunk: int = _PREFILL_CHUNK):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
     self.lm, self.tokenizer, self.params = lm, lm.tokenizer, lm.params
@@ -146,6 +148,9 @@ class Scorer:
     self._cached_ids = self.prompt_ids[:-1]
     n = len(self._cached_ids)
     self._P = -(-n // _PROMPT_ALIGN) * _PROMPT_ALIGN
+    if self._P > prefill_chunk:  # a whole number of prefill chunks (the extra slots are invalid: no change)
+      self._P = -(-n // prefill_chunk) * prefill_chunk
+    self._chunk = min(self._P, prefill_chunk)
     self._prompt_cache = None  # filled by the first batch (`prompt_cache`)
     self.truncated = 0  # rows whose context lost tokens to fit max_len, over this scorer's life
 
@@ -160,7 +165,7 @@ class Scorer:
   def prompt_cache(self):
     """The prompt's KV cache (batch 1), computed once, on first use; None without a cache or a prompt."""
     if self._prompt_cache is None and self.use_cache and self._cached_ids:
-      self._prompt_cache = _prefill(self.params, *self.prefill_arrays(), graphdef=self._graphdef)
+      self._prompt_cache = _prefill(self.params, *self.prefill_arrays(), graphdef=self._graphdef, chunk=self._chunk)
     return self._prompt_cache
 
   @property

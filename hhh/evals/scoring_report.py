@@ -4,10 +4,11 @@
     python experiments/alignment_tax.py    # results/alignment_tax/{results.json,report.md}
 
 Scoring. `SharedContextScorer` gives exactly what `hhh.evals.score.Scorer` gives (same tokens, same layout,
-tested equal on a tiny model) but runs each distinct context once: the prompt's cache is extended by a batch
-of contexts, and every option row then reads its own context's cache. `Scorer` recomputes the context for
-every option; after a 7k-token prompt that is most of the cost (hhh_alignment items have 2 options, and
-several items share one input; HellaSwag items have 4 endings).
+tested equal on a tiny model) but runs each distinct context once: a batch of contexts is run after the
+prompt's cache (one shared prefix, never copied per row), and every option row then reads the prompt and its
+own context's cache. `Scorer` recomputes the context for every option; after a 7k-token prompt that is most
+of the cost (hhh_alignment items have 2 options, and several items share one input; HellaSwag items have 4
+endings).
 
 Layout, per context (as Scorer's, with prompt + context standing in for the prompt):
   seq = prompt[-1:] + context tokens          (no prompt and an empty context: [<eos>])
@@ -40,33 +41,23 @@ from hhh.evals.score import Scorer, Scores, _next_pow2
 _MIN_ROW = 16
 
 
-def _grow(x_1x, batch: int, free: int, axis: int):
-  """Broadcast a batch-1 cache array to `batch` rows and add `free` empty slots on `axis`."""
-  x = jnp.broadcast_to(x_1x, (batch,) + x_1x.shape[1:])
-  shape = list(x.shape)
-  shape[axis] = free
-  return jnp.concatenate([x, jnp.zeros(shape, x.dtype)], axis=axis)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _extend(params, prompt, tokens_BxC, valid_BxC, *, graphdef):
-  """The cache of prompt (or nothing) + each row's tokens: the prompt's slots then C more per row."""
+  """Each row's context cache (C slots per row) after the prompt (or nothing); the prompt stays one shared
+  prefix (`Transformer(prefix=...)`), never copied per row."""
   model = nnx.merge(graphdef, params)
   B, C = tokens_BxC.shape
-  if prompt is None:
-    cache = model.init_cache(B, C, dtype=jnp.dtype(model.cfg.dtype))
-  else:
-    P = prompt["valid"].shape[1]
-    cache = {"layers": [{"k": _grow(c["k"], B, C, 2), "v": _grow(c["v"], B, C, 2)} for c in prompt["layers"]],
-             "valid": _grow(prompt["valid"], B, C, 1), "index": jnp.int32(P),
-             "next_pos": jnp.broadcast_to(prompt["next_pos"], (B,))}
-  _, cache = model(tokens_BxC, valid_BxC, cache=cache)
+  cache = model.init_cache(B, C, dtype=jnp.dtype(model.cfg.dtype))
+  if prompt is not None:
+    cache["next_pos"] = jnp.broadcast_to(prompt["next_pos"], (B,))
+  _, cache = model(tokens_BxC, valid_BxC, cache=cache, prefix=prompt)
   return {"layers": cache["layers"], "valid": cache["valid"], "next_pos": cache["next_pos"]}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _score_options(params, ctx, row_ctx_R, tokens_RxL, valid_RxL, targets_RxL, tmask_RxL, *, graphdef):
-  """Sum of target log-probs [R]: row r reads context row_ctx_R[r]'s cache; targets[t] is predicted at t."""
+def _score_options(params, prompt, ctx, row_ctx_R, tokens_RxL, valid_RxL, targets_RxL, tmask_RxL, *, graphdef):
+  """Sum of target log-probs [R]: row r reads the prompt (shared) and context row_ctx_R[r]'s cache; targets[t]
+  is predicted at t."""
   model = nnx.merge(graphdef, params)
   R, L = tokens_RxL.shape
   S = ctx["valid"].shape[1]
@@ -80,7 +71,7 @@ def _score_options(params, ctx, row_ctx_R, tokens_RxL, valid_RxL, targets_RxL, t
 
   cache = {"layers": [{"k": pick(c["k"], 2), "v": pick(c["v"], 2)} for c in ctx["layers"]],
            "valid": pick(ctx["valid"], 1), "index": jnp.int32(S), "next_pos": jnp.take(ctx["next_pos"], row_ctx_R)}
-  h_RxLxD, _ = model(tokens_RxL, valid_RxL, cache=cache)
+  h_RxLxD, _ = model(tokens_RxL, valid_RxL, cache=cache, prefix=prompt)
   logp_RxLxV = jax.nn.log_softmax(model.lm_logits(h_RxLxD), axis=-1)
   lp_RxL = jnp.take_along_axis(logp_RxLxV, targets_RxL[:, :, None], axis=-1)[:, :, 0]
   return jnp.where(tmask_RxL, lp_RxL, 0.0).sum(-1)
@@ -89,7 +80,8 @@ def _score_options(params, ctx, row_ctx_R, tokens_RxL, valid_RxL, targets_RxL, t
 class SharedContextScorer:
   """`Scorer.score_many`'s results (loglik, n_tokens, n_bytes; greedy is not computed and is all False),
   each distinct context run once. `contexts_per_batch` contexts share a stage-1 call and `rows_per_batch`
-  option rows a stage-2 call; each row holds a full copy of its context's cache, so memory grows with both."""
+  option rows a stage-2 call; the prompt's cache is shared by all, and each row holds a copy of its own
+  context's cache only."""
 
   def __init__(self, scorer: Scorer, *, contexts_per_batch: int = 4, rows_per_batch: int = 8):
     if contexts_per_batch < 1 or rows_per_batch < 1:
@@ -151,7 +143,7 @@ class SharedContextScorer:
           tokens[r, :len(row)], valid[r, :len(row)] = row, True
           targets[r, :len(ids)], tmask[r, :len(ids)] = ids, True
           row_ctx[r] = b
-        out = np.asarray(_score_options(sc.params, ctx_cache, row_ctx, tokens, valid, targets, tmask,
+        out = np.asarray(_score_options(sc.params, sc.prompt_cache, ctx_cache, row_ctx, tokens, valid, targets, tmask,
                                         graphdef=sc._graphdef), np.float64)
         for r, (_, g, o, ids) in enumerate(chunk):
           lp[(g, o)], ntok[(g, o)] = float(out[r]), len(ids)
@@ -181,27 +173,61 @@ def _scores_from(d: dict) -> Scores:
                 n_bytes=np.asarray(d["n_bytes"]), greedy=np.zeros(k, bool))
 
 
+def _fingerprint(*parts) -> str:
+  import hashlib
+  return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def score_conditions(lm, conditions: Sequence[tuple[str, str]], queries: Sequence[tuple[str, Sequence[str]]],
                      neutral: str | None = None, *, contexts_per_batch: int = 4, rows_per_batch: int = 8,
-                     desc: str = "") -> dict:
+                     desc: str = "", partial_dir: str | pathlib.Path | None = None, chunk_items: int = 100) -> dict:
   """{condition: {"scores": [...], "unconditional": [...] (with `neutral`), "seconds", "truncated", "prompt_tokens"}}
-  for each (name, prompt text): every query's options after prompt + context, and after prompt + neutral."""
+  for each (name, prompt text): every query's options after prompt + context, and after prompt + neutral.
+
+  With `partial_dir`, each condition's scores are appended to PARTIAL/NAME.jsonl every `chunk_items` items and
+  a rerun continues after the last chunk written (a file made for other queries, prompt or model is refused);
+  `seconds` then sums every run's chunks."""
   from tqdm import tqdm
   out = {}
   for name, prompt in conditions:
-    t0 = time.perf_counter()
     scorer = SharedContextScorer(Scorer(lm, prompt=prompt), contexts_per_batch=contexts_per_batch,
                                  rows_per_batch=rows_per_batch)
-    with tqdm(total=len(queries), desc=f"{desc}{name}", unit="item", file=sys.stderr, dynamic_ncols=True) as bar:
-      scores = scorer.score_many(queries, bar.update)
-    rec = {"prompt_tokens": scorer.scorer.prompt_tokens, "scores": [_scores_json(s) for s in scores]}
+    key = _fingerprint(getattr(lm, "name", ""), prompt, neutral, [[c, list(o)] for c, o in queries], chunk_items)
+    chunks: list[dict] = []
+    path = None
+    if partial_dir is not None:
+      path = pathlib.Path(partial_dir) / f"{name}.jsonl"
+      if path.exists():
+        lines = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        if not lines or lines[0].get("key") != key:
+          raise ValueError(f"{path} holds scores of other queries, prompt or model: move it away to start afresh")
+        chunks = lines[1:]
+      else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "condition": name, "items": len(queries)}) + "\n")
+    done = sum(len(c["scores"]) for c in chunks)
+    passes = 1 if neutral is None else 2  # the bar counts the neutral pass's items too
+    with tqdm(total=passes * len(queries), initial=passes * done, desc=f"{desc}{name}", unit="item",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+      for start in range(done, len(queries), chunk_items):
+        t0 = time.perf_counter()
+        part = queries[start:start + chunk_items]
+        truncated_before = scorer.truncated
+        c = {"start": start, "scores": [_scores_json(x) for x in scorer.score_many(part, bar.update)]}
+        if neutral is not None:
+          c["unconditional"] = [_scores_json(x) for x in scorer.score_many([(neutral, o) for _, o in part],
+                                                                           bar.update)]
+        c.update(truncated=scorer.truncated - truncated_before, seconds=time.perf_counter() - t0)
+        chunks.append(c)
+        if path is not None:
+          with path.open("a") as f:
+            f.write(json.dumps(c) + "\n")
+    rec = {"prompt_tokens": scorer.scorer.prompt_tokens,
+           "scores": [x for c in chunks for x in c["scores"]]}
     if neutral is not None:
-      with tqdm(total=len(queries), desc=f"{desc}{name} (neutral)", unit="item", file=sys.stderr,
-                dynamic_ncols=True) as bar:
-        unc = scorer.score_many([(neutral, opts) for _, opts in queries], bar.update)
-      rec["unconditional"] = [_scores_json(s) for s in unc]
-    rec["truncated_contexts"] = scorer.truncated
-    rec["seconds"] = time.perf_counter() - t0
+      rec["unconditional"] = [x for c in chunks for x in c["unconditional"]]
+    rec["truncated_contexts"] = sum(c["truncated"] for c in chunks)
+    rec["seconds"] = sum(c["seconds"] for c in chunks)
     out[name] = rec
   return out
 
@@ -357,8 +383,8 @@ def hhh_queries(items, in_prefix: str, out_prefix: str) -> list[tuple[str, list[
 
 
 def run_hhh(lm, data, *, prompt_text: str, limit: int = 0, contexts_per_batch: int = 4,
-            rows_per_batch: int = 8, seed: int = 0) -> tuple[dict, dict]:
-  """(raw scores, analysis) of hhh_alignment with no prompt and with `prompt_text`."""
+            rows_per_batch: int = 8, seed: int = 0, partial_dir=None) -> tuple[dict, dict]:
+  """(raw scores, analysis) of hhh_alignment with no prompt and with `prompt_text` (resumable: `score_conditions`)."""
   items, in_prefix, out_prefix = tasks_lib.read_hhh_alignment(data)
   if limit:
     items = items[:limit]
@@ -366,7 +392,7 @@ def run_hhh(lm, data, *, prompt_text: str, limit: int = 0, contexts_per_batch: i
   conditions = [("no_prompt", "")] + ([("prompt", prompt_text)] if prompt_text else [])
   raw = score_conditions(lm, conditions, hhh_queries(items, in_prefix, out_prefix), neutral,
                          contexts_per_batch=contexts_per_batch, rows_per_batch=rows_per_batch,
-                         desc="hhh_alignment ")
+                         desc="hhh_alignment ", partial_dir=partial_dir)
   res = analyse_hhh(items, raw, seed=seed)
   res["neutral_context"] = neutral
   return raw, res
@@ -409,14 +435,16 @@ def analyse_tax(labels: Sequence[int], raw: dict, *, seed: int = 0) -> dict:
 
 
 def run_tax(lm, data, *, prompt_text: str, n: int, seed: int = 0, contexts_per_batch: int = 4,
-            rows_per_batch: int = 8) -> tuple[dict, dict]:
-  """(raw scores, analysis) of HellaSwag validation on a seeded subset of n tasks, without and with the prompt."""
+            rows_per_batch: int = 8, partial_dir=None) -> tuple[dict, dict]:
+  """(raw scores, analysis) of HellaSwag validation on a seeded subset of n tasks, without and with the prompt
+  (resumable: `score_conditions`)."""
   all_tasks = tasks_lib.read_hellaswag(data)
   idx = hellaswag_subset(all_tasks, n, seed)
   chosen = [all_tasks[i] for i in idx]
   queries = [(f"{t.activity_label}: {t.ctx}", [" " + e for e in t.endings]) for t in chosen]
   raw = score_conditions(lm, [("no_prompt", ""), ("prompt", prompt_text)], queries,
-                         contexts_per_batch=contexts_per_batch, rows_per_batch=rows_per_batch, desc="hellaswag ")
+                         contexts_per_batch=contexts_per_batch, rows_per_batch=rows_per_batch, desc="hellaswag ",
+                         partial_dir=partial_dir)
   res = analyse_tax([t.label for t in chosen], raw, seed=seed)
   res.update(indices=idx, subset_seed=seed, n_available=len(all_tasks),
              query_format="'{activity_label}: {ctx}' + ' {ending}'")

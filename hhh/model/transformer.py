@@ -169,6 +169,43 @@ def attention_core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks: i
   return _core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks, jnp.dtype(dtype))
 
 
+def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh, pv_KxPxDh, pvalid_P,
+                     dtype=jnp.float32):
+  """Attention of B rows over one shared prefix (keys pk, values pv, valid slots pvalid) and their own keys.
+
+  The prefix is not copied per row: its scores are one [B*G*L, Dh] x [Dh, P] matmul per kv head. Copying a
+  7k-token prompt cache to every row of every layer (the plain cache path) moves more memory than the rows'
+  own FLOPs take time. Every valid prefix slot is before every row token; `mask_BxLxS` masks the rows' own keys
+  (their tokens, or a per-row cache). One softmax over prefix and own keys together, float32, as
+  `attention_core`."""
+  B, K, G, L, Dh = q_BxKxGxLxDh.shape
+  S = k_BxKxSxDh.shape[2]
+  N = B * G * L
+  qs = (q_BxKxGxLxDh * (1.0 / math.sqrt(Dh))).astype(dtype)
+  q_KxNxDh = jnp.moveaxis(qs, 1, 0).reshape(K, N, Dh)
+  lp_KxNxP = jnp.einsum("knd,kpd->knp", q_KxNxDh, pk_KxPxDh.astype(dtype), preferred_element_type=jnp.float32)
+  lp_KxNxP = jnp.where(pvalid_P, lp_KxNxP, _NEG)
+  lo_BxKxGxLxS = jnp.einsum("bkqd,bksd->bkqs", qs.reshape(B, K, G * L, Dh), k_BxKxSxDh.astype(dtype),
+                            preferred_element_type=jnp.float32).reshape(B, K, G, L, S)
+  lo_BxKxGxLxS = jnp.where(mask_BxLxS[:, None, None], lo_BxKxGxLxS, _NEG)
+
+  def to_k_major(x_BxKxGxL):
+    return jnp.moveaxis(x_BxKxGxL, 1, 0).reshape(K, N)
+
+  def to_b_major(x_KxN, *tail):
+    return jnp.moveaxis(x_KxN.reshape(K, B, G, L, *tail), 0, 1)
+
+  m_KxN = jnp.maximum(lp_KxNxP.max(-1), to_k_major(lo_BxKxGxLxS.max(-1)))
+  ep_KxNxP = jnp.exp(lp_KxNxP - m_KxN[..., None])
+  eo_BxKxGxLxS = jnp.exp(lo_BxKxGxLxS - to_b_major(m_KxN)[..., None])
+  denom_BxKxGxL = to_b_major(ep_KxNxP.sum(-1)) + eo_BxKxGxLxS.sum(-1)
+  op_KxNxDh = jnp.einsum("knp,kpd->knd", ep_KxNxP.astype(dtype), pv_KxPxDh.astype(dtype),
+                         preferred_element_type=jnp.float32)
+  oo_BxKxGxLxDh = jnp.einsum("bkqs,bksd->bkqd", eo_BxKxGxLxS.reshape(B, K, G * L, S).astype(dtype),
+                             v_BxKxSxDh.astype(dtype), preferred_element_type=jnp.float32).reshape(B, K, G, L, Dh)
+  return (to_b_major(op_KxNxDh, Dh) + oo_BxKxGxLxDh) / denom_BxKxGxL[..., None]
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -194,7 +231,7 @@ class Attention(nnx.Module):
                    preferred_element_type=jnp.float32)
     return y + b[...].reshape(n, 1, cfg.head_dim) if b is not None else y
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache: Cache | None, cache_index):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_cache: Cache | None, cache_index, prefix_kv=None):
     cfg = self.cfg
     B, L, _ = x_BxLxD.shape
     H, K, Dh = cfg.n_heads, cfg.kv_heads, cfg.head_dim
@@ -212,15 +249,24 @@ class Attention(nnx.Module):
     else:
       k_BxKxSxDh, v_BxKxSxDh = k_BxKxLxDh, v_BxKxLxDh
     G = H // K
+    if prefix_kv is not None:
+      out_BxKxGxLxDh = prefix_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
+                                        prefix_kv["k"][0], prefix_kv["v"][0], prefix_kv["valid"], cfg.dtype)
+      return self._out(out_BxKxGxLxDh), kv_cache
     # Without a cache every mask is causal (row_layout, packed_mask), so query block i needs only the keys up to
     # its own end: blocks skip the upper triangle of the L x S square (3/8 of its matmuls and softmax at 4 blocks).
     n_blocks = _query_blocks(L) if kv_cache is None else 1
     out_BxKxGxLxDh = attention_core(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
                                     n_blocks, cfg.dtype)
-    w_HxDhxD = self.wo[...].reshape(H, Dh, cfg.d_model)
-    out = jnp.einsum("bhld,hde->ble", out_BxKxGxLxDh.reshape(B, H, L, Dh).astype(cfg.dtype),
+    return self._out(out_BxKxGxLxDh), kv_cache
+
+  def _out(self, out_BxKxGxLxDh):
+    cfg = self.cfg
+    B, K, G, L, Dh = out_BxKxGxLxDh.shape
+    w_HxDhxD = self.wo[...].reshape(K * G, Dh, cfg.d_model)
+    out = jnp.einsum("bhld,hde->ble", out_BxKxGxLxDh.reshape(B, K * G, L, Dh).astype(cfg.dtype),
                      w_HxDhxD.astype(cfg.dtype), preferred_element_type=jnp.float32)
-    return (out + self.bo[...] if self.bo is not None else out), kv_cache
+    return out + self.bo[...] if self.bo is not None else out
 
 
 class MLP(nnx.Module):
@@ -260,8 +306,8 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, kv_cache, cache_index, drop):
-    a, kv_cache = self.attn(self.norm1(x), positions, mask, kv_cache, cache_index)
+  def __call__(self, x, positions, mask, kv_cache, cache_index, drop, prefix_kv=None):
+    a, kv_cache = self.attn(self.norm1(x), positions, mask, kv_cache, cache_index, prefix_kv)
     if self.parallel:
       return x + drop(a, 0) + drop(self.mlp(self.norm2(x)), 1), kv_cache
     x = x + drop(a, 0)
@@ -308,7 +354,7 @@ class Transformer(nnx.Module):
     self.reward_head = nnx.Dict(kernel=_param(rngs, (cfg.d_model, 1)), bias=_zeros((1,)))
 
   def __call__(self, tokens_BxL, valid_BxL=None, *, cache: Cache | None = None, dropout_rng=None,
-               positions_BxL=None, mask_BxLxL=None):
+               positions_BxL=None, mask_BxLxL=None, prefix: Cache | None = None):
     """Hidden states [B, L, D] (float32), and the updated cache when one is given.
 
     Without a cache, attention is causal over valid tokens of the same row. With
@@ -320,6 +366,12 @@ class Transformer(nnx.Module):
     not one sequence per row (several responses packed after one shared context,
     `hhh.reward.packed`). A given mask is used as is: it must already exclude
     padded keys, and is intersected with the causal mask. Neither may be combined with a cache.
+
+    `prefix` is a batch-1 cache every row continues (a prompt prefilled once: its "layers", "valid" and
+    "next_pos"): each row attends to its valid slots and then to its own keys, without the prefix being copied
+    per row (`prefix_attention`). Without a cache the own keys are the row's tokens (causal, positions
+    continuing from the prefix's next_pos); with one they are the cache's slots, as above, and the cache's
+    next_pos must already count the prefix (a per-row cache made after it). Not with positions or a mask.
     """
     cfg = self.cfg
     B, L = tokens_BxL.shape
@@ -329,7 +381,18 @@ class Transformer(nnx.Module):
     if cache is not None and (positions_BxL is not None or mask_BxLxL is not None):
       # The cache derives positions and the key mask from its own slots; a second source would silently disagree.
       raise ValueError("positions_BxL and mask_BxLxL cannot be combined with a cache")
-    if cache is None:
+    if prefix is not None and (positions_BxL is not None or mask_BxLxL is not None):
+      raise ValueError("a prefix cannot be combined with positions_BxL or mask_BxLxL")
+    prefix_kvs = [None] * cfg.n_layers
+    if prefix is not None:
+      if prefix["valid"].shape[0] != 1:
+        raise ValueError(f"a prefix is one sequence shared by every row, got batch {prefix['valid'].shape[0]}")
+      prefix_kvs = [{"k": c["k"], "v": c["v"], "valid": prefix["valid"][0]} for c in prefix["layers"]]
+    if prefix is not None and cache is None:
+      positions_BxL = jnp.maximum(prefix["next_pos"][:, None] + jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
+      positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL)
+      cache_index, layer_caches = 0, [None] * cfg.n_layers
+    elif cache is None:
       positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL, mask_BxLxL)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     else:
@@ -354,7 +417,8 @@ class Transformer(nnx.Module):
 
     new_caches = []
     for i, block in enumerate(self.layers):
-      x_BxLxD, c = block(x_BxLxD, positions_BxL, mask_BxLxS, layer_caches[i], cache_index, make_drop(i))
+      x_BxLxD, c = block(x_BxLxD, positions_BxL, mask_BxLxS, layer_caches[i], cache_index, make_drop(i),
+                         prefix_kvs[i])
       new_caches.append(c)
     h_BxLxD = self.final_norm(x_BxLxD)
     if cache is None:
