@@ -9,8 +9,8 @@ so that afterwards it behaves as if the prompt were there, without paying for it
 is dialogue-shaped text sampled from the prompted teacher itself (starting each sample at "\\n\\nHuman:"),
 which the project can produce offline from the model alone.
 
-The prompt's KV cache is computed once and broadcast to every batch row, for sampling and for the teacher's
-targets alike: a batch never recomputes the prompt.
+The prompt's KV cache is computed once and read by every batch row as one shared prefix, for sampling and for
+the teacher's targets alike: a batch never recomputes the prompt, and no row copies it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from hhh.generate import sample_logits
+from hhh.model.transformer import prefill_prefix, prefix_slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,26 +55,29 @@ def prompt_text(spec: str) -> str:
   return resolve_prompt(spec)[1]
 
 
-def broadcast_cache(cache, batch: int):
-  """A batch-1 cache repeated to `batch` rows (the scalar write index stays shared)."""
-  return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch, *a.shape[1:])) if a.ndim else a, cache)
+def prefill(graphdef, params, prompt_ids) -> dict:
+  """The prompt's cache (batch 1, padded to whole 512-token prefill chunks), read by every row as one shared
+  prefix (`Transformer(prefix=...)`): rows never copy it."""
+  P, chunk = prefix_slots(len(prompt_ids))
+  tokens_1xP = np.zeros((1, P), np.int32)
+  tokens_1xP[0, :len(prompt_ids)] = prompt_ids
+  return _prefill(params, tokens_1xP, np.arange(P)[None] < len(prompt_ids), graphdef=graphdef, chunk=chunk)
 
 
-def prefill(graphdef, params, prompt_ids, size: int):
-  """The prompt's KV cache (batch 1, `size` slots) and the logits after its last token."""
-  model = nnx.merge(graphdef, params)
-  cache = model.init_cache(1, size)
-  tokens_1xP = jnp.asarray(prompt_ids, jnp.int32)[None]
-  h_1xPxD, cache = model(tokens_1xP, jnp.ones_like(tokens_1xP, bool), cache=cache)
-  return cache, model.lm_logits(h_1xPxD[:, -1])
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk):
+  return prefill_prefix(nnx.merge(graphdef, params), tokens_1xP, valid_1xP, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "pad_id"))
-def _sample(params, cache, start_BxS, keys_B, temperature, top_p, *, graphdef, steps: int, pad_id: int):
-  """Continues `start` after the (broadcast) prompt cache for `steps` tokens: ids [B, steps]."""
+def _sample(params, prefix, start_BxS, keys_B, temperature, top_p, *, graphdef, steps: int, pad_id: int):
+  """Continues `start` after the prompt (a shared prefix) for `steps` tokens: ids [B, steps]. Each row's cache
+  holds only its own start + sampled tokens."""
   model = nnx.merge(graphdef, params)
-  B = start_BxS.shape[0]
-  h, cache = model(start_BxS, jnp.ones_like(start_BxS, bool), cache=broadcast_cache(cache, B))
+  B, S = start_BxS.shape
+  cache = model.init_cache(B, S + steps, dtype=jnp.dtype(model.cfg.dtype))
+  cache["next_pos"] = jnp.broadcast_to(prefix["next_pos"], (B,))
+  h, cache = model(start_BxS, jnp.ones_like(start_BxS, bool), cache=cache, prefix=prefix)
   logits_BxV = model.lm_logits(h[:, -1])
 
   def body(t, carry):
@@ -82,7 +86,7 @@ def _sample(params, cache, start_BxS, keys_B, temperature, top_p, *, graphdef, s
     key_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, t)
     next_B = sample_logits(logits_BxV, key_B, temperature, top_p, greedy=False, use_top_p=True)
     out_BxT = out_BxT.at[:, t].set(next_B)
-    h, cache = model(next_B[:, None], jnp.ones((B, 1), bool), cache=cache)
+    h, cache = model(next_B[:, None], jnp.ones((B, 1), bool), cache=cache, prefix=prefix)
     return cache, model.lm_logits(h[:, 0]), out_BxT
 
   _, _, out_BxT = jax.lax.fori_loop(0, steps, body, (cache, logits_BxV, jnp.zeros((B, steps), jnp.int32)))
@@ -92,9 +96,8 @@ def _sample(params, cache, start_BxS, keys_B, temperature, top_p, *, graphdef, s
 def sample_texts(lm, prompt_ids, cfg: DistillConfig) -> list[list[int]]:
   """`cfg.samples` token sequences (start + sampled continuation) from the prompted model."""
   start = lm.tokenizer.encode(cfg.start)
-  size = len(prompt_ids) + len(start) + cfg.sample_tokens
   graphdef = lm.graphdef
-  cache, _ = jax.jit(prefill, static_argnames=("graphdef", "size"))(graphdef, lm.params, np.asarray(prompt_ids, np.int32), size=size)
+  cache = prefill(graphdef, lm.params, prompt_ids)
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)  # the "sample" stream
   out = []
   B = cfg.batch_size * 2
@@ -121,11 +124,10 @@ def distill_loss(student_logits_BxLxV, teacher_logits_BxLxV, mask_BxL):
   return loss, {"kl": loss, "top1_agreement": agree}
 
 
-def teacher_logits(graphdef, params, cache, tokens_BxL):
-  """Next-token logits of the prompted teacher at every position of x (the prompt cache broadcast)."""
+def teacher_logits(graphdef, params, prefix, tokens_BxL):
+  """Next-token logits of the prompted teacher at every position of x (the prompt a shared prefix)."""
   model = nnx.merge(graphdef, params)
-  h, _ = model(tokens_BxL, jnp.ones_like(tokens_BxL, bool), cache=broadcast_cache(cache, tokens_BxL.shape[0]))
-  return model.lm_logits(h)
+  return model.lm_logits(model(tokens_BxL, jnp.ones_like(tokens_BxL, bool), prefix=prefix))
 
 
 def train_step(state, tokens_BxL, teacher_params, cache, *, graphdef, tx):
@@ -165,8 +167,7 @@ def distill(cfg: DistillConfig, out_dir, lm=None) -> dict:
   sample_s = time.perf_counter() - t0
   graphdef = lm.graphdef
   L = len(texts[0])
-  cache, _ = jax.jit(prefill, static_argnames=("graphdef", "size"))(
-      graphdef, lm.params, np.asarray(prompt_ids, np.int32), size=len(prompt_ids) + L)
+  cache = prefill(graphdef, lm.params, prompt_ids)
   schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, max(cfg.steps - 1, 0)),
                                                 max(cfg.steps, 1), cfg.lr * 0.1)
   tx = optax.adam(schedule)

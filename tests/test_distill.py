@@ -36,12 +36,13 @@ def test_distill_loss_matches_hand_computed_kl():
   assert float(loss_masked) == pytest.approx(kl0, abs=1e-6)
 
 
-def test_teacher_with_broadcast_prompt_cache_equals_full_forward():
+def test_teacher_with_shared_prompt_prefix_equals_full_forward():
   lm = _lm()
   prompt = lm.tokenizer.encode("Human: hi\n\nAssistant: hello there\n-----\n")
   rows = [lm.tokenizer.encode("\n\nHuman: what is 2+2?"), lm.tokenizer.encode("\n\nHuman: name a colour")]
   x = np.array([r[:min(map(len, rows))] for r in rows])
-  cache, _ = distill.prefill(lm.graphdef, lm.params, np.asarray(prompt), size=len(prompt) + x.shape[1])
+  cache = distill.prefill(lm.graphdef, lm.params, prompt)
+  assert cache["valid"].shape == (1, 64) and int(cache["valid"].sum()) == len(prompt)  # padded slots are inert
   got = distill.teacher_logits(lm.graphdef, lm.params, cache, jnp.asarray(x))
   model = nnx.merge(lm.graphdef, lm.params)
   for b in range(2):

@@ -219,6 +219,19 @@ def test_shared_prefix_matches_full_forward(name):
     n = int(valid[b].sum())
     h_full, _, _ = fwd(model, np.concatenate([prefix, rows[b, :n]])[None])
     np.testing.assert_allclose(h[b, :n], h_full[0, 5:], rtol=0, atol=ATOL)
+  # With a per-row cache after the prefix (how sampling and shared-context scoring use it): the rows, then one
+  # more token each, attend to prefix + their own slots and give the same states again.
+  row_cache = model.init_cache(3, size=8)
+  row_cache["next_pos"] = jnp.broadcast_to(shared["next_pos"], (3,))
+  step = jax.jit(lambda p, t, v, c, pre: nnx.merge(graphdef, p)(t, v, cache=c, prefix=pre))
+  h_rows, row_cache = step(params, rows, valid, row_cache, shared)
+  nxt = np.array([[7], [8], [9]], np.int32)
+  h_next, row_cache = step(params, nxt, np.ones((3, 1), bool), row_cache, shared)
+  np.testing.assert_allclose(np.asarray(h_rows)[valid], np.asarray(h)[valid], rtol=0, atol=ATOL)
+  for b in range(3):
+    n = int(valid[b].sum())
+    h_full, _, _ = fwd(model, np.concatenate([prefix, rows[b, :n], nxt[b]])[None])
+    np.testing.assert_allclose(h_next[b, 0], h_full[0, -1], rtol=0, atol=ATOL)
   with pytest.raises(ValueError, match="shared by every row"):
     model(rows, valid, prefix={**shared, "valid": jnp.concatenate([shared["valid"]] * 2)})
 

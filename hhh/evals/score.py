@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hhh.model.transformer import prefill_prefix, prefix_slots
+
 _MIN_ROW = 16     # narrower rows are padded to this (one program serves all short items)
 _MIN_OPTION = 4
 _PROMPT_ALIGN = 64
@@ -79,25 +81,8 @@ class Scores:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
 def _prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk: int | None = None):
-  """The prompt's KV cache (batch 1, P slots), filled `chunk` tokens at a time (P must be a multiple of it).
-
-  In one pass a 7k-token prompt makes [heads, P, P] attention temporaries of 1.7 GB per layer; in chunks of
-  512 each is 1/13 of that and the prefill is bound by its FLOPs rather than by memory."""
-  model = nnx.merge(graphdef, params)
-  P = tokens_1xP.shape[1]
-  C = chunk or P
-  if P % C:
-    raise ValueError(f"prompt cache of {P} slots is not a multiple of the prefill chunk {C}")
-  cache = model.init_cache(1, P, dtype=jnp.dtype(model.cfg.dtype))
-
-  def step(cache, chunk_arrays):
-    tokens_1xC, valid_1xC = chunk_arrays
-    _, cache = model(tokens_1xC, valid_1xC, cache=cache)
-    return cache, None
-
-  chunks = (tokens_1xP.reshape(P // C, 1, C), valid_1xP.reshape(P // C, 1, C))
-  cache, _ = jax.lax.scan(step, cache, chunks)
-  return {"layers": cache["layers"], "valid": cache["valid"], "next_pos": cache["next_pos"]}
+  """The prompt's KV cache (batch 1, P slots), filled `chunk` tokens at a time (`prefill_prefix`)."""
+  return prefill_prefix(nnx.merge(graphdef, params), tokens_1xP, valid_1xP, chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -147,10 +132,8 @@ class Scorer:
     # Slots held by the cache: the prompt but its last token, which starts every row.
     self._cached_ids = self.prompt_ids[:-1]
     n = len(self._cached_ids)
-    self._P = -(-n // _PROMPT_ALIGN) * _PROMPT_ALIGN
-    if self._P > prefill_chunk:  # a whole number of prefill chunks (the extra slots are invalid: no change)
-      self._P = -(-n // prefill_chunk) * prefill_chunk
-    self._chunk = min(self._P, prefill_chunk)
+    # A whole number of prefill chunks (the extra slots are invalid: they change nothing).
+    self._P, self._chunk = prefix_slots(n, _PROMPT_ALIGN, prefill_chunk)
     self._prompt_cache = None  # filled by the first batch (`prompt_cache`)
     self.truncated = 0  # rows whose context lost tokens to fit max_len, over this scorer's life
 
