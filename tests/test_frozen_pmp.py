@@ -101,11 +101,15 @@ def test_study_stages_end_to_end_on_a_toy_trunk(toy):
   # Seeds draw nested subsets of the pool; fine-tuning from a PMP head starts at that head.
   assert set(pmp.subset(8, 4, 1)) <= set(pmp.subset(8, 8, 1))
   summary = pmp.summarize(cfg, chosen, heads, counts)
+  summary["ceiling"] = pmp.ceiling(cfg, lm, feats, steps=60)
+  # 8 pool comparisons, 60 steps: the head fits its own pool, whatever it does on held-out dialogues.
+  assert summary["ceiling"]["n"] == 8 and set(summary["ceiling"]["by_lr"]) == {str(x) for x in cfg.lr_grid}
+  assert max(r["train"] for r in summary["ceiling"]["by_lr"].values()) == 1.0
   assert {c["condition"] for c in summary["cells"]} == set(pmp.CONDITIONS)
   m = next(x for x in summary["multiplier"] if x["condition"] == "ranked" and x["n"] == 4)
   assert m["lo"] <= m["hi"] and m["censored"] in ("=", ">", "<=")
   report = pmp.write_report(cfg, summary, cfg.path("out")).read_text()
-  assert "| 8 |" in report and "Data multiplier" in report
+  assert "| 8 |" in report and "Data multiplier" in report and "## Ceiling" in report
   assert (cfg.path("out") / "pmp.png").stat().st_size > 1000
   before = sorted(p.stat().st_mtime_ns for p in runs)
   pmp.finetune(cfg, lm, feats, heads)              # a second pass trains nothing

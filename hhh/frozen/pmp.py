@@ -9,6 +9,7 @@ comparisons let fine-tuning on human preferences reach the same accuracy from fe
             validation split: "ranked" (the pairwise loss), "binarized" (each response classified good or bad
             on its own), "shuffled" (ranked on labels swapped at random within each pair: the control for what
             the mined labels carry, at the ranked condition's learning rate); "none" is a fresh head
+  ceiling   a fresh head on the whole training pool, long: how much of the target this tier can fit at all
   finetune  per condition, N and seed: the ranked objective on N target comparisons, each seed its own subset
             of the training pool; the learning rate tuned per (condition, N) on the validation split (seed 0)
   report    test accuracy against N (cluster bootstrap over test dialogues x seeds), each condition minus no
@@ -283,6 +284,28 @@ def finetune(cfg, lm, feats, heads) -> list[dict]:
   return chosen
 
 
+def ceiling(cfg: PMPStudyConfig, lm, feats, *, steps: int = 1000) -> dict:
+  """What the head tier can get from the target at all: a fresh head on the WHOLE training pool for `steps`
+  steps at each learning rate of the grid (seed 0), with its accuracy on the pool itself, validation and test.
+  A pool it cannot fit caps every fine-tuning curve, and with them any difference PMP could make."""
+  path = cfg.path("work") / "ceiling.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  tr = feats[("hh_rlhf", "train")]
+  out = {"steps": steps, "n": len(tr.cache), "by_lr": {}}
+  for lr in cfg.lr_grid:
+    run = train_lib.RunConfig(objective="ranked", depth=cfg.depth, tier="head", steps=steps,
+                              batch_size=cfg.batch_size, lr=lr, seed=0)
+    head, log = train_lib.train(lm, run, tr.cache, feats=tr, progress=False)
+    out["by_lr"][str(lr)] = {
+        "loss_first": log[0]["loss"], "loss_last20": float(np.mean([l["loss"] for l in log[-20:]])),
+        **{split: _acc(train_lib.evaluate(lm, run, head, feats[("hh_rlhf", split)].cache,
+                                          feats=feats[("hh_rlhf", split)]))
+           for split in ("train", "validation", "test")}}
+  _json(path, out)
+  return out
+
+
 # ---------------------------------------------------------------- statistics
 
 def equivalent_n(acc_none_N: np.ndarray, ns: np.ndarray, acc: float) -> tuple[float, str]:
@@ -416,6 +439,12 @@ def write_report(cfg: PMPStudyConfig, summary: dict, out_dir) -> pathlib.Path:
   for c, p in summary["pmp"].items():
     lines.append(f"- {c}: objective {p['objective']}, lr {p['lr']:g}, {p['steps']} steps, mixture validation top-1 "
                  + ", ".join(f"{v:.3f} (lr {k})" for k, v in p["pmp_validation_top1"].items()))
+  if "ceiling" in summary:
+    c = summary["ceiling"]
+    lines += ["", f"## Ceiling: a fresh head on the whole pool ({c['n']} comparisons, {c['steps']} steps, seed 0)", "",
+              "| lr | final loss | pool (train) | validation | test |", "|---|---|---|---|---|"]
+    for lr, r in c["by_lr"].items():
+      lines.append(f"| {lr} | {r['loss_last20']:.3f} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} |")
   lines += ["", "Rules on the test split: " + ", ".join(f"{r} {_fmt(v)}" for r, v in summary["rules"].items()), ""]
   fig, ax = plt.subplots(figsize=(6, 4))
   for c in conds:
@@ -449,6 +478,7 @@ def main(cfg: PMPStudyConfig, *, stage: str = "all") -> dict | None:
   heads = pmp_heads(cfg, lm, feats)
   chosen = finetune(cfg, lm, feats, heads)
   summary = summarize(cfg, chosen, heads, counts)
+  summary["ceiling"] = ceiling(cfg, lm, feats)
   summary["wall_seconds"] = round(time.time() - t, 1)
   write_report(cfg, summary, cfg.path("out"))
   return summary
