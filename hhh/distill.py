@@ -28,8 +28,9 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from hhh.evals import score as score_lib
 from hhh.generate import sample_logits
-from hhh.model.transformer import prefill_prefix, prefix_slots
+from hhh.model.transformer import prefix_slots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +62,8 @@ def prefill(graphdef, params, prompt_ids) -> dict:
   P, chunk = prefix_slots(len(prompt_ids))
   tokens_1xP = np.zeros((1, P), np.int32)
   tokens_1xP[0, :len(prompt_ids)] = prompt_ids
-  return _prefill(params, tokens_1xP, np.arange(P)[None] < len(prompt_ids), graphdef=graphdef, chunk=chunk)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def _prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk):
-  return prefill_prefix(nnx.merge(graphdef, params), tokens_1xP, valid_1xP, chunk)
+  return score_lib._prefill(params, tokens_1xP, np.arange(P)[None] < len(prompt_ids), graphdef=graphdef,
+                            chunk=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "pad_id"))

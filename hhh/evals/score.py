@@ -49,12 +49,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hhh.model.transformer import prefill_prefix, prefix_slots
+from hhh.model.transformer import PREFILL_CHUNK, prefill_prefix, prefix_slots
 
 _MIN_ROW = 16     # narrower rows are padded to this (one program serves all short items)
 _MIN_OPTION = 4
 _PROMPT_ALIGN = 64
-_PREFILL_CHUNK = 512
 
 
 def _next_pow2(x: int) -> int:
@@ -92,7 +91,7 @@ def _score_rows(params, prompt, tokens_BxL, valid_BxL, start_B, targets_BxT, tma
   `prompt` is a prefilled cache every row continues (a shared prefix, never copied per row) or None.
   """
   model = nnx.merge(graphdef, params)
-  B, L = tokens_BxL.shape
+  L = tokens_BxL.shape[1]
   h_BxLxD = model(tokens_BxL, valid_BxL, prefix=prompt)
   T = targets_BxT.shape[1]
   idx_BxT = jnp.minimum(start_B[:, None] + jnp.arange(T)[None, :], L - 1)
@@ -118,7 +117,7 @@ class Scorer:
   """Scores options of multiple-choice items by log-likelihood after `prompt` (see the module docstring)."""
 
   def __init__(self, lm, *, batch_size: int = 16, prompt: str = "", use_cache: bool = True,
-               prefill_chunk: int = _PREFILL_CHUNK):
+               prefill_chunk: int = PREFILL_CHUNK):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be >= 1")
     self.lm, self.tokenizer, self.params = lm, lm.tokenizer, lm.params

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import pathlib
 import sys
@@ -174,7 +175,6 @@ def _scores_from(d: dict) -> Scores:
 
 
 def _fingerprint(*parts) -> str:
-  import hashlib
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -173,9 +173,9 @@ def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh
                      dtype=jnp.float32):
   """Attention of B rows over one shared prefix (keys pk, values pv, valid slots pvalid) and their own keys.
 
-  The prefix is not copied per row: its scores are one [B*G*L, Dh] x [Dh, P] matmul per kv head. Copying a
-  7k-token prompt cache to every row of every layer (the plain cache path) moves more memory than the rows'
-  own FLOPs take time. Every valid prefix slot is before every row token; `mask_BxLxS` masks the rows' own keys
+  The prefix is not copied per row: its scores are one [B*G*L, Dh] x [Dh, P] matmul per kv head, where the
+  plain cache path would copy a 7k-token prompt cache to every row of every layer (1.25x slower rows,
+  benchmarks/prompt_cache.py). Every valid prefix slot is before every row token; `mask_BxLxS` masks the rows' own keys
   (their tokens, or a per-row cache). One softmax over prefix and own keys together, float32, as
   `attention_core`."""
   B, K, G, L, Dh = q_BxKxGxLxDh.shape
@@ -476,8 +476,8 @@ class Transformer(nnx.Module):
 def prefill_prefix(model: Transformer, tokens_1xP, valid_1xP, chunk: int | None = None) -> Cache:
   """The batch-1 cache of a prefix (P slots; pad slots invalid), for `Transformer(prefix=...)`: "layers",
   "valid" and "next_pos". Filled `chunk` tokens at a time (P a multiple of it): in one pass a 7k-token prompt
-  makes [heads, P, P] attention temporaries of 1.7 GB per layer; in chunks of 512 each is 1/13 of that and the
-  prefill is bound by its FLOPs rather than by memory."""
+  makes [heads, P, P] attention temporaries of 1.7 GB per layer, in chunks of 512 a fourteenth of that (the
+  prefill's time on 2 CPU cores is about the same either way)."""
   P = tokens_1xP.shape[1]
   C = chunk or P
   if P % C:
@@ -494,7 +494,10 @@ def prefill_prefix(model: Transformer, tokens_1xP, valid_1xP, chunk: int | None 
   return {"layers": cache["layers"], "valid": cache["valid"], "next_pos": cache["next_pos"]}
 
 
-def prefix_slots(n: int, align: int = 64, chunk: int = 512) -> tuple[int, int]:
+PREFILL_CHUNK = 512
+
+
+def prefix_slots(n: int, align: int = 64, chunk: int = PREFILL_CHUNK) -> tuple[int, int]:
   """(slots, prefill chunk) for an n-token prefix: n rounded up to `align`, or to `chunk` when longer (0 slots
   for no prefix)."""
   P = -(-n // align) * align
