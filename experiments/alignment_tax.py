@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import sys
 import time
 
@@ -35,7 +34,7 @@ def main(argv=None) -> int:
   p.add_argument("--rows-per-batch", type=int, default=8)
   args = p.parse_args(argv)
   from hhh.evals import commands, scoring_report
-  command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+  command = commands.command_line(argv)
   try:
     if args.n < 0:
       raise ValueError(f"--n {args.n} must be >= 0 (0 = all)")

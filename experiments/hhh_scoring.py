@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import shlex
 import sys
 import time
 
@@ -36,7 +35,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   from hhh.evals import commands, scoring_report, tasks
   out = pathlib.Path(args.out)
-  command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+  command = commands.command_line(argv)
   try:
     t0 = time.perf_counter()
     if args.reanalyse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import json
 import pathlib
 import warnings
@@ -82,3 +83,13 @@ def test_eval_errors_are_one_line(bundle, capsys, args, message):
   err = capsys.readouterr().err
   assert code == 1
   assert message in err and err.startswith("hhh: error:")
+
+
+def test_command_line_names_a_script_below_the_working_directory_relatively(monkeypatch, tmp_path):
+  from hhh.evals import commands
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(sys, "argv", [str(tmp_path / "experiments" / "tax.py"), "--n", "1000"])
+  assert commands.command_line(None) == "python experiments/tax.py --n 1000"
+  assert commands.command_line(["--prompt", "my prompt.txt"]) == "python experiments/tax.py --prompt 'my prompt.txt'"
+  monkeypatch.setattr(sys, "argv", ["/elsewhere/tax.py"])
+  assert commands.command_line([]) == "python /elsewhere/tax.py"

@@ -17,6 +17,18 @@ import time
 from hhh.evals import tasks as tasks_lib
 
 
+def command_line(argv: list[str] | None) -> str:
+  """The command as a user would retype it: the script relative to the working directory when it lies below
+  it (the allocator re-exec hands scripts an absolute sys.argv[0]), then the arguments, shell-quoted."""
+  import os
+  import shlex
+  script = sys.argv[0]
+  if os.path.isabs(script):
+    rel = os.path.relpath(script)
+    script = rel if not rel.startswith("..") else script
+  return "python " + " ".join(shlex.quote(a) for a in [script, *(argv if argv is not None else sys.argv[1:])])
+
+
 def hhh_prompt_path() -> pathlib.Path:
   import hhh
   return pathlib.Path(hhh.__file__).resolve().parents[1] / "data" / "prompts" / "hhh.txt"
