@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -105,11 +106,22 @@ def test_study_stages_end_to_end_on_a_toy_trunk(toy):
   # 8 pool comparisons, 60 steps: the head fits its own pool, whatever it does on held-out dialogues.
   assert summary["ceiling"]["n"] == 8 and set(summary["ceiling"]["by_lr"]) == {str(x) for x in cfg.lr_grid}
   assert max(r["train"] for r in summary["ceiling"]["by_lr"].values()) == 1.0
+  # One tier up: LoRA on blocks 0-1 (depth 2) reads its own cache of their input, and fits the pool too.
+  lcfg = dataclasses.replace(cfg, lora_ceiling_steps=40, lora_ceiling_lrs=(3e-2,))
+  lgot = pmp.target_lora_caches(lcfg, lm)
+  assert lgot["train"].layers == (0,) and len(lgot["test"]) == 6
+  lres = pmp.lora_ceiling(lcfg, lm, lgot, cache_seconds=1.5)
+  r = lres["by_lr"]["0.03"]
+  assert lres["n"] == 8 and lres["cache_seconds"] == 1.5
+  assert r["train"] == 1.0 and r["loss_last20"] < r["loss_first"]
+  assert pmp.lora_ceiling(lcfg, lm, lgot) == lres                       # found on disk, not retrained
+  summary["lora_ceiling"] = lres
   assert {c["condition"] for c in summary["cells"]} == set(pmp.CONDITIONS)
   m = next(x for x in summary["multiplier"] if x["condition"] == "ranked" and x["n"] == 4)
   assert m["lo"] <= m["hi"] and m["censored"] in ("=", ">", "<=")
   report = pmp.write_report(cfg, summary, cfg.path("out")).read_text()
   assert "| 8 |" in report and "Data multiplier" in report and "## Ceiling" in report
+  assert "## LoRA ceiling: rank-16 LoRA on blocks 0-1" in report and "| 0.03 |" in report
   assert (cfg.path("out") / "pmp.png").stat().st_size > 1000
   before = sorted(p.stat().st_mtime_ns for p in runs)
   pmp.finetune(cfg, lm, feats, heads)              # a second pass trains nothing

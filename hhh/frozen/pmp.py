@@ -63,6 +63,8 @@ class PMPStudyConfig:
   target_sizes: tuple[int, int, int] = (1024, 200, 600)  # HH-RLHF train pool, validation, test
   max_len: int = 256
   n_boot: int = 2000
+  lora_ceiling_steps: int = 300       # --stage lora-ceiling: LoRA's steps on the whole pool, per learning rate
+  lora_ceiling_lrs: tuple[float, ...] = (1e-3,)
 
   def path(self, which: str) -> pathlib.Path:
     return pathlib.Path(getattr(self, which)).expanduser()
@@ -284,6 +286,41 @@ def finetune(cfg, lm, feats, heads) -> list[dict]:
   return chosen
 
 
+def target_lora_caches(cfg: PMPStudyConfig, lm) -> dict[str, cache_lib.Cache]:
+  """split -> the target's cache of the input of the trunk's last two blocks (what the LoRA tier trains on)."""
+  counts = json.loads((cfg.path("work") / "data" / "counts.json").read_text())
+  spec = cache_lib.CacheSpec(layers=(cfg.depth - 2,), max_len=cfg.max_len, max_k=2)
+  digest = cache_lib.params_digest(lm.params)
+  return {split: cache_lib.build(lm, data_lib.read_set(cfg.path("work") / "data", "hh_rlhf", split),
+                                 cfg.path("cache_root"), spec, name=f"pmp-hh_rlhf-{split}", trunk_digest=digest)
+          for split in counts["hh_rlhf"]}
+
+
+def lora_ceiling(cfg: PMPStudyConfig, lm, got: dict[str, cache_lib.Cache], *, cache_seconds: float = 0.0) -> dict:
+  """The head tier's ceiling check one tier up: rank-16 LoRA on the last two blocks plus a fresh reward head,
+  trained on the WHOLE pool for `cfg.lora_ceiling_steps` steps per learning rate (seed 0). Whether it fits the
+  pool, and whether that carries to held-out dialogues, says if more capacity than a linear head changes the
+  picture before any PMP grid is run at this tier."""
+  path = cfg.path("work") / "lora_ceiling.json"
+  if path.exists():
+    return json.loads(path.read_text())
+  out = {"tier": "lora", "steps": cfg.lora_ceiling_steps, "n": len(got["train"]), "batch_size": cfg.batch_size,
+         "cache_seconds": round(cache_seconds, 1), "by_lr": {}}
+  for lr in cfg.lora_ceiling_lrs:
+    run = train_lib.RunConfig(objective="ranked", depth=cfg.depth, tier="lora", steps=cfg.lora_ceiling_steps,
+                              batch_size=cfg.batch_size, lr=lr, seed=0)
+    t = time.time()
+    trainable, log = train_lib.train(lm, run, got["train"], progress=True)
+    r = {"loss_first": log[0]["loss"], "loss_last20": float(np.mean([l["loss"] for l in log[-20:]])),
+         "train_seconds": log[-1]["train_seconds"]}
+    for split in ("train", "validation", "test"):
+      r[split] = _acc(train_lib.evaluate(lm, run, trainable, got[split]))
+    r["seconds"] = round(time.time() - t, 1)
+    out["by_lr"][str(lr)] = r
+  _json(path, out)
+  return out
+
+
 def ceiling(cfg: PMPStudyConfig, lm, feats, *, steps: int = 1000) -> dict:
   """What the head tier can get from the target at all: a fresh head on the WHOLE training pool for `steps`
   steps at each learning rate of the grid (seed 0), with its accuracy on the pool itself, validation and test.
@@ -445,6 +482,15 @@ def write_report(cfg: PMPStudyConfig, summary: dict, out_dir) -> pathlib.Path:
               "| lr | final loss | pool (train) | validation | test |", "|---|---|---|---|---|"]
     for lr, r in c["by_lr"].items():
       lines.append(f"| {lr} | {r['loss_last20']:.3f} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} |")
+  if "lora_ceiling" in summary:
+    c = summary["lora_ceiling"]
+    lines += ["", f"## LoRA ceiling: rank-16 LoRA on blocks {cfg.depth - 2}-{cfg.depth - 1} plus a fresh head, on the "
+              f"whole pool ({c['n']} comparisons, {c['steps']} steps of {c['batch_size']}, seed 0)", "",
+              "`python experiments/frozen_pmp.py --stage lora-ceiling`", "",
+              "| lr | final loss | pool (train) | validation | test | seconds |", "|---|---|---|---|---|---|"]
+    for lr, r in c["by_lr"].items():
+      lines.append(f"| {lr} | {r['loss_last20']:.3f} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} "
+                   f"| {r['seconds']:.0f} |")
   lines += ["", "Rules on the test split: " + ", ".join(f"{r} {_fmt(v)}" for r, v in summary["rules"].items()), ""]
   fig, ax = plt.subplots(figsize=(6, 4))
   for c in conds:
@@ -470,6 +516,8 @@ def main(cfg: PMPStudyConfig, *, stage: str = "all") -> dict | None:
   t = time.time()
   counts = prepare(cfg)
   lm = load_lm(cfg.trunk)
+  if stage == "lora-ceiling":
+    return add_lora_ceiling(cfg, lm)
   got = caches(cfg, lm)
   print(f"data and caches ready in {time.time() - t:.0f} s")
   if stage == "cache":
@@ -479,6 +527,24 @@ def main(cfg: PMPStudyConfig, *, stage: str = "all") -> dict | None:
   chosen = finetune(cfg, lm, feats, heads)
   summary = summarize(cfg, chosen, heads, counts)
   summary["ceiling"] = ceiling(cfg, lm, feats)
+  if (cfg.path("work") / "lora_ceiling.json").exists():
+    summary["lora_ceiling"] = json.loads((cfg.path("work") / "lora_ceiling.json").read_text())
   summary["wall_seconds"] = round(time.time() - t, 1)
   write_report(cfg, summary, cfg.path("out"))
   return summary
+
+
+def add_lora_ceiling(cfg: PMPStudyConfig, lm) -> dict:
+  """The LoRA ceiling on its own (an hour on 2 cores, beside the head tier's 40 minutes), added to the study's
+  summary and report in OUT when a finished study is there."""
+  t = time.time()
+  got = target_lora_caches(cfg, lm)
+  res = lora_ceiling(cfg, lm, got, cache_seconds=time.time() - t)
+  done = cfg.path("out") / "summary.json"
+  if done.exists():
+    summary = json.loads(done.read_text())
+    summary["lora_ceiling"] = res
+    write_report(cfg, summary, cfg.path("out"))
+  else:
+    _json(cfg.path("out") / "lora_ceiling.json", res)
+  return res
