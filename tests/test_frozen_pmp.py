@@ -115,13 +115,18 @@ def test_study_stages_end_to_end_on_a_toy_trunk(toy):
   assert lres["n"] == 8 and lres["cache_seconds"] == 1.5
   assert r["train"] == 1.0 and r["loss_last20"] < r["loss_first"]
   assert pmp.lora_ceiling(lcfg, lm, lgot) == lres                       # found on disk, not retrained
+  more = pmp.lora_ceiling(dataclasses.replace(lcfg, lora_ceiling_lrs=(3e-2, 1e-2)), lm, lgot)
+  assert more["by_lr"]["0.03"] == r and set(more["by_lr"]) == {"0.03", "0.01"}   # only the new rate trains
+  with pytest.raises(ValueError, match="holds a ceiling of 40 steps"):
+    pmp.lora_ceiling(dataclasses.replace(lcfg, lora_ceiling_steps=41), lm, lgot)
+  lres = more
   summary["lora_ceiling"] = lres
   assert {c["condition"] for c in summary["cells"]} == set(pmp.CONDITIONS)
   m = next(x for x in summary["multiplier"] if x["condition"] == "ranked" and x["n"] == 4)
   assert m["lo"] <= m["hi"] and m["censored"] in ("=", ">", "<=")
   report = pmp.write_report(cfg, summary, cfg.path("out")).read_text()
   assert "| 8 |" in report and "Data multiplier" in report and "## Ceiling" in report
-  assert "## LoRA ceiling: rank-16 LoRA on blocks 0-1" in report and "| 0.03 |" in report
+  assert "## LoRA ceiling: rank-16 LoRA on blocks 0-1" in report and "| 0.03 |" in report and "| 0.01 |" in report
   assert (cfg.path("out") / "pmp.png").stat().st_size > 1000
   before = sorted(p.stat().st_mtime_ns for p in runs)
   pmp.finetune(cfg, lm, feats, heads)              # a second pass trains nothing

@@ -302,11 +302,17 @@ def lora_ceiling(cfg: PMPStudyConfig, lm, got: dict[str, cache_lib.Cache], *, ca
   pool, and whether that carries to held-out dialogues, says if more capacity than a linear head changes the
   picture before any PMP grid is run at this tier."""
   path = cfg.path("work") / "lora_ceiling.json"
-  if path.exists():
-    return json.loads(path.read_text())
   out = {"tier": "lora", "steps": cfg.lora_ceiling_steps, "n": len(got["train"]), "batch_size": cfg.batch_size,
          "cache_seconds": round(cache_seconds, 1), "by_lr": {}}
+  if path.exists():   # learning rates already run are kept; a longer grid adds only the new ones
+    done = json.loads(path.read_text())
+    if (done["steps"], done["n"], done["batch_size"]) != (out["steps"], out["n"], out["batch_size"]):
+      raise ValueError(f"{path} holds a ceiling of {done['steps']} steps of {done['batch_size']} on {done['n']} "
+                       f"comparisons; move it away to run another")
+    out = done
   for lr in cfg.lora_ceiling_lrs:
+    if str(lr) in out["by_lr"]:
+      continue
     run = train_lib.RunConfig(objective="ranked", depth=cfg.depth, tier="lora", steps=cfg.lora_ceiling_steps,
                               batch_size=cfg.batch_size, lr=lr, seed=0)
     t = time.time()
@@ -317,7 +323,7 @@ def lora_ceiling(cfg: PMPStudyConfig, lm, got: dict[str, cache_lib.Cache], *, ca
       r[split] = _acc(train_lib.evaluate(lm, run, trainable, got[split]))
     r["seconds"] = round(time.time() - t, 1)
     out["by_lr"][str(lr)] = r
-  _json(path, out)
+    _json(path, out)
   return out
 
 
