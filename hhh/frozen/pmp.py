@@ -492,7 +492,8 @@ def write_report(cfg: PMPStudyConfig, summary: dict, out_dir) -> pathlib.Path:
     c = summary["lora_ceiling"]
     lines += ["", f"## LoRA ceiling: rank-16 LoRA on blocks {cfg.depth - 2}-{cfg.depth - 1} plus a fresh head, on the "
               f"whole pool ({c['n']} comparisons, {c['steps']} steps of {c['batch_size']}, seed 0)", "",
-              "`python experiments/frozen_pmp.py --stage lora-ceiling`", "",
+              "`python experiments/frozen_pmp.py --stage lora-ceiling --set lora_ceiling_lrs="
+              + ",".join(c["by_lr"]) + "`", "",
               "| lr | final loss | pool (train) | validation | test | seconds |", "|---|---|---|---|---|---|"]
     for lr, r in c["by_lr"].items():
       lines.append(f"| {lr} | {r['loss_last20']:.3f} | {r['train']:.3f} | {r['validation']:.3f} | {r['test']:.3f} "
