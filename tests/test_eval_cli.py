@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 import json
 import pathlib
+import sys
 import warnings
 
 import pytest

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import shlex
 import sys
 import time
 
@@ -20,8 +22,6 @@ from hhh.evals import tasks as tasks_lib
 def command_line(argv: list[str] | None) -> str:
   """The command as a user would retype it: the script relative to the working directory when it lies below
   it (the allocator re-exec hands scripts an absolute sys.argv[0]), then the arguments, shell-quoted."""
-  import os
-  import shlex
   script = sys.argv[0]
   if os.path.isabs(script):
     rel = os.path.relpath(script)

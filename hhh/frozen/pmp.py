@@ -153,12 +153,15 @@ def prepare(cfg: PMPStudyConfig) -> dict:
   return counts
 
 
-def caches(cfg: PMPStudyConfig, lm) -> dict[tuple[str, str], cache_lib.Cache]:
+def caches(cfg: PMPStudyConfig, lm, *, layer: int | None = None,
+           names: tuple[str, ...] = ("pmp", "hh_rlhf")) -> dict[tuple[str, str], cache_lib.Cache]:
+  """(set, split) -> its cache of the trunk's layer `layer` (the depth's output, the head tier's input, unless
+  given: the LoRA tier reads depth - 2)."""
   counts = json.loads((cfg.path("work") / "data" / "counts.json").read_text())
-  spec = cache_lib.CacheSpec(layers=(cfg.depth,), max_len=cfg.max_len, max_k=2)
+  spec = cache_lib.CacheSpec(layers=(cfg.depth if layer is None else layer,), max_len=cfg.max_len, max_k=2)
   digest = cache_lib.params_digest(lm.params)
   out = {}
-  for name in ("pmp", "hh_rlhf"):
+  for name in names:
     for split in counts[name]:
       cs = data_lib.read_set(cfg.path("work") / "data", name, split)
       if cs:
@@ -288,12 +291,20 @@ def finetune(cfg, lm, feats, heads) -> list[dict]:
 
 def target_lora_caches(cfg: PMPStudyConfig, lm) -> dict[str, cache_lib.Cache]:
   """split -> the target's cache of the input of the trunk's last two blocks (what the LoRA tier trains on)."""
-  counts = json.loads((cfg.path("work") / "data" / "counts.json").read_text())
-  spec = cache_lib.CacheSpec(layers=(cfg.depth - 2,), max_len=cfg.max_len, max_k=2)
-  digest = cache_lib.params_digest(lm.params)
-  return {split: cache_lib.build(lm, data_lib.read_set(cfg.path("work") / "data", "hh_rlhf", split),
-                                 cfg.path("cache_root"), spec, name=f"pmp-hh_rlhf-{split}", trunk_digest=digest)
-          for split in counts["hh_rlhf"]}
+  return {split: c for (_, split), c in caches(cfg, lm, layer=cfg.depth - 2, names=("hh_rlhf",)).items()}
+
+
+def _fit_pool(lm, run: train_lib.RunConfig, got: dict, feats: dict | None = None) -> dict:
+  """One ceiling run: `run` trained on the whole training pool, then its accuracy on the pool, validation, test.
+  `got` and `feats` map split -> cache and -> head features (None for the LoRA tier)."""
+  feats = feats or {}
+  t = time.time()
+  trainable, log = train_lib.train(lm, run, got["train"], feats=feats.get("train"), progress=run.tier != "head")
+  r = {"loss_first": log[0]["loss"], "loss_last20": float(np.mean([l["loss"] for l in log[-20:]]))}
+  for split in ("train", "validation", "test"):
+    r[split] = _acc(train_lib.evaluate(lm, run, trainable, got[split], feats=feats.get(split)))
+  r["seconds"] = round(time.time() - t, 1)
+  return r
 
 
 def lora_ceiling(cfg: PMPStudyConfig, lm, got: dict[str, cache_lib.Cache], *, cache_seconds: float = 0.0) -> dict:
@@ -315,14 +326,7 @@ def lora_ceiling(cfg: PMPStudyConfig, lm, got: dict[str, cache_lib.Cache], *, ca
       continue
     run = train_lib.RunConfig(objective="ranked", depth=cfg.depth, tier="lora", steps=cfg.lora_ceiling_steps,
                               batch_size=cfg.batch_size, lr=lr, seed=0)
-    t = time.time()
-    trainable, log = train_lib.train(lm, run, got["train"], progress=True)
-    r = {"loss_first": log[0]["loss"], "loss_last20": float(np.mean([l["loss"] for l in log[-20:]])),
-         "train_seconds": log[-1]["train_seconds"]}
-    for split in ("train", "validation", "test"):
-      r[split] = _acc(train_lib.evaluate(lm, run, trainable, got[split]))
-    r["seconds"] = round(time.time() - t, 1)
-    out["by_lr"][str(lr)] = r
+    out["by_lr"][str(lr)] = _fit_pool(lm, run, got)
     _json(path, out)
   return out
 
@@ -334,17 +338,12 @@ def ceiling(cfg: PMPStudyConfig, lm, feats, *, steps: int = 1000) -> dict:
   path = cfg.path("work") / "ceiling.json"
   if path.exists():
     return json.loads(path.read_text())
-  tr = feats[("hh_rlhf", "train")]
-  out = {"steps": steps, "n": len(tr.cache), "by_lr": {}}
+  target = {split: f for (name, split), f in feats.items() if name == "hh_rlhf"}
+  out = {"steps": steps, "n": len(target["train"].cache), "by_lr": {}}
   for lr in cfg.lr_grid:
     run = train_lib.RunConfig(objective="ranked", depth=cfg.depth, tier="head", steps=steps,
                               batch_size=cfg.batch_size, lr=lr, seed=0)
-    head, log = train_lib.train(lm, run, tr.cache, feats=tr, progress=False)
-    out["by_lr"][str(lr)] = {
-        "loss_first": log[0]["loss"], "loss_last20": float(np.mean([l["loss"] for l in log[-20:]])),
-        **{split: _acc(train_lib.evaluate(lm, run, head, feats[("hh_rlhf", split)].cache,
-                                          feats=feats[("hh_rlhf", split)]))
-           for split in ("train", "validation", "test")}}
+    out["by_lr"][str(lr)] = _fit_pool(lm, run, {s: f.cache for s, f in target.items()}, target)
   _json(path, out)
   return out
 
