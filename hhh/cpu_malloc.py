@@ -58,14 +58,15 @@ def jemalloc_env(environ, jemalloc: str | None, accelerator: bool) -> dict | Non
 
 def reexec_under_jemalloc(script: str | None = None) -> None:
   """Replace this process by the same command under jemalloc, when `jemalloc_env` says so: the `hhh` command, or
-  `python SCRIPT ARGS...` for an experiment script."""
+  `python SCRIPT ARGS...` for an experiment script (whose own directory, which the user chose, is sys.path[0])."""
   if os.environ.get(_ACTIVE) or os.environ.get("HHH_JEMALLOC", "1") == "0":
     return  # before the plugin lookup below, which would otherwise run again in the re-executed process
   env = jemalloc_env(os.environ, find_jemalloc(), accelerator_plugin())
   if env is None:
     return
   if script is None:
-    command = [sys.executable, "-c", "import sys; from hhh.cli import main; sys.exit(main())", *sys.argv[1:]]
+    from hhh.selfcmd import hhh_argv  # `-c` code that keeps the current directory off sys.path
+    command = hhh_argv(*sys.argv[1:])
   else:
     command = [sys.executable, os.path.abspath(script), *sys.argv[1:]]
   sys.stdout.flush()

@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
+from hhh.selfcmd import hhh_argv
+
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -69,8 +71,7 @@ def run_one(run: Run, sweep_dir, env: dict[str, str] | None = None) -> dict[str,
   """Trains one run in a subprocess (output to its train.log) and returns its result record."""
   workdir = pathlib.Path(sweep_dir) / "runs" / run.name
   workdir.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, "-m", "hhh.cli", "train", run.experiment, "--workdir", str(workdir),
-         "--set", "progress=false"]
+  cmd = hhh_argv("train", run.experiment, "--workdir", workdir, "--set", "progress=false")  # see hhh/selfcmd.py
   for o in run.overrides:
     cmd += ["--set", o]
   t0 = time.perf_counter()

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from hhh.selfcmd import hhh_argv
 from hhh.sweep.spec import Trial
 
 PR_SET_PDEATHSIG = 1
@@ -102,7 +103,8 @@ def attempts(trial_dir) -> int:
 
 def command(trial: Trial, trial_dir) -> list[str]:
   if trial.kind == "train":
-    cmd = [sys.executable, "-m", "hhh.cli", "train", trial.experiment, "--workdir", str(trial_dir)]
+    # Not `-m hhh.cli`: that would import modules from the launcher's directory first (hhh/selfcmd.py).
+    cmd = hhh_argv("train", trial.experiment, "--workdir", trial_dir)
     for o in trial.overrides:
       cmd += ["--set", o]
     return cmd
