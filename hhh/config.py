@@ -35,6 +35,11 @@ class DataConfig:
   max_len: int = 128
   buckets: tuple[int, ...] = (64, 128)
   max_k: int = 2
+  # Ranked and binary runs train on packed rows (hhh.data.packing): each comparison's context once, then its
+  # responses, several comparisons to a row of at most `pack_len` tokens (0: twice the largest
+  # bucket). Same loss as unpacked.
+  pack: bool = True
+  pack_len: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,9 @@ class TrainConfig:
       raise ConfigError(f"data.buckets reach {max(self.data.buckets)} > model.max_len={self.model.max_len}")
     if max(self.data.buckets) < self.data.max_len:
       raise ConfigError(f"data.max_len={self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
+    if self.data.pack_len and self.data.pack_len < self.data.max_len:
+      raise ConfigError(f"data.pack_len={self.data.pack_len} must hold one sequence of data.max_len="
+                        f"{self.data.max_len} tokens (or be 0: twice the largest bucket)")
 
 
 def _convert(text: str, tp, key: str):

@@ -155,6 +155,7 @@ class BatchSource:
       raise ValueError(f"batch_size={batch_size} must be divisible by the process count {process_count}")
     self.examples, self.batch_size, self.max_k = examples, batch_size, max_k
     self.buckets, self.pad_id, self.seed = tuple(sorted(buckets)), pad_id, seed
+    self.process_index, self.process_count = process_index, process_count
     self.rows = slice(process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count)
 
   def _collate(self, item, rows=None):

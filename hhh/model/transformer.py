@@ -470,7 +470,11 @@ class Transformer(nnx.Module):
     """Scalar score read at each row's last valid token (the end-of-context token), in float32."""
     idx_B = last_valid_index(valid_BxL)
     h_BxD = jnp.take_along_axis(h_BxLxD, idx_B[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-    return (h_BxD @ self.reward_head["kernel"][...])[:, 0] + self.reward_head["bias"][...][0]
+    return self.reward_all(h_BxD[:, None])[:, 0]
+
+  def reward_all(self, h_BxLxD):
+    """The reward head at every slot, [B, L] in float32 (packed rows read several per row)."""
+    return (h_BxLxD.astype(jnp.float32) @ self.reward_head["kernel"][...])[..., 0] + self.reward_head["bias"][...][0]
 
 
 def prefill_prefix(model: Transformer, tokens_1xP, valid_1xP, chunk: int | None = None) -> Cache:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hhh import config as config_lib
 from hhh import objectives as obj
-from hhh.data import pipeline, sources
+from hhh.data import packing, pipeline, sources
 from hhh.data import tokenizer as tokenizer_lib
 from hhh.model import family
 from hhh.model import sharding as shd
@@ -117,9 +117,16 @@ def _lm_head(cfg) -> bool:
   return cfg.objective in ("lm", "imitation") or bool(cfg.lm_coef)
 
 
+def _packed(cfg) -> bool:
+  return cfg.data.pack and cfg.objective in ("ranked", "binary")
+
+
 def _step_tokens(local, objective: str) -> float:
   """Real (unpadded) tokens the step computes on: every sequence for PM objectives, only the preferred one for
-  imitation (its step runs one forward over B sequences, not B * K)."""
+  imitation (its step runs one forward over B sequences, not B * K); on packed rows, every non-padding slot
+  (each context once)."""
+  if "segments" in local:
+    return float((np.asarray(local["segments"]) >= 0).sum())
   lengths_BxK = np.asarray(local["lengths"])
   if objective != "imitation":
     return float(lengths_BxK.sum())
@@ -166,15 +173,22 @@ def _train(cfg, workdir) -> dict[str, float]:
 
   train_ex, valid_ex, stats = _prepare_data(cfg, tok, raw_train, raw_valid)
   data_seed = int(jax.random.randint(keys["data"], (), 0, 2**31 - 1))
-  src = lambda ex, seed: pipeline.BatchSource(
-      ex, batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
-      buckets=cfg.data.buckets, pad_id=tok.pad_id, seed=seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  train_src, valid_src = src(train_ex, data_seed), src(valid_ex, 0)
+  kw = dict(batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
+            buckets=cfg.data.buckets, pad_id=tok.pad_id, process_index=jax.process_index(),
+            process_count=jax.process_count())
+  row_len = cfg.data.pack_len or 2 * max(cfg.data.buckets)
+  if _packed(cfg):
+    # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
+    n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
+    train_src = packing.PackedBatchSource(train_ex, row_len=row_len, n_shards=n_shards, seed=data_seed, **kw)
+  else:
+    train_src = pipeline.BatchSource(train_ex, seed=data_seed, **kw)
+  # Held-out scoring stays one sequence per row: a forward pass only, and its numbers are the same either way.
+  valid_src = pipeline.BatchSource(valid_ex, seed=0, **kw)
   train_it = train_src.train_iter()
 
   graphdef, params_abs = abstract_params(model_cfg)
-  steps = Steps(cfg, mesh, graphdef, params_abs, cfg.steps)
+  steps = Steps(cfg, mesh, graphdef, params_abs, cfg.steps, packed=_packed(cfg))
   if latest is not None:
     latest, state = ckpts.restore_intact(latest, steps.abstract_state(params_abs), train_it)
     start = int(ckpt_lib.host_scalar_tree(state["step"]))
@@ -198,6 +212,11 @@ def _train(cfg, workdir) -> dict[str, float]:
     if stats and (stats.contexts_truncated or stats.responses_truncated or stats.responses_dropped):
       print(f"hhh: data: {stats.contexts_truncated} contexts and {stats.responses_truncated} responses "
             f"truncated to {cfg.data.max_len} tokens, {stats.responses_dropped} responses beyond max_k dropped")
+    if _packed(cfg):
+      ps = packing.summary(train_ex, row_len)
+      print(f"hhh: packed rows of up to {row_len} tokens: {ps.packed} comparisons with their context once, "
+            f"{ps.split} split over rows (context repeated), {ps.fallback} unpacked (responses cut against "
+            "different contexts)", flush=True)
 
   peak = _peak(cfg, lead)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,

@@ -90,9 +90,41 @@ def loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float):
   return loss, metrics
 
 
-def train_step(state: State, batch, *, graphdef, tx, schedule, objective: str, lm_coef: float):
+def segment_mask(segments_RxL, contexts_RxL):
+  """[R, L(query), L(key)] attention mask of packed rows (`hhh.data.packing`): a key is visible when it is real
+  and in the query's own segment or its context's. The model intersects it with the causal mask."""
+  seg_k_Rx1xL = segments_RxL[:, None, :]
+  return (((seg_k_Rx1xL == segments_RxL[:, :, None]) | (seg_k_Rx1xL == contexts_RxL[:, :, None]))
+          & (seg_k_Rx1xL >= 0))
+
+
+def packed_loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float):
+  """(loss, metrics) of a preference objective on packed rows: `loss_fn`'s value and gradient on the same
+  comparisons (with LM mixing too), without dropout; with dropout a context shares one draw across its
+  responses."""
+  model = nnx.merge(graphdef, params)
+  segments_RxL = batch["segments"]
+  R, L = segments_RxL.shape
+  h_RxLxD = model(batch["tokens"], segments_RxL >= 0, positions_BxL=batch["positions"],
+                  mask_BxLxL=segment_mask(segments_RxL, batch["contexts"]), dropout_rng=rng)
+  # The head is one dot product per slot; reading rewards after it gathers R*L scalars, not [R*L, D] states.
+  r_RL = model.reward_all(h_RxLxD).reshape(R * L)
+  lengths_CxK = batch["lengths"]
+  valid_CxK = lengths_CxK > 0
+  r_CxK = jnp.where(valid_CxK, r_RL[batch["reward_index"]], 0.0)
+  loss, metrics = (obj.ranked_loss if objective == "ranked" else obj.binary_loss)(r_CxK, batch["scores"], valid_CxK)
+  if lm_coef:
+    logp_RxLxV = jax.nn.log_softmax(model.lm_logits(h_RxLxD), axis=-1)
+    lp_RxL = jnp.take_along_axis(logp_RxLxV, batch["lm_target"][..., None], axis=-1)[..., 0]
+    w_RxL = batch["lm_weight"]
+    lm = -(lp_RxL * w_RxL).sum() / jnp.maximum(w_RxL.sum(), 1e-9)
+    loss, metrics = obj.with_lm_mixing(loss, metrics, lm, lm_coef)
+  return loss, metrics
+
+
+def train_step(state: State, batch, *, graphdef, tx, schedule, objective: str, lm_coef: float, packed: bool = False):
   rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(packed_loss_fn if packed else loss_fn, has_aux=True)
   (loss, metrics), grads = grad_fn(state["params"], graphdef, batch, rng, objective, lm_coef)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
@@ -128,7 +160,7 @@ def eval_scores(params, batch, *, graphdef, objective: str):
 class Steps:
   """The jitted steps, with shardings fixed at the jit boundary and the state donated."""
 
-  def __init__(self, cfg, mesh, graphdef, params_abstract, total_steps: int):
+  def __init__(self, cfg, mesh, graphdef, params_abstract, total_steps: int, packed: bool = False):
     self.mesh, self.graphdef = mesh, graphdef
     self.tx, self.schedule = make_optimizer(cfg.optim, total_steps)
     self.param_sh = shd.param_shardings(params_abstract, mesh)
@@ -140,7 +172,7 @@ class Steps:
     self.batch_sh = shd.batch_sharding(mesh)
     self.train = jax.jit(
         functools.partial(train_step, graphdef=graphdef, tx=self.tx, schedule=self.schedule,
-                          objective=cfg.objective, lm_coef=cfg.lm_coef),
+                          objective=cfg.objective, lm_coef=cfg.lm_coef, packed=packed),
         in_shardings=(self.state_sh, self.batch_sh), out_shardings=(self.state_sh, rep), donate_argnums=0)
     # Eval outputs are gathered (replicated) so every process can read all of them.
     self.eval = jax.jit(functools.partial(eval_scores, graphdef=graphdef, objective=cfg.objective),

@@ -1,0 +1,248 @@
+"""Packed rows for preference training: each comparison's context once, then its K responses, several comparisons
+to a row, in a few static shapes.
+
+Unpacked, a comparison is K rows `context + response_k + <eoc>`, each padded to its bucket: the context is
+computed K times and the padding once per row. Packed, a comparison is a *piece* laid out as
+
+    tokens     c0 c1 c2 | a0 a1 E | b0 E
+    positions   0  1  2 |  3  4 5 |  3 4
+    segment     s  s  s |  t  t t |  u u        (ids unique within the row; -1 on padding)
+    context     s  s  s |  s  s s |  s s        (the segment a token may read besides its own)
+
+and pieces are packed first-fit-decreasing into rows. A token attends, causally, to keys of its own segment or
+of its context's segment (`segment_mask`), and positions restart after the context, so every response sees
+exactly the keys, at exactly the positions, of its separate sequence: the reward at each `<eoc>` is the unpacked
+one up to float summation order. No attention crosses pieces.
+
+Exactness needs the K responses to follow one context. When encoding cut the context differently per response
+(a long response leaves less room), the comparison falls back: each response becomes its own piece with its own
+context, which is the unpacked layout inside a packed row (counted as `fallback`). A packed comparison longer
+than the row length is split into pieces of as many responses as fit, each repeating the context (`split`).
+
+A batch holds the same comparisons, in the same order, as unpacked (`hhh.data.pipeline`'s plan). Its rows have
+the row length (a bucket that holds its longest piece) that needs the fewest slots, and the row count is rounded
+up on a short grid (1, 2, 3, 4, 6, 8, 12, ...), so a run compiles a few shapes. With S batch shards (devices along the batch axes)
+each shard's comparisons are packed into its own rows, so reading rewards never crosses devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from hhh.data.pipeline import BatchSource, Encoded
+
+PAD_SEGMENT = -1    # segment id of padding slots: never a valid key
+PAD_CONTEXT = -2    # context id of padding slots: matches no key
+
+
+@dataclasses.dataclass
+class Piece:
+  """A context followed by some of one comparison's responses (each ending in <eoc>)."""
+  context: np.ndarray
+  responses: list[np.ndarray]
+  which: list[int]              # the response index k of each response in its comparison
+
+  def __len__(self) -> int:
+    return len(self.context) + sum(len(r) for r in self.responses)
+
+
+@dataclasses.dataclass
+class PackStats:
+  comparisons: int = 0
+  packed: int = 0               # context once, all responses in one piece
+  split: int = 0                # context shared, but the responses spread over several pieces (longer than a row)
+  fallback: int = 0             # responses cut against different contexts: one piece per response
+
+  def add(self, kind: str) -> None:
+    self.comparisons += 1
+    setattr(self, kind, getattr(self, kind) + 1)
+
+
+def packable(ex: Encoded) -> bool:
+  """Whether every response of an encoded comparison follows the same context (nothing was cut per response)."""
+  c = ex.starts[0]
+  return all(st == c and np.array_equal(s[:c], ex.seqs[0][:c]) for s, st in zip(ex.seqs, ex.starts))
+
+
+def packed_length(ex: Encoded) -> int:
+  """Tokens of an encoded comparison packed: the context once, then every response with its <eoc>."""
+  return ex.starts[0] + sum(len(s) - st for s, st in zip(ex.seqs, ex.starts))
+
+
+def pieces_of(ex: Encoded, row_len: int) -> tuple[list[Piece], str]:
+  """The pieces of one comparison and how it was laid out: "packed", "split" or "fallback"."""
+  if not packable(ex):
+    return [Piece(s[:st], [s[st:]], [k]) for k, (s, st) in enumerate(zip(ex.seqs, ex.starts))], "fallback"
+  c = ex.starts[0]
+  ctx, resps = ex.seqs[0][:c], [s[c:] for s in ex.seqs]
+  if c + sum(len(r) for r in resps) <= row_len:
+    return [Piece(ctx, resps, list(range(len(resps))))], "packed"
+  pieces = [Piece(ctx, [], [])]
+  for k, r in enumerate(resps):  # every `context + response` fits a row: encoding caps it at max_len <= row_len
+    if pieces[-1].responses and len(pieces[-1]) + len(r) > row_len:
+      pieces.append(Piece(ctx, [], []))
+    pieces[-1].responses.append(r)
+    pieces[-1].which.append(k)
+  return pieces, "split"
+
+
+def row_buckets(buckets: Sequence[int], row_len: int) -> tuple[int, ...]:
+  """Row lengths: the data's buckets up to `row_len`, then doubling up to it."""
+  out = sorted(b for b in set(buckets) if b <= row_len)
+  b = out[-1] if out else 32
+  while b < row_len:
+    b = min(2 * b, row_len)
+    out.append(b)
+  return tuple(out)
+
+
+def round_rows(n: int) -> int:
+  """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... that holds n rows: at most a third more rows than needed
+  (a sixth on average), in two shapes per power of two."""
+  r = 1
+  while True:
+    for m in (r, 3 * r // 2 if r >= 2 else r):
+      if m >= n:
+        return m
+    r *= 2
+
+
+def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+  """Rows of piece indices, first-fit decreasing; ties keep index order, so the layout is deterministic."""
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    for r, free in enumerate(room):
+      if lengths[i] <= free:
+        rows[r].append(i)
+        room[r] -= lengths[i]
+        break
+    else:
+      rows.append([i])
+      room.append(capacity - lengths[i])
+  return rows
+
+
+def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buckets: Sequence[int],
+                 n_shards: int = 1, stats: PackStats | None = None) -> dict[str, np.ndarray]:
+  """One global packed batch from C comparisons (None = an empty comparison slot of a short last batch).
+
+  Returns row arrays [R, L] (tokens, positions, segments, contexts, lm_target, lm_weight) and comparison arrays
+  [C, K] (reward_index: the flat index into R * L of each response's <eoc>; lengths: the unpacked sequence
+  length, 0 = no response; scores). Comparisons are split evenly over `n_shards`, and shard s's pieces fill
+  rows [s R/S, (s+1) R/S), so each shard's rewards are read from its own rows. `lm_target`/`lm_weight` are the
+  next-token targets of each comparison's preferred sequence (context + preferred response), what the unpacked
+  LM mixing loss reads.
+  """
+  C = len(examples)
+  if C % n_shards:
+    raise ValueError(f"{C} comparisons do not split over {n_shards} batch shards")
+  row_len = max(buckets)
+  laid = []
+  for ex in examples:
+    if ex is None:
+      laid.append(([], None))
+      continue
+    pieces, kind = pieces_of(ex, row_len)
+    if stats is not None:
+      stats.add(kind)
+    laid.append((pieces, ex))
+  longest = max((len(p) for pieces, _ in laid for p in pieces), default=1)
+  per = C // n_shards
+  shards = [[(c, p) for c in range(s * per, (s + 1) * per) for p in laid[c][0]] for s in range(n_shards)]
+  best = None
+  # The row length that needs the fewest slots (rows rounded up on the grid); the shorter one on a tie, since
+  # attention grows with it. Pieces of 300 tokens waste 40% of 512-token rows and 12% of 1024-token ones.
+  for L in (b for b in sorted(buckets) if b >= longest):
+    shard_rows = [first_fit([len(p) for _, p in items], L) for items in shards]
+    R_s = round_rows(max(1, max(len(rows) for rows in shard_rows)))
+    if best is None or R_s * L < best[0] * best[1]:
+      best = (R_s, L, shard_rows)
+  R_s, L, shard_rows = best
+  shard_rows = list(zip(shards, shard_rows))
+  R = R_s * n_shards
+
+  tokens = np.full((R, L), pad_id, np.int32)
+  positions = np.zeros((R, L), np.int32)
+  segments = np.full((R, L), PAD_SEGMENT, np.int32)
+  contexts = np.full((R, L), PAD_CONTEXT, np.int32)
+  lm_target = np.zeros((R, L), np.int32)
+  lm_weight = np.zeros((R, L), np.float32)
+  reward_index = np.zeros((C, K), np.int32)
+  lengths = np.zeros((C, K), np.int32)
+  scores = np.zeros((C, K), np.float32)
+  for c, (_, ex) in enumerate(laid):
+    if ex is not None:
+      lengths[c, :len(ex.seqs)] = [len(s) for s in ex.seqs]
+      scores[c, :len(ex.scores)] = ex.scores
+  # The preferred response, as the unpacked loss picks it: the first of the top-scored valid responses.
+  preferred = {c: int(np.argmax(ex.scores)) for c, (_, ex) in enumerate(laid) if ex is not None}
+  for s, (items, rows) in enumerate(shard_rows):
+    for j, members in enumerate(rows):
+      r = s * R_s + j
+      at, seg = 0, 0
+      for m in members:
+        c, piece = items[m]
+        n_ctx = len(piece.context)
+        ctx_seg = seg
+        seg += 1
+        tokens[r, at:at + n_ctx] = piece.context
+        positions[r, at:at + n_ctx] = np.arange(n_ctx)
+        segments[r, at:at + n_ctx] = ctx_seg
+        contexts[r, at:at + n_ctx] = ctx_seg
+        ctx_at, at = at, at + n_ctx
+        for k, resp in zip(piece.which, piece.responses):
+          n = len(resp)
+          tokens[r, at:at + n] = resp
+          positions[r, at:at + n] = np.arange(n_ctx, n_ctx + n)
+          segments[r, at:at + n] = seg
+          contexts[r, at:at + n] = ctx_seg
+          reward_index[c, k] = r * L + at + n - 1
+          if preferred.get(c) == k:
+            # context + response is one sequence: each token but the last (<eoc>) predicts the next one.
+            seq_at = np.concatenate([np.arange(ctx_at, ctx_at + n_ctx), np.arange(at, at + n)])
+            lm_target[r, seq_at[:-1]] = tokens[r, seq_at[1:]]
+            lm_weight[r, seq_at[:-1]] = 1.0
+          seg += 1
+          at += n
+  return {"tokens": tokens, "positions": positions, "segments": segments, "contexts": contexts,
+          "lm_target": lm_target, "lm_weight": lm_weight, "reward_index": reward_index, "lengths": lengths,
+          "scores": scores}
+
+
+def summary(examples: Sequence[Encoded], row_len: int) -> PackStats:
+  """How a run's comparisons are laid out (packed, split, fallback), counted once before training."""
+  stats = PackStats()
+  for ex in examples:
+    stats.add(pieces_of(ex, row_len)[1])
+  return stats
+
+
+class PackedBatchSource(BatchSource):
+  """`BatchSource` whose training batches are packed rows: the same comparisons in the same order, since the
+  plan (bucketed by unpacked length, shuffled by (seed, epoch)) is the unpacked one. Every process packs the
+  whole global batch, so all agree on its shape, and keeps its own slice of rows and comparisons."""
+
+  def __init__(self, examples: Sequence[Encoded], *, row_len: int, n_shards: int = 1, **kw):
+    super().__init__(examples, **kw)
+    if n_shards % self.process_count:
+      raise ValueError(f"{n_shards} batch shards do not split over {self.process_count} processes")
+    self.row_buckets = row_buckets(self.buckets, row_len)
+    self.n_shards = n_shards
+
+  def _collate(self, item, rows=None):
+    L, ix = item
+    exs = [self.examples[i] for i in ix] + [None] * (self.batch_size - len(ix))
+    batch = collate_rows(exs, K=self.max_k, pad_id=self.pad_id, buckets=self.row_buckets, n_shards=self.n_shards)
+    return batch if rows == slice(None) else self.local_rows(batch)
+
+  def local_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    p, n = self.process_index, self.process_count
+
+    def part(x):
+      m = x.shape[0] // n
+      return x[p * m:(p + 1) * m]
+    return {k: part(v) for k, v in batch.items()}

@@ -1,0 +1,205 @@
+"""Packed training rows (hhh.data.packing + hhh.train.step.packed_loss_fn): the same rewards, loss and gradients
+as one sequence per row, on real HH-RLHF conversations and Stack Exchange rankings, and `hhh train` with
+data.pack=true and false on the same loss trajectory.
+
+The model is tiny and random with every parameter perturbed, so activations and rewards are O(1) and 1e-5 is a
+real tolerance. Real texts are cut to their first few hundred bytes (byte tokenizer) to keep compiles short.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hhh.data import packing
+from hhh.data.load import hh_rlhf
+from hhh.data.mine import stackexchange as se
+from hhh.data.mine.common import MineStats
+from hhh.data.pipeline import Encoded, collate, encode_all
+from hhh.data.schema import Comparison
+from hhh.data.tokenizer import ByteTokenizer
+from hhh.model.config import ModelConfig
+from hhh.model.transformer import Transformer
+from hhh.train.step import loss_fn, packed_loss_fn
+from tests.conftest import SHARED_DATA, read_metrics, run_hhh
+
+ATOL = 1e-5
+TOK = ByteTokenizer()
+CFG = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=256)
+
+
+def _params(cfg: ModelConfig, seed: int = 0, noise: float = 0.1):
+  # Zero biases, unit norm scales and the 0.02-std init would let a misplaced term hide under 1e-5.
+  state = nnx.state(Transformer(cfg, rngs=nnx.Rngs(seed)))
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: jnp.asarray(np.asarray(x) + noise * rng.standard_normal(x.shape, np.float32)),
+                      nnx.to_pure_dict(state))
+
+
+GRAPHDEF = nnx.graphdef(nnx.eval_shape(lambda: Transformer(CFG, rngs=nnx.Rngs(0))))
+PARAMS = _params(CFG)
+
+
+def _cut(c: Comparison, n: int) -> Comparison:
+  # Keep the end of the context (the last turns) and the start of each response, as encoding truncation does.
+  return Comparison(c.context[-n:], tuple(r[: n // 2] for r in c.responses), c.scores, c.id, c.source)
+
+
+def hh_comparisons(n: int) -> list[Comparison]:
+  path = SHARED_DATA / "hh_rlhf" / "helpful-base"
+  if not path.is_dir():
+    pytest.skip("../shared/data/hh_rlhf not found: the real HH-RLHF files are only in the development checkout")
+  rows = itertools.islice(hh_rlhf.load(path, hh_rlhf.Options(), MineStats("")), n)
+  return [c for _, c, _ in rows]
+
+
+def se_rankings(n: int, min_k: int = 3) -> list[Comparison]:
+  path = SHARED_DATA / "stackexchange" / "cardano.stackexchange.com"
+  if not path.is_dir():
+    pytest.skip("../shared/data/stackexchange not found: the real dump is only in the development checkout")
+  out = []
+  for _, c in se.mine(path, se.Options(), MineStats("stackexchange")):
+    if c.k >= min_k:
+      out.append(c)
+    if len(out) == n:
+      break
+  return out
+
+
+def _grads_and_loss(fn, batch, objective, lm_coef):
+  grad_fn = jax.jit(jax.value_and_grad(fn, has_aux=True), static_argnums=(1, 4, 5))
+  (loss, metrics), grads = grad_fn(PARAMS, GRAPHDEF, batch, None, objective, lm_coef)
+  return float(loss), metrics, grads
+
+
+def _unpacked(examples: list[Encoded], K: int) -> dict:
+  L = max(e.length for e in examples)
+  L = -(-L // 32) * 32
+  return {k: jnp.asarray(v) for k, v in collate(examples, L, K, TOK.pad_id).items()}
+
+
+def _rewards_unpacked(batch):
+  model = nnx.merge(GRAPHDEF, PARAMS)
+  B, K, L = batch["tokens"].shape
+  tokens, lengths = batch["tokens"].reshape(B * K, L), batch["lengths"].reshape(B * K)
+  valid = jnp.arange(L)[None] < lengths[:, None]
+  return np.asarray(model.reward(model(tokens, valid), valid).reshape(B, K))
+
+
+def _rewards_packed(batch):
+  from hhh.train.step import segment_mask
+  model = nnx.merge(GRAPHDEF, PARAMS)
+  seg = batch["segments"]
+  h = model(batch["tokens"], seg >= 0, positions_BxL=batch["positions"],
+            mask_BxLxL=segment_mask(seg, batch["contexts"]))
+  return np.asarray(model.reward_all(h).reshape(-1)[batch["reward_index"]])
+
+
+def check_same(examples, K, objective="ranked", lm_coef=0.0, row_len=256, buckets=(64, 128, 256), n_shards=1):
+  stats = packing.PackStats()
+  packed = packing.collate_rows(examples, K=K, pad_id=TOK.pad_id, buckets=packing.row_buckets(buckets, row_len),
+                                n_shards=n_shards, stats=stats)
+  pb = {k: jnp.asarray(v) for k, v in packed.items()}
+  ub = _unpacked(examples, K)
+  valid = np.asarray(ub["lengths"]) > 0
+  np.testing.assert_allclose(_rewards_packed(pb)[valid], _rewards_unpacked(ub)[valid], atol=ATOL, rtol=0)
+  lp, mp, gp = _grads_and_loss(packed_loss_fn, pb, objective, lm_coef)
+  lu, mu, gu = _grads_and_loss(loss_fn, ub, objective, lm_coef)
+  assert abs(lp - lu) < ATOL
+  for k in ("accuracy", "pairs") + (("lm_loss",) if lm_coef else ()):
+    assert abs(float(mp[k]) - float(mu[k])) < ATOL, k
+  flat_p, flat_u = jax.tree.leaves(gp), jax.tree.leaves(gu)
+  assert max(float(jnp.abs(a).max()) for a in flat_u) > 1e-3  # gradients that could hide a mismatch are not zero
+  for a, b in zip(flat_p, flat_u):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0)
+  return packed, stats
+
+
+@pytest.mark.parametrize("objective,lm_coef", [("ranked", 0.0), ("binary", 0.0), ("ranked", 0.5)])
+def test_hh_rlhf_rows_several_comparisons_per_row(objective, lm_coef):
+  comps = [_cut(c, 150) for c in hh_comparisons(8)]
+  examples, _ = encode_all(comps, TOK, max_len=256, max_k=2)
+  packed, stats = check_same(examples, K=2, objective=objective, lm_coef=lm_coef, row_len=1024)
+  assert stats.packed == 8 and stats.fallback == 0
+  # Several comparisons share rows: fewer rows than comparisons, and each context is there once.
+  R = packed["tokens"].shape[0]
+  assert R < 8
+  real = int((packed["segments"] >= 0).sum())
+  assert real == sum(packing.packed_length(e) for e in examples)
+  assert real < sum(len(s) for e in examples for s in e.seqs)
+
+
+def test_truncated_hh_rows_fall_back_and_still_match():
+  # max_len 96 cuts contexts differently per response (a longer response leaves less room): those comparisons
+  # fall back to one piece per response, next to packed ones in the same rows.
+  comps = [_cut(c, 200) for c in hh_comparisons(8)]
+  examples, enc = encode_all(comps, TOK, max_len=96, max_k=2)
+  assert enc.contexts_truncated > 0
+  _, stats = check_same(examples, K=2, lm_coef=0.5, row_len=192, buckets=(64, 96))
+  assert stats.fallback > 0 and stats.packed > 0
+
+
+def test_stack_exchange_rankings_k_varies_within_batch_and_splits():
+  comps = [_cut(c, 120) for c in se_rankings(6)]
+  ks = sorted({c.k for c in comps})
+  examples, _ = encode_all(comps, TOK, max_len=128, max_k=5)
+  assert len({len(e.seqs) for e in examples}) > 1, ks  # K differs between comparisons of one batch
+  # Rows of 128 tokens cannot hold a whole 3..5-way ranking: they split, each piece repeating the context.
+  _, stats = check_same(examples, K=5, row_len=128, buckets=(64, 128))
+  assert stats.split > 0
+  _, stats = check_same(examples, K=5, lm_coef=0.5, row_len=512, buckets=(64, 128), n_shards=2)
+  assert stats.split == 0 and stats.packed >= len(examples) - 1
+
+
+def test_short_last_batch_and_shards_keep_their_own_rows():
+  comps = [_cut(c, 120) for c in hh_comparisons(6)]
+  examples, _ = encode_all(comps, TOK, max_len=128, max_k=2)
+  exs = examples + [None, None]  # a short last batch: two empty comparison slots
+  packed = packing.collate_rows(exs, K=2, pad_id=TOK.pad_id, buckets=(128, 256), n_shards=2)
+  R, L = packed["tokens"].shape
+  assert R % 2 == 0 and not packed["lengths"][6:].any()
+  # Shard s's comparisons read their rewards in shard s's rows only.
+  row_of = packed["reward_index"] // L
+  assert (row_of[:4] < R // 2).all() and (row_of[4:6] >= R // 2).all()
+
+
+def test_layout_hand_example():
+  # Two comparisons: context [1, 2] with responses [5] and [6, 7]; context [3] with one response [8].
+  E = TOK.eoc_id
+  a = Encoded([np.array([1, 2, 5, E]), np.array([1, 2, 6, 7, E])], [2, 2], np.array([0.0, 1.0], np.float32))
+  b = Encoded([np.array([3, 8, E])], [1], np.array([0.0], np.float32))
+  p = packing.collate_rows([a, b], K=2, pad_id=0, buckets=(8, 16))
+  assert p["tokens"].shape == (2, 8)
+  # a (7 tokens) fills row 0 first; b (3 tokens) does not fit its last slot, so it opens row 1.
+  np.testing.assert_array_equal(p["tokens"][0], [1, 2, 5, E, 6, 7, E, 0])
+  np.testing.assert_array_equal(p["positions"][0], [0, 1, 2, 3, 2, 3, 4, 0])
+  np.testing.assert_array_equal(p["segments"][0], [0, 0, 1, 1, 2, 2, 2, -1])
+  np.testing.assert_array_equal(p["contexts"][0], [0, 0, 0, 0, 0, 0, 0, -2])
+  np.testing.assert_array_equal(p["tokens"][1, :3], [3, 8, E])
+  np.testing.assert_array_equal(p["reward_index"], [[3, 6], [8 + 2, 0]])
+  np.testing.assert_array_equal(p["lengths"], [[4, 5], [3, 0]])
+  # a's preferred sequence is 1 2 6 7 E: each token but E predicts the next; b's is 3 8 E.
+  np.testing.assert_array_equal(p["lm_weight"][0], [1, 1, 0, 0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(p["lm_target"][0][[0, 1, 4, 5]], [2, 6, 7, E])
+  np.testing.assert_array_equal(p["lm_weight"][1, :3], [1, 1, 0])
+  np.testing.assert_array_equal(p["lm_target"][1, :2], [8, E])
+
+
+def test_round_rows_grid():
+  assert [packing.round_rows(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+
+
+def test_hhh_train_pack_true_and_false_give_the_same_losses(tiny_experiment, tmp_path):
+  runs = {}
+  for pack in ("true", "false"):
+    wd = tmp_path / pack
+    run_hhh("train", tiny_experiment, "--workdir", wd, "--set", f"data.pack={pack}", "--set", "steps=6",
+            "--set", "checkpoint_every=6", "--set", "data.toy_k=3", "--set", "data.max_k=3")
+    runs[pack] = [m["loss"] for m in read_metrics(wd)]
+  assert len(runs["true"]) == 6
+  np.testing.assert_allclose(runs["true"], runs["false"], atol=1e-4, rtol=0)
