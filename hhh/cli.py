@@ -22,12 +22,14 @@ def _export(args):
   from hhh.reward import bundle
   if args.format == "hf":
     from hhh.reward import hf_export
-    meta = hf_export.export_run(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference)
+    meta = hf_export.export_run(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference,
+                                force=args.force)
     print(f"hhh: wrote HF sequence-classification directory {args.out} (reward read at "
           f"{meta['end_of_context']['token']!r}, appended; transformers logits = raw reward - "
           f"{meta['reward_bias']:.6g}, the head's bias; see {args.out}/README.md)")
     return
-  info = bundle.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference)
+  info = bundle.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference,
+                       force=args.force)
   norm = info["normalization"]
   print(f"hhh: wrote reward bundle {args.out} ({info['objective']} PM; normalization over {norm['n']} responses "
         f"of {norm['reference']}: mean {norm['mean']:.4f}, std {norm['std']:.4f})")
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
   e = sub.add_parser("export", help="write a self-contained reward-model bundle from a PM checkpoint")
   e.add_argument("ckpt", help="a training workdir (its latest checkpoint) or a checkpoint step dir "
                  "(with --format hf also a bundle)")
-  e.add_argument("--out", required=True, help="bundle directory")
+  e.add_argument("--out", required=True, help="bundle directory: new, empty, or (with --force) an earlier export")
+  e.add_argument("--force", action="store_true", help="replace --out if it holds an earlier output of this export")
   e.add_argument("--format", choices=("bundle", "hf"), default="bundle",
                  help="bundle: hhh's own; hf: a transformers AutoModelForSequenceClassification directory")
   e.add_argument("--reference", default=None,

@@ -145,12 +145,19 @@ def train_step(state, tokens_BxL, teacher_params, cache, *, graphdef, tx):
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
-def distill(cfg: DistillConfig, out_dir, lm=None) -> dict:
-  """Samples the text set, trains the student, writes OUT/{student checkpoint, texts.jsonl, metrics.jsonl}."""
+def distill(cfg: DistillConfig, out_dir, lm=None, force: bool = False) -> dict:
+  """Samples the text set, trains the student, writes OUT/{student checkpoint, texts.jsonl, metrics.jsonl}.
+  OUT appears when all is written; it is refused, or with `force` replaced, as hhh/outdir.py says."""
+  from hhh import outdir
+  sources = [cfg.model] if pathlib.Path(cfg.model).exists() else []  # an hhh run or HF dir as the teacher
+  with outdir.staged(out_dir, "hhh distill", sources=sources, force=force) as tmp:
+    tmp.mkdir()
+    return _distill(cfg, tmp, lm)
+
+
+def _distill(cfg: DistillConfig, out_dir: pathlib.Path, lm) -> dict:
   from hhh.pretrained import load_lm
-  from hhh.pretrained.convert import save_checkpoint
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  from hhh.pretrained.convert import write_checkpoint
   lm = lm or load_lm(cfg.model)
   prompt = prompt_text(cfg.prompt)
   if not prompt:
@@ -193,7 +200,7 @@ def distill(cfg: DistillConfig, out_dir, lm=None) -> dict:
   log.close()
   train_s = time.perf_counter() - t1
   student_lm = dataclasses.replace(lm, params=state["params"], name=f"{lm.name}+distilled({cfg.prompt})")
-  save_checkpoint(student_lm, out_dir / "student", extra_meta={"distill": dataclasses.asdict(cfg)})
+  write_checkpoint(student_lm, out_dir / "student", extra_meta={"distill": dataclasses.asdict(cfg)})
   summary = {"first": history[0] if history else None, "last": history[-1] if history else None,
              "prompt_tokens": len(prompt_ids), "texts": len(texts), "text_tokens": L,
              "sample_seconds": round(sample_s, 1), "train_seconds": round(train_s, 1)}
@@ -216,7 +223,7 @@ def distill_command(args) -> None:
   cfg = config_lib.apply_overrides(config_lib.load_experiment(args.config), args.set)
   if not isinstance(cfg, DistillConfig):
     raise config_lib.ConfigError(f"{args.config}: config() must return a DistillConfig for `hhh distill`")
-  s = distill(cfg, args.out)
+  s = distill(cfg, args.out, force=args.force)
   print(f"hhh: distilled {cfg.model} without its {s['prompt_tokens']}-token prompt on {s['texts']} sampled texts: "
         f"KL {s['first']['kl']:.4f} -> {s['last']['kl']:.4f}, top-1 agreement {s['first']['top1_agreement']:.3f} "
         f"-> {s['last']['top1_agreement']:.3f}; student at {args.out}/student")
@@ -227,4 +234,5 @@ def add_cli(sub) -> None:
   p.add_argument("config", help="experiment file returning a DistillConfig (e.g. experiments/context_distill.py)")
   p.add_argument("--out", required=True, help="output dir: student/ (an hhh checkpoint), texts.jsonl, metrics")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+  p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier `hhh distill` output")
   p.set_defaults(func=distill_command)

@@ -42,8 +42,8 @@ def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
             pool.submit(run_hhh, "train", exp, "--workdir", pm, "--set", "steps=2")]
     for job in jobs:
       job.result()
-  bundle_lib.export(pm, pm / "bundle")
-  return {"lm": lm, "pm": pm, "bundle": pm / "bundle", "root": root}
+  bundle_lib.export(pm, root / "bundle")  # beside the run: an export never writes inside its source
+  return {"lm": lm, "pm": pm, "bundle": root / "bundle", "root": root}
 
 
 @pytest.fixture(scope="module")

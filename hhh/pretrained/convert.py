@@ -14,10 +14,22 @@ import dataclasses
 import pathlib
 
 from hhh import config as config_lib
+from hhh import outdir
+
+CONVERT = "hhh convert"  # what its outputs are marked as (hhh/outdir.py)
 
 
-def save_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = None) -> pathlib.Path:
-  """Writes `lm` as checkpoint `step` of a workdir; returns the step directory."""
+def save_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = None, force: bool = False,
+                    sources=()) -> pathlib.Path:
+  """Writes `lm` as checkpoint `step` of a new workdir, as `hhh convert` does; returns the step directory.
+  `workdir` is refused, or with `force` replaced, as hhh/outdir.py says (`sources`: what `lm` was read from)."""
+  with outdir.staged(workdir, CONVERT, sources=sources, force=force) as tmp:
+    write_checkpoint(lm, tmp, step=step, extra_meta=extra_meta)
+  return pathlib.Path(workdir).absolute() / "checkpoints" / str(step)
+
+
+def write_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = None) -> None:
+  """save_checkpoint's work, into a workdir that is not there yet (a caller's staging directory)."""
   from hhh.train import checkpoint as ckpt_lib
   width = min(lm.cfg.max_len, 512)
   run_cfg = config_lib.TrainConfig(
@@ -27,13 +39,13 @@ def save_checkpoint(lm, workdir, *, step: int = 0, extra_meta: dict | None = Non
           "converted_from": lm.name, **(extra_meta or {})}
   if lm.chat_template:
     meta["chat_template"] = lm.chat_template
+  pathlib.Path(workdir).mkdir(parents=True)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=1)
   try:
     ckpts.save(step, {"params": lm.params}, None, meta)
   finally:
     ckpts.close()
   (pathlib.Path(workdir) / "config.json").write_text(config_lib.dumps(run_cfg))
-  return pathlib.Path(workdir).absolute() / "checkpoints" / str(step)
 
 
 def convert_command(args) -> None:
@@ -44,15 +56,18 @@ def convert_command(args) -> None:
     from hhh.reward import hf_export
     if not (pathlib.Path(args.model) / "config.json").is_file():
       raise ValueError(f"--as-bundle takes an HF sequence-classification directory; {args.model} has no config.json")
-    info = hf_export.convert_to_bundle(args.model, args.out)
+    info = hf_export.convert_to_bundle(args.model, args.out, force=args.force)
     bias = json.loads((pathlib.Path(args.model) / "config.json").read_text()).get(hf_export.META, {}).get(
         "reward_bias")
     print(f"hhh: wrote reward bundle {args.out} from {args.model} (reward head bias "
           f"{'restored from config.json' if bias is not None else 'zero: none recorded'}; normalization over "
           f"{info['normalization']['n']} responses)")
     return
+  # A model named, not given as a path, is read from hhh's cache: nothing of the user's to protect there.
+  sources = [args.model] if pathlib.Path(args.model).exists() else []
+  outdir.check(args.out, CONVERT, sources=sources, force=args.force)  # before the load, which may take minutes
   lm = load_lm(args.model)
-  where = save_checkpoint(lm, args.out)
+  where = save_checkpoint(lm, args.out, force=args.force, sources=sources)
   n = family.param_counts(lm.cfg)
   print(f"hhh: wrote {lm.name} ({n['total']:,} parameters) as an hhh checkpoint: {where}")
 
@@ -63,4 +78,5 @@ def add_cli(sub) -> None:
   p.add_argument("--out", required=True, help="output workdir (usable as init_from=DIR), or bundle with --as-bundle")
   p.add_argument("--as-bundle", action="store_true",
                  help="MODEL is an HF sequence-classification reward model: write an hhh reward bundle")
+  p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier output of this command")
   p.set_defaults(func=convert_command)

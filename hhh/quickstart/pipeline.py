@@ -328,7 +328,7 @@ def hhh_eval(out: pathlib.Path, jobs: list[Job], eval_dir: str) -> list[dict]:
     b = out / "bundles" / job.name
     if not (b / "bundle.json").exists():
       with contextlib.redirect_stdout(sys.stderr):
-        bundle.export(out / "runs" / job.name, b)
+        bundle.export(out / "runs" / job.name, b, force=True)  # ours: an earlier try's may be replaced
     res = tasks.hhh_alignment(tasks.PMJudge(api.load(b)), eval_dir)
     rec = {"name": job.name, **{k: v for k, v in job.tags.items() if k != "n"}, "n_finetune": job.tags["n"],
            "accuracy": res["accuracy"], "n": res["n"],

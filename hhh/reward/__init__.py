@@ -1,6 +1,6 @@
 """Trained preference models as reward functions.
 
-    rm = hhh.reward.load("runs/tiny_pm/bundle")          # a bundle written by `hhh export`
+    rm = hhh.reward.load("runs/tiny_pm_bundle")          # a bundle written by `hhh export`
     rm.score(["Human: hi\n\nAssistant:"], [" Hello!"])    # -> np.ndarray of raw rewards
     rm.score(contexts, responses, normalize=True)         # (r - mean) / std of the export-time reference set
     rm.compare(context, [resp_a, resp_b, resp_c])         # ranking and sigmoid(r_i - r_j) preference matrix

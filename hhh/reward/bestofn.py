@@ -1,6 +1,6 @@
 """Best-of-n sampling: draw n completions per prompt from a policy and keep the one a reward model likes best.
 
-    hhh bestofn --policy runs/tiny_lm --reward runs/tiny_pm/bundle --n 8 --prompts prompts.jsonl --out best.jsonl
+    hhh bestofn --policy runs/tiny_lm --reward runs/tiny_pm_bundle --n 8 --prompts prompts.jsonl --out best.jsonl
 """
 
 from __future__ import annotations

@@ -23,14 +23,12 @@ back, or use `hhh_reward.normalization`, for absolute values.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 import tokenizers
 
+from hhh import outdir
 from hhh.data import tokenizer as tokenizer_lib
 from hhh.pretrained import flatten_params
 from hhh.pretrained import hf
@@ -42,6 +40,7 @@ LM_HEADS = {"llama": "lm_head.weight", "gpt_neox": "embed_out.weight", "gpt2": "
 META = "hhh_reward"
 LM_HEAD_FILE = "hhh_lm_head.safetensors"
 META_VERSION = 1
+EXPORT_HF, CONVERT_BUNDLE = "hhh export --format hf", "hhh convert --as-bundle"  # output markers (hhh/outdir.py)
 
 
 def model_type_for(cfg) -> str:
@@ -127,8 +126,15 @@ with torch.no_grad():
 """
 
 
-def export_hf(bundle_path, out_dir, *, source: dict | None = None) -> dict:
-  """Writes the HF directory of a reward bundle; returns its `hhh_reward` block (`source`: where it came from)."""
+def export_hf(bundle_path, out_dir, *, source: dict | None = None, force: bool = False) -> dict:
+  """Writes the HF directory of a reward bundle; returns its `hhh_reward` block (`source`: where it came from).
+  `out_dir` is refused, or with `force` replaced, as hhh/outdir.py says."""
+  with outdir.staged(out_dir, EXPORT_HF, sources=[bundle_path], force=force) as tmp:
+    return _write_hf(bundle_path, tmp, source)
+
+
+def _write_hf(bundle_path, tmp: pathlib.Path, source: dict | None) -> dict:
+  """export_hf's work, into `tmp` (not yet there)."""
   cfg, params, tok, info = bundle_lib.read(bundle_path)
   mt = model_type_for(cfg)
   hf_config = hf.config_to_hf(cfg, mt)
@@ -166,9 +172,6 @@ def export_hf(bundle_path, out_dir, *, source: dict | None = None) -> dict:
             # GPT-2 adds an embedding of token_type_ids to its input: the tokenizer must not return them.
             model_input_names=["input_ids", "attention_mask"])
   from safetensors import numpy as st_np
-  out = pathlib.Path(out_dir).absolute()
-  tmp = out.with_name(out.name + ".partial")
-  shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   # "format": "pt" is what HF loaders expect in the header; the data is plain little-endian float32.
   st_np.save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -179,21 +182,20 @@ def export_hf(bundle_path, out_dir, *, source: dict | None = None) -> dict:
   (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
   (tmp / "special_tokens_map.json").write_text(json.dumps({"eos_token": eoc, "pad_token": pad}, indent=2) + "\n")
   (tmp / "README.md").write_text(_readme(SEQ_CLS[mt], eoc, pad, bias, info["normalization"], max_len))
-  shutil.rmtree(out, ignore_errors=True)
-  tmp.rename(out)
   return meta
 
 
-def export_run(ckpt, out_dir, *, reference: str | None = None, max_reference: int = 2000) -> dict:
+def export_run(ckpt, out_dir, *, reference: str | None = None, max_reference: int = 2000,
+               force: bool = False) -> dict:
   """`hhh export CKPT --format hf`: a bundle (normalization statistics included) first, then its HF directory."""
   ckpt = pathlib.Path(ckpt)
   if (ckpt / "bundle.json").exists():
-    return export_hf(ckpt, out_dir)
-  out = pathlib.Path(out_dir).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.bundle-") as tmp:
-    bundle_lib.export(ckpt, pathlib.Path(tmp) / "bundle", reference=reference, max_reference=max_reference)
-    return export_hf(pathlib.Path(tmp) / "bundle", out, source={"source_checkpoint": str(ckpt.absolute())})
+    return export_hf(ckpt, out_dir, force=force)
+  with outdir.staged(out_dir, EXPORT_HF, sources=bundle_lib.run_of(ckpt), force=force) as tmp:
+    # The interim bundle lives in the same private staging directory, and goes with it.
+    bundle = tmp.parent / "bundle"
+    bundle_lib.export(ckpt, bundle, reference=reference, max_reference=max_reference)
+    return _write_hf(bundle, tmp, source={"source_checkpoint": str(ckpt.absolute())})
 
 
 # ---------------------------------------------------------------- HF directory -> bundle
@@ -217,22 +219,20 @@ def _tokenizer(path: pathlib.Path, meta: dict | None, lm_tokenizer):
 
 
 def write_bundle(out_dir, cfg, params, tok, *, objective: str, max_len: int, normalization: dict,
-                 source: str | None = None) -> pathlib.Path:
-  """A reward bundle from parts via `bundle.write`, replacing `out_dir` only once it is complete."""
-  out = pathlib.Path(out_dir).absolute()
-  tmp = out.with_name(out.name + ".partial")
-  shutil.rmtree(tmp, ignore_errors=True)
-  bundle_lib.write(tmp, cfg, params, tok.to_json(), objective=objective, max_len=int(max_len),
-                   normalization=normalization, source_checkpoint=source)
-  shutil.rmtree(out, ignore_errors=True)
-  os.replace(tmp, out)
-  return out
+                 source: str | None = None, force: bool = False) -> pathlib.Path:
+  """A reward bundle from parts via `bundle.write`, as `hhh convert --as-bundle` writes one: `out_dir` is
+  refused, or with `force` replaced, as hhh/outdir.py says, and only once the new bundle is complete."""
+  with outdir.staged(out_dir, CONVERT_BUNDLE, sources=[source] if source else [], force=force) as tmp:
+    bundle_lib.write(tmp, cfg, params, tok.to_json(), objective=objective, max_len=int(max_len),
+                     normalization=normalization, source_checkpoint=source)
+  return pathlib.Path(out_dir).absolute()
 
 
-def convert_to_bundle(hf_dir, out_dir) -> dict:
+def convert_to_bundle(hf_dir, out_dir, *, force: bool = False) -> dict:
   """An HF sequence-classification reward model directory as an hhh reward bundle; returns its bundle.json."""
   import jax.numpy as jnp
   path = pathlib.Path(hf_dir)
+  outdir.check(out_dir, CONVERT_BUNDLE, sources=[path], force=force)  # before the load, not after
   cj = path / "config.json"
   if not cj.is_file():
     raise FileNotFoundError(f"{path}: no config.json (not an HF model directory)")
@@ -256,5 +256,5 @@ def convert_to_bundle(hf_dir, out_dir) -> dict:
   norm = meta.get("normalization") or {"mean": 0.0, "std": 1.0, "n": 0, "reference": None}
   # A reward model from elsewhere does not say how it was trained; Bradley-Terry RMs are pairwise rankings.
   write_bundle(out_dir, lm.cfg, lm.params, tok, objective=meta.get("objective", "ranked"), max_len=max_len,
-               normalization=norm, source=str(path.absolute()))
+               normalization=norm, source=str(path.absolute()), force=force)
   return json.loads((pathlib.Path(out_dir) / "bundle.json").read_text())

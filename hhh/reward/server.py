@@ -1,7 +1,7 @@
 """Serve a reward bundle over HTTP, so RL pipelines in other processes can use a trained PM as their reward.
 
-    hhh serve runs/tiny_pm/bundle --port 8000
-    # or: from hhh.reward import server; server.serve("runs/tiny_pm/bundle", port=8000)
+    hhh serve runs/tiny_pm_bundle --port 8000
+    # or: from hhh.reward import server; server.serve("runs/tiny_pm_bundle", port=8000)
 
 A small Starlette app on uvicorn (h11): one event loop reads requests and writes answers, and one worker
 thread (the only one that touches the model) gathers up to `max_batch` pairs from whatever requests are
