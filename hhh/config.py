@@ -36,8 +36,8 @@ class DataConfig:
   buckets: tuple[int, ...] = (64, 128)
   max_k: int = 2
   # Ranked and binary runs train on packed rows (hhh.data.packing): each comparison's context once, then its
-  # responses, several comparisons to a row of at most `pack_len` tokens (0: twice the largest
-  # bucket). Same loss as unpacked.
+  # responses, several comparisons to a row of at most `pack_len` tokens (0: the largest bucket;
+  # a comparison longer than that is split over rows, its context repeated). Same loss as unpacked.
   pack: bool = True
   pack_len: int = 0
 
@@ -93,7 +93,7 @@ class TrainConfig:
       raise ConfigError(f"data.max_len={self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
     if self.data.pack_len and self.data.pack_len < self.data.max_len:
       raise ConfigError(f"data.pack_len={self.data.pack_len} must hold one sequence of data.max_len="
-                        f"{self.data.max_len} tokens (or be 0: twice the largest bucket)")
+                        f"{self.data.max_len} tokens (or be 0: the largest bucket)")
 
 
 def _convert(text: str, tp, key: str):

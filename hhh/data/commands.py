@@ -15,7 +15,7 @@ from tqdm import tqdm
 from hhh.data import binarize as binarize_lib
 from hhh.data import load as load_lib
 from hhh.data import store
-from hhh.data.mine.common import SPLITS, MineStats
+from hhh.data.mine.common import SPLITS, MineStats, split_of
 
 MINERS = ("stackexchange", "reddit", "wikipedia")
 LOAD_EPILOG = ("A held-out Stack Exchange set needs no loader: `hhh data mine stackexchange DUMP --out DIR` already "
@@ -72,6 +72,9 @@ def add_parsers(sub) -> None:
                                 "hf:NAME or hf:NAME:CONFIG")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--binarize", action="store_true", help="store GOOD:/BAD: binary comparisons instead of rankings")
+    p.add_argument("--resplit", default=None, metavar="TRAIN,VALIDATION,TEST",
+                   help="ignore the source's own splits: split by a hash of each comparison's group (e.g. "
+                        "HH-RLHF's first Human turn) in these fractions, e.g. 0.8,0.2,0")
     add_option_flags(p, mod.Options)
     p.set_defaults(func=load_command)
   info = dsub.add_parser("info", help="counts, score histograms and a few examples of a dataset")
@@ -93,12 +96,29 @@ def mine_command(args) -> None:
          f"hhh comparisons mined from {args.miner}: {args.path}", {})
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+  try:
+    parts = tuple(float(x) for x in text.split(","))
+  except ValueError:
+    parts = ()
+  if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+    raise ValueError(f"--resplit {text!r}: expected three fractions for train,validation,test that sum to 1")
+  return parts
+
+
 def load_command(args) -> None:
   mod = load_lib.loader(args.loader)
   options = _options(mod.Options, args)
   stats = MineStats(source=args.loader)
-  _write(args, mod.load(args.path, options, stats), stats, options, f"load {args.loader}",
-         f"hhh comparisons loaded from {args.loader}: {args.path}", {"loader": args.loader})
+  items = mod.load(args.path, options, stats)
+  extra = {"loader": args.loader}
+  if getattr(args, "resplit", None):
+    # A group (one conversation's opening) never straddles splits: train on some conversations, test on others.
+    fractions = _fractions(args.resplit)
+    items = ((key, c, split_of(key, fractions)) for key, c, *_ in items)
+    extra["resplit"] = dict(zip(SPLITS, fractions))
+  _write(args, items, stats, options, f"load {args.loader}",
+         f"hhh comparisons loaded from {args.loader}: {args.path}", extra)
 
 
 def _unavailable(name: str, error: Exception):
