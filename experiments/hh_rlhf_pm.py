@@ -1,13 +1,26 @@
 """A real PM: SmolLM2-135M-Instruct fine-tuned in full on HH-RLHF comparisons, packed, split by conversation.
 
-Data and start (README "A real PM" gives the whole command sequence):
-    hhh data load hh_rlhf ../shared/data/hh_rlhf --out runs/hh_rlhf_conv --resplit 0.8,0.2,0
-    hhh convert smollm2-135m-instruct --out runs/smollm2
-The held-out set is the validation split: the comparisons of the conversations (first Human turn) not trained on.
+    python experiments/hh_rlhf_pm.py                      # data, start point, training, report (resumes)
+    python experiments/hh_rlhf_pm.py --stage report --limit 400
+    hhh train experiments/hh_rlhf_pm.py --workdir runs/hh_rlhf_pm     # the training stage alone
+
+Data: the four HH-RLHF test files in ../shared/data/hh_rlhf, split by conversation (opening Human turn) into 80%
+train and 20% held-out (`hhh data load hh_rlhf ... --resplit 0.8,0.2,0`); the start point is SmolLM2-135M-Instruct
+converted to an hhh checkpoint (`hhh convert smollm2-135m-instruct`). The report (hhh/studies/hh_rlhf_pm.py)
+goes to results/hh_rlhf_pm/.
 """
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
 
 from hhh.config import DataConfig, OptimConfig, TrainConfig
 from hhh.model import family
+
+DATA, INIT, RUN, OUT = "runs/hh_rlhf_conv", "runs/smollm2", "runs/hh_rlhf_pm", "results/hh_rlhf_pm"
+SOURCE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf"
 
 
 def config() -> TrainConfig:
@@ -15,9 +28,39 @@ def config() -> TrainConfig:
       objective="ranked",
       # The architecture and tokenizer come from the converted checkpoint (init_from); max_len is a data cap.
       model=family.get("13m", max_len=1024),
-      data=DataConfig(train="runs/hh_rlhf_conv", validation="runs/hh_rlhf_conv", tokenizer="byte",
-                      max_len=1024, buckets=(128, 256, 512, 1024), max_k=2),
+      data=DataConfig(train=DATA, validation=DATA, tokenizer="byte", max_len=1024, buckets=(128, 256, 512, 1024),
+                      max_k=2),
       optim=OptimConfig(lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
-      init_from="runs/smollm2",
+      init_from=INIT,
       # 8 comparisons a step, as TRL's default batch; 400 steps see about half the training conversations once.
       batch_size=8, steps=400, log_every=5, eval_every=400, checkpoint_every=10, keep_checkpoints=2)
+
+
+def main(argv=None) -> int:
+  if argv is None:  # run from the command line: the allocator is chosen first (hhh/cpu_malloc.py)
+    from hhh import cpu_malloc
+    cpu_malloc.reexec_under_jemalloc(script=__file__)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--stage", choices=("all", "report"), default="all")
+  p.add_argument("--limit", type=int, default=0, help="report on the first N held-out comparisons (0: all)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field")
+  args = p.parse_args(argv)
+  from hhh import cli
+  from hhh.config import apply_overrides
+  from hhh.studies import hh_rlhf_pm
+  if args.stage == "all":
+    if not pathlib.Path(DATA, "summary.json").exists():
+      if rc := cli.main(["data", "load", "hh_rlhf", str(SOURCE), "--out", DATA, "--resplit", "0.8,0.2,0"]):
+        return rc
+    if not pathlib.Path(INIT, "checkpoints").exists():
+      if rc := cli.main(["convert", "smollm2-135m-instruct", "--out", INIT]):
+        return rc
+    from hhh.train import loop
+    loop.train(apply_overrides(config(), args.set), RUN)
+  s = hh_rlhf_pm.report(RUN, DATA, OUT, limit=args.limit)
+  print(f"hh_rlhf_pm: held-out accuracy {s['accuracy']['mean']:.3f}; report: {OUT}/report.md")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -250,6 +250,7 @@ def _train(cfg, workdir) -> dict[str, float]:
       post.update({"tok/s": f"{tps:,.0f}", "mfu": f"{m['mfu']:.1%}"})
     if "accuracy" in m:
       post["acc"] = f"{m['accuracy']:.3f}"
+    m["time"] = time.time()  # wall clock: a run's training time and rate, across resumes (validation rows have none)
     writer.write(step, "train", m)
     bar.set_postfix(post, refresh=False)
 
