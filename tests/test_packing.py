@@ -203,3 +203,15 @@ def test_hhh_train_pack_true_and_false_give_the_same_losses(tiny_experiment, tmp
     runs[pack] = [m["loss"] for m in read_metrics(wd)]
   assert len(runs["true"]) == 6
   np.testing.assert_allclose(runs["true"], runs["false"], atol=1e-4, rtol=0)
+
+
+def test_remat_gives_the_same_gradients():
+  import dataclasses
+  comps = [_cut(c, 120) for c in hh_comparisons(4)]
+  examples, _ = encode_all(comps, TOK, max_len=128, max_k=2)
+  batch = {k: jnp.asarray(v) for k, v in packing.collate_rows(examples, K=2, pad_id=TOK.pad_id, buckets=(256,)).items()}
+  remat_def = nnx.graphdef(nnx.eval_shape(lambda: Transformer(dataclasses.replace(CFG, remat=True), rngs=nnx.Rngs(0))))
+  grad = jax.jit(jax.grad(lambda p, g: packed_loss_fn(p, g, batch, None, "ranked", 0.5)[0]), static_argnums=1)
+  a, b = grad(PARAMS, GRAPHDEF), grad(PARAMS, remat_def)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

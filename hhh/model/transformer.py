@@ -417,8 +417,13 @@ class Transformer(nnx.Module):
 
     new_caches = []
     for i, block in enumerate(self.layers):
-      x_BxLxD, c = block(x_BxLxD, positions_BxL, mask_BxLxS, layer_caches[i], cache_index, make_drop(i),
-                         prefix_kvs[i])
+      if cfg.remat and cache is None and prefix is None:
+        # Only the block's input is kept for the backward pass; its insides are recomputed there.
+        run = jax.checkpoint(lambda x, pos, m, blk=block, drop=make_drop(i): blk(x, pos, m, None, 0, drop)[0])
+        x_BxLxD, c = run(x_BxLxD, positions_BxL, mask_BxLxS), None
+      else:
+        x_BxLxD, c = block(x_BxLxD, positions_BxL, mask_BxLxS, layer_caches[i], cache_index, make_drop(i),
+                           prefix_kvs[i])
       new_caches.append(c)
     h_BxLxD = self.final_norm(x_BxLxD)
     if cache is None:

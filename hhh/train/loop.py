@@ -86,7 +86,7 @@ def _model_config(cfg, tok, init_meta) -> ModelConfig:
   if init_meta is not None:
     # The architecture is the checkpoint's; only run-time switches come from this config.
     base = config_lib.from_dict(ModelConfig, init_meta["config"]["model"])
-    return dataclasses.replace(base, dropout=cfg.model.dropout, dtype=cfg.model.dtype)
+    return dataclasses.replace(base, dropout=cfg.model.dropout, dtype=cfg.model.dtype, remat=cfg.model.remat)
   return dataclasses.replace(cfg.model, vocab_size=tok.vocab_size)
 
 
