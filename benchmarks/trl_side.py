@@ -25,8 +25,10 @@ The worker speaks the protocol of benchmarks/train_step_torch.py over stdin/stdo
 `{"times": [s per step], "rows": [pairs], "comparisons": [rankings, fractional for K-way], "real_tokens": [...],
 "processed_tokens": [...], "loadavg": [1, 5, 15 min], "peak_gflops": torch fp32 matmul rate}`; `quit` ends it.
 A step's time runs from the end of the previous step to the end of this one, so it includes fetching and
-collating its batch (what a user waits for). Real tokens are the unpadded ones (`attention_mask.sum()`),
-processed tokens every position of the padded batch. Everything else the trainer prints goes to stderr.
+collating its batch (what a user waits for). Real tokens are the unpadded ones TRL computes on
+(`attention_mask.sum()`: each pair's context twice, and once per pair for K-way), processed tokens every position
+of the padded batch; a caller that counts the tokens a comparison needs (its context once) divides by its own
+count. Everything else the trainer prints goes to stderr.
 
 From Python (to interleave rounds with other sides): `w = TRLWorker(hf_dir, rows_path, mode="best",
 batch_size=8); w.start(); w.run(3); w.stop()`, or `drive(...)`. `allocator="jemalloc"` starts the worker under
@@ -145,6 +147,8 @@ def make_trainer(hf_dir, rows: list[dict], args, *, callbacks=(), trainer_cls=No
   from trl.trainer.reward_trainer import DataCollatorForPreference
   from transformers import AutoTokenizer
 
+  if args.train_sampling_strategy == "group_by_length" and rows and "chosen_ids" not in rows[0]:
+    raise ValueError("mode best groups rows by their token counts: give it token-id rows (encode_rows)")
   tok = AutoTokenizer.from_pretrained(hf_dir)
   collator = DataCollatorForPreference(pad_token_id=tok.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
   if collate_hook is not None:
