@@ -102,3 +102,16 @@ def test_a_grid_run_ignores_modules_in_the_launchers_directory(tmp_path, monkeyp
   log = (tmp_path / "sweep" / "runs" / "r" / "train.log").read_text()
   assert "owned" not in log and not (cwd / "IMPORTED").exists()
   assert log.strip().splitlines()[-1] == f"hhh: error: experiment file {tmp_path / 'missing.py'} not found"
+
+
+def test_quickstart_workers_do_not_import_from_the_current_directory(tmp_path):
+  # The parent runs as the `hhh` command does (current directory off its path, here with -P); its spawned
+  # workers must not pick up a multiprocessing.py (or anything else) from the directory they start in.
+  marker = tmp_path / "imported"
+  (tmp_path / "multiprocessing.py").write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(3)\n")
+  code = "from hhh.quickstart import pipeline\nprint(pipeline.spawn_pool(1).submit(abs, -7).result())\n"
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+  proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                        timeout=120, env={**env, "PYTHONPATH": str(REPO)})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "7" and not marker.exists()

@@ -229,11 +229,7 @@ class Runner:
 
   def _parallel(self, todo: list[Job], bar) -> None:
     import concurrent.futures
-    import multiprocessing
-    # spawn, not fork: this process may hold JAX's threads already.
-    pool = concurrent.futures.ProcessPoolExecutor(
-        min(self.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init, initargs=(self.out,))
+    pool = spawn_pool(min(self.workers, len(todo)), initializer=_worker_init, initargs=(self.out,))
     try:
       pending = {pool.submit(_train_job, job, self.out): job for job in todo}
       while pending:
@@ -437,3 +433,14 @@ def run(cfg: QuickstartConfig, log=print, workers: int = 1) -> dict:
   times["report"] = time.perf_counter() - t
   log(f"hhh quickstart: done in {times['total'] + times['report']:.0f} s; open {out / 'report.md'}")
   return summary
+
+
+def spawn_pool(workers: int, **kw):
+  """A process pool of spawned workers (not forked: this process may hold JAX's threads already).
+
+  A spawned worker starts as `python -c ...`, which would put the current directory first on its import path, so
+  a multiprocessing.py there would run: PYTHONSAFEPATH keeps it off (Python 3.11+)."""
+  import concurrent.futures
+  import multiprocessing
+  os.environ["PYTHONSAFEPATH"] = "1"
+  return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), **kw)
