@@ -105,13 +105,16 @@ def test_a_grid_run_ignores_modules_in_the_launchers_directory(tmp_path, monkeyp
 
 
 def test_quickstart_workers_do_not_import_from_the_current_directory(tmp_path):
-  # The parent runs as the `hhh` command does (current directory off its path, here with -P); its spawned
-  # workers must not pick up a multiprocessing.py (or anything else) from the directory they start in.
+  # Spawned workers of a parent that runs as the `hhh` command does must not pick up a multiprocessing.py (or
+  # anything else) from the directory they start in.
   marker = tmp_path / "imported"
   (tmp_path / "multiprocessing.py").write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(3)\n")
-  code = "from hhh.quickstart import pipeline\nprint(pipeline.spawn_pool(1).submit(abs, -7).result())\n"
+  # The parent drops '' from its path as the `hhh` command's re-exec does (hhh/selfcmd.py), not with -P, which
+  # the spawned workers would inherit as a flag.
+  code = ("import sys; sys.path.pop(0)\nfrom hhh.quickstart import pipeline\n"
+          "print(pipeline.spawn_pool(1).submit(abs, -7).result())\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
-  proc = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                         timeout=120, env={**env, "PYTHONPATH": str(REPO)})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "7" and not marker.exists()
