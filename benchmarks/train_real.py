@@ -133,6 +133,9 @@ def hhh_worker(a):
     line = line.strip()
     if not line or line == "quit":
       return
+    if line == "rewind":  # --restart-trl: every round runs the same measured batches
+      j = a.warmup
+      continue
     n = int(line.split()[1])
     times, processed, need = [], [], []
     for _ in range(n):
@@ -168,7 +171,8 @@ class HHHWorker:
     env = dict(os.environ)
     lib = cpu_malloc.find_jemalloc()
     if lib:  # what the `hhh` command runs under on CPU (hhh/cpu_malloc.py)
-      env.update(LD_PRELOAD=lib, MALLOC_CONF=cpu_malloc.MALLOC_CONF)
+      # background_thread: an idle worker hands its step buffers back, so a TRL worker beside it has the memory.
+      env.update(LD_PRELOAD=lib, MALLOC_CONF=cpu_malloc.MALLOC_CONF + ",background_thread:true")
     self.info["allocator"] = "jemalloc" if lib else "glibc"
     self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                                  env=env)
@@ -181,6 +185,10 @@ class HHHWorker:
         self.info.update(msg)
         if msg.get("ready"):
           return self
+
+  def rewind(self):
+    self.proc.stdin.write("rewind\n")
+    self.proc.stdin.flush()
 
   def run(self, n):
     self.proc.stdin.write(f"run {n}\n")
@@ -269,21 +277,34 @@ def bench(shape: str, args, workload: str) -> dict:
   need_over_real = (sum(packing.packed_length(e) for e in examples)
                     / sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows))
   hf = _hf_dir(shape, tok, work)
-  workers = [HHHWorker("hhh_packed", shape, data, True, max_k, args.warmup, total),
-             HHHWorker("hhh_unpacked", shape, data, False, max_k, args.warmup, total)]
+  if args.restart_trl:
+    total = args.warmup + args.steps  # every round runs the same measured batches
+  workers = [HHHWorker("hhh_packed", shape, data, True, max_k, args.warmup, total)]
+  if not args.no_unpacked:
+    workers.append(HHHWorker("hhh_unpacked", shape, data, False, max_k, args.warmup, total))
   for mode in ("default", "best"):
     for al in args.trl_allocators.split(","):
       workers.append(trl_side.TRLWorker(str(hf), str(rows_path), mode=mode, batch_size=BATCH, max_length=MAX_LEN,
                                         warmup=args.warmup, allocator=al))
   got = {w.name: [] for w in workers}
   log = lambda s: print(f"[{shape} {workload}] {s}", file=sys.stderr, flush=True)
+  trl = lambda w: isinstance(w, trl_side.TRLWorker)
   try:
     for w in workers:
-      log(f"starting {w.name}")
-      w.start()
+      if not (args.restart_trl and trl(w)):
+        log(f"starting {w.name}")
+        w.start()
     for r in range(args.rounds):
       for w in workers:
+        if args.restart_trl and trl(w):
+          # Memory for one SmolLM2-shape TRL worker at a time: each round starts it afresh (its warm-up steps
+          # are the same batches every time), runs the measured steps, and stops it.
+          w.start()
+        elif args.restart_trl:
+          w.rewind()
         res = w.run(args.steps)
+        if args.restart_trl and trl(w):
+          w.stop()
         res.setdefault("loadavg", os.getloadavg())
         got[w.name].append(res)
         log(f"round {r + 1}/{args.rounds} {w.name}: {statistics.median(res['times']):.2f} s/step, "
@@ -299,16 +320,17 @@ def bench(shape: str, args, workload: str) -> dict:
   trl_best_of = lambda mode: max((n for n in sides if n.startswith(f"trl_{mode}")),
                                  key=lambda n: sides[n]["comparisons_per_s"])
   d, b = trl_best_of("default"), trl_best_of("best")
-  p, u = sides["hhh_packed"], sides["hhh_unpacked"]
+  p, u = sides["hhh_packed"], sides.get("hhh_unpacked")
   ratios = {
       "hhh_packed_over_trl_default": p["comparisons_per_s"] / sides[d]["comparisons_per_s"],
       "hhh_packed_over_trl_best": p["comparisons_per_s"] / sides[b]["comparisons_per_s"],
-      "hhh_packed_over_hhh_unpacked": p["comparisons_per_s"] / u["comparisons_per_s"],
+      "hhh_packed_over_hhh_unpacked": p["comparisons_per_s"] / u["comparisons_per_s"] if u else None,
       # At equal speed per processed token, a side's comparisons/s is inversely proportional to its overhead.
       "token_bound_over_trl_default": sides[d]["processed_over_needed"] / p["processed_over_needed"],
       "token_bound_over_trl_best": sides[b]["processed_over_needed"] / p["processed_over_needed"],
       "trl_default_side": d, "trl_best_side": b}
   return {"workload": workload, "shape": shape, "comparisons_in_window": len(comps), "batch": BATCH,
+          "restart_trl": args.restart_trl,
           "needed_over_unpadded_pairs": need_over_real,
           "max_len": MAX_LEN, "warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
           "needed_tokens_per_comparison": need_per_comp, "sides": sides, "ratios": ratios, "raw_rounds": got}
@@ -329,6 +351,10 @@ def main():
   ap.add_argument("--steps", type=int, default=2)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--trl-allocators", default="glibc,jemalloc")
+  ap.add_argument("--restart-trl", action="store_true",
+                  help="start each TRL worker afresh every round (one at a time in memory); every round then runs "
+                       "the same measured batches on every side")
+  ap.add_argument("--no-unpacked", action="store_true", help="leave out the hhh unpacked side")
   ap.add_argument("--work", default="/tmp/hhh-train-real")
   ap.add_argument("--out", default=str(HERE / "results" / "train_real.json"))
   a = ap.parse_args()

@@ -165,11 +165,12 @@ def _remove_stale_stages(out: pathlib.Path) -> None:
   prefix = _stage_prefix(out)
   for p in out.parent.glob(glob.escape(prefix) + "*"):
     pid = p.name[len(prefix):].split(".", 1)[0]
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not alive(int(pid)):
       shutil.rmtree(p, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+  """Whether a process of this pid lives on this host (staging directories of dead writers are removed)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from hhh import outdir
 from hhh.data.mine.common import SPLITS, MineStats, split_of
 from hhh.data.schema import Comparison, read_jsonl
 
@@ -113,18 +114,8 @@ def _remove_stale_builds(out: pathlib.Path) -> None:
     return
   for p in out.parent.glob(f".{glob.escape(out.name)}.building-*"):
     pid = p.name.rsplit("-", 1)[-1]
-    if pid.isdigit() and not _alive(int(pid)):
+    if pid.isdigit() and not outdir.alive(int(pid)):
       shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
 
 
 def _swap_in(build: pathlib.Path, out: pathlib.Path) -> None:
