@@ -285,7 +285,7 @@ def bench(shape: str, args, workload: str) -> dict:
   for mode in ("default", "best"):
     for al in args.trl_allocators.split(","):
       workers.append(trl_side.TRLWorker(str(hf), str(rows_path), mode=mode, batch_size=BATCH, max_length=MAX_LEN,
-                                        warmup=args.warmup, allocator=al))
+                                        warmup=args.warmup, allocator=al, grad_accum=args.trl_grad_accum))
   got = {w.name: [] for w in workers}
   log = lambda s: print(f"[{shape} {workload}] {s}", file=sys.stderr, flush=True)
   trl = lambda w: isinstance(w, trl_side.TRLWorker)
@@ -330,7 +330,7 @@ def bench(shape: str, args, workload: str) -> dict:
       "token_bound_over_trl_best": sides[b]["processed_over_needed"] / p["processed_over_needed"],
       "trl_default_side": d, "trl_best_side": b}
   return {"workload": workload, "shape": shape, "comparisons_in_window": len(comps), "batch": BATCH,
-          "restart_trl": args.restart_trl,
+          "restart_trl": args.restart_trl, "trl_grad_accum": args.trl_grad_accum,
           "needed_over_unpadded_pairs": need_over_real,
           "max_len": MAX_LEN, "warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
           "needed_tokens_per_comparison": need_per_comp, "sides": sides, "ratios": ratios, "raw_rounds": got}
@@ -355,6 +355,8 @@ def main():
                   help="start each TRL worker afresh every round (one at a time in memory); every round then runs "
                        "the same measured batches on every side")
   ap.add_argument("--no-unpacked", action="store_true", help="leave out the hhh unpacked side")
+  ap.add_argument("--trl-grad-accum", type=int, default=1,
+                  help="TRL steps as N micro-batches of 8/N pairs (what fits a 24 GB host at SmolLM2's shape)")
   ap.add_argument("--work", default="/tmp/hhh-train-real")
   ap.add_argument("--out", default=str(HERE / "results" / "train_real.json"))
   a = ap.parse_args()

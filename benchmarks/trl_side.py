@@ -218,7 +218,9 @@ def worker(a) -> None:
 
     def on_step_end(self, args, state, control, **kw):
       now = time.perf_counter()
-      rows_b, real, processed = pending.pop(0)
+      # With gradient accumulation a step is several collated micro-batches.
+      micro = [pending.pop(0) for _ in range(a.grad_accum)]
+      rows_b, real, processed = (sum(m[i] for m in micro) for i in range(3))
       self.stats.append((now - self.t, rows_b, real, processed))
       self.n += 1
       if self.n >= self.target:
@@ -242,8 +244,11 @@ def worker(a) -> None:
   emit({"versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                      "threads": torch.get_num_threads(), "ld_preload": os.environ.get("LD_PRELOAD", "")},
         "rows": len(rows), "comparisons": n_comp})
-  args = reward_config(a.out, batch_size=a.batch_size, max_length=a.max_length, mode=a.mode,
-                       pad_to_multiple_of=a.pad_to_multiple_of, weight_decay=0.01)
+  if a.batch_size % a.grad_accum:
+    raise ValueError(f"--batch-size {a.batch_size} is not a multiple of --grad-accum {a.grad_accum}")
+  args = reward_config(a.out, batch_size=a.batch_size // a.grad_accum, max_length=a.max_length, mode=a.mode,
+                       pad_to_multiple_of=a.pad_to_multiple_of, weight_decay=0.01,
+                       gradient_accumulation_steps=a.grad_accum)
   trainer = make_trainer(a.hf_dir, rows, args, callbacks=[Clock()], collate_hook=on_batch)
   trainer.train()
 
@@ -260,6 +265,7 @@ class TRLWorker:
   batch_size: int = 8
   max_length: int = 1024
   warmup: int = 2
+  grad_accum: int = 1                 # micro-batches of batch_size / grad_accum rows per step (less memory)
   allocator: str = "glibc"            # or "jemalloc"
   pad_to_multiple_of: int | None = None
   name: str = ""
@@ -285,7 +291,7 @@ class TRLWorker:
   def start(self):
     cmd = [sys.executable, str(HERE / "trl_side.py"), "worker", "--hf-dir", str(self.hf_dir), "--rows",
            str(self.rows), "--mode", self.mode, "--batch-size", str(self.batch_size), "--max-length",
-           str(self.max_length), "--warmup", str(self.warmup)]
+           str(self.max_length), "--warmup", str(self.warmup), "--grad-accum", str(self.grad_accum)]
     if self.pad_to_multiple_of:
       cmd += ["--pad-to-multiple-of", str(self.pad_to_multiple_of)]
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
@@ -363,6 +369,7 @@ def main():
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--pad-to-multiple-of", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (batch-size / N rows each)")
   r = sub.add_parser("rows", help="write pair rows (hhh's token ids) from HH-RLHF or a mined dataset dir")
   r.add_argument("source", help="HH-RLHF file or folder, or a dataset dir (`hhh data mine stackexchange ...`)")
   r.add_argument("--out", required=True)
