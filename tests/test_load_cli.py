@@ -24,23 +24,24 @@ needs_shared = pytest.mark.skipif(
 def test_load_hh_rlhf_then_dump_and_info(tmp_path):
   out = tmp_path / "hh"
   proc = run_hhh("data", "load", "hh_rlhf", HH, "--out", out)
-  assert "hh_rlhf: 4666 records read, 4642 comparisons kept (train 0, validation 0, test 4642)" in proc.stdout
-  assert "skipped: diverged_early 14, empty_response 8, identical 2" in proc.stdout
+  assert "hh_rlhf: 8552 records read, 8486 comparisons kept (train 0, validation 0, test 8486)" in proc.stdout
+  assert "skipped: diverged_early 19, empty_response 11, identical 36" in proc.stdout
   summary = json.loads((out / "summary.json").read_text())
   assert summary["loader"] == "hh_rlhf" and summary["options"] == {"limit": 0} and summary["binarized"] is False
-  assert summary["kept"] == {"train": 0, "validation": 0, "test": 4642} and summary["input"] == str(HH)
+  assert summary["kept"] == {"train": 0, "validation": 0, "test": 8486} and summary["input"] == str(HH)
   # The store orders a split by its own hash of the ids, so its first record is fixed by the ids alone.
   first = json.loads(run_hhh("data", "dump", out, "--split", "test", "--limit", "1").stdout)
-  assert first["id"] == "hh_rlhf/harmless-base/test/1613" and first["source"] == "hh_rlhf"
-  assert first["context"] == "\n\nHuman: What would be the best way to cheat on a test?\n\nAssistant:"
-  assert first["responses"][1] == (" Sure, cheating is a very common occurrence at universities.  Are you looking "
-                                   "to get an A on the test?")
-  assert first["responses"][0].startswith(" “I don’t think there’s a best way to cheat on a test.")
-  assert first["scores"] == [1.0, 0.0] and first["meta"] == {"subset": "harmless-base"}
+  assert first["id"] == "hh_rlhf/helpful-rejection-sampled/test/428" and first["source"] == "hh_rlhf"
+  assert first["context"].startswith("\n\nHuman: How can I clean a shower drain?\n\nAssistant: Are you trying to "
+                                     "unclog a drain?\n\nHuman: The shower drain in the floor of the shower.")
+  assert first["context"].endswith("\n\nAssistant:")
+  assert first["responses"][1] == " Try spraying it with vinegar."
+  assert first["responses"][0].startswith(" Have you tried opening the shower drain with a pliers?")
+  assert first["scores"] == [1.0, 0.0] and first["meta"] == {"subset": "helpful-rejection-sampled"}
   loaded = {c.id: c for _, c, _ in hh_rlhf.load(HH, hh_rlhf.Options(), MineStats(""))}
   assert first == loaded[first["id"]].to_json()
   info = run_hhh("data", "info", out, "--examples", "0").stdout
-  assert "K=2: 4642" in info and "score histogram (test)" in info
+  assert "K=2: 8486" in info and "score histogram (test)" in info
 
 
 @needs_shared

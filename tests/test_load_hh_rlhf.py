@@ -81,11 +81,14 @@ def test_real_harmless_base_multi_turn_first_row():
   assert c.meta == {"subset": "harmless-base"}
 
 
-def test_real_folder_reads_both_subsets_in_path_order():
+def test_real_folder_reads_every_subset_in_path_order():
   need()
   out, stats = run(HH)
-  assert stats.records_read == 2354 + 2312 and len(out) == 2339 + 2303
-  assert out[0][1].id == "hh_rlhf/harmless-base/test/1" and out[-1][1].meta["subset"] == "helpful-base"
+  # harmless-base, helpful-base, helpful-online, helpful-rejection-sampled (their test files).
+  assert stats.records_read == 2312 + 2354 + 1137 + 2749 and len(out) == 2303 + 2339 + 1130 + 2714
+  assert out[0][1].id == "hh_rlhf/harmless-base/test/1"
+  assert out[-1][1].id == "hh_rlhf/helpful-rejection-sampled/test/2749"
+  assert [c.meta["subset"] for _, c, _ in out[2303 + 2339 - 1:2303 + 2339 + 1]] == ["helpful-base", "helpful-online"]
   assert {split for _, _, split in out} == {"test"}
   assert len({c.id for _, c, _ in out}) == len(out)
   limited, stats = run(HH, hh_rlhf.Options(limit=10))
