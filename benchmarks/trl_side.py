@@ -172,16 +172,11 @@ def make_trainer(hf_dir, rows: list[dict], args, *, callbacks=(), trainer_cls=No
 # ---------------------------------------------------------------- the worker
 
 
-def _matmul_gflops(n=2048, reps=5):
-  import torch
-  a, b = torch.rand(n, n), torch.rand(n, n)
-  a @ b
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    a @ b
-    ts.append(time.perf_counter() - t0)
-  return 2 * n**3 / statistics.median(ts) / 1e9
+def _matmul_gflops():
+  # The same torch.matmul fp32 2048^2 rate the train-step benchmark's torch side records.
+  sys.path.insert(0, str(HERE))
+  from train_step_torch import matmul_gflops
+  return matmul_gflops()
 
 
 def worker(a) -> None:
