@@ -25,9 +25,9 @@ default a comparison is also scored separately when packing would not shrink its
 bucketed slots (`pack="cheaper"`); the numbers are the same either way.
 
 Training: `collate_packed` + `packed_loss_fn` give the ranked/binary PM loss on
-packed rows, equal in value and gradient to `hhh.train.step.loss_fn` on the same
-comparisons (without LM mixing or dropout). They are not wired into the training
-loop (`hhh.train`); a loop would need its own packed-length buckets.
+packed rows of one comparison each, equal in value and gradient to
+`hhh.train.step.loss_fn` (without LM mixing or dropout). `hhh train` packs with
+`hhh.data.packing` instead (several comparisons per row, LM mixing, batch shards).
 """
 
 from __future__ import annotations
