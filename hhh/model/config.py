@@ -27,8 +27,8 @@ class ModelConfig:
   parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)).
   dropout: float = 0.0         # residual dropout, training only.
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32.
-  # Recompute each block's activations in the backward pass instead of keeping them (jax.checkpoint): a
-  # SmolLM2-135M packed step of 8 HH-RLHF comparisons peaks near 20 GB without it. A run-time switch, like dropout.
+  # Recompute each block's activations in the backward pass instead of keeping them (jax.checkpoint; the same
+  # gradients, bit for bit). A run-time switch, like dropout. On XLA:CPU it saves little (README, "Training").
   remat: bool = False
 
   def __post_init__(self):
