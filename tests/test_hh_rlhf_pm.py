@@ -1,12 +1,11 @@
 """The real-PM study (hhh/studies/hh_rlhf_pm.py) end to end on a tiny model: HH-RLHF split by conversation,
-2 training steps, then the report: export, packed scoring of the held-out pairs, the HF directory read back by
+3 training steps, then the report: export, packed scoring of the held-out pairs, the HF directory read back by
 transformers, length rules and the training clock."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from hhh.studies import hh_rlhf_pm
@@ -30,6 +29,12 @@ def config():
 def test_conversation_is_the_opening_human_turn():
   ctx = "\n\nHuman: hi there\n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
   assert hh_rlhf_pm.conversation(ctx) == "\n\nHuman: hi there"
+
+
+def test_length_rules_by_hand():
+  from hhh.data.tokenizer import ByteTokenizer
+  r = hh_rlhf_pm.length_rules([("ab", "a"), ("a", "ab"), ("a", "b")], ByteTokenizer())
+  assert r["longer"].tolist() == [1.0, 0.0, 0.5] and r["shorter"].tolist() == [0.0, 1.0, 0.5]
 
 
 def test_split_train_report_end_to_end(tmp_path):

@@ -50,7 +50,7 @@ def training_time(metrics_path) -> dict:
           "batch_size": cfg["batch_size"]}
 
 
-def length_rules(contexts, responses_Nx2, tok) -> dict[str, np.ndarray]:
+def length_rules(responses_Nx2, tok) -> dict[str, np.ndarray]:
   """Per-comparison correctness (1, 0, or 0.5 on a tie) of picking the longer or the shorter response, in tokens;
   the chosen response is index 0."""
   n = np.asarray([[len(tok.encode(r)) for r in rs] for rs in responses_Nx2])
@@ -89,7 +89,7 @@ def report(run, data, out, *, limit: int = 0, hf_pairs: int = 32, seed: int = 0,
   r_Nx2 = np.stack(r)
   correct = np.where(r_Nx2[:, 0] > r_Nx2[:, 1], 1.0, np.where(r_Nx2[:, 0] == r_Nx2[:, 1], 0.5, 0.0))
   groups = [conversation(c.context) for c in held]
-  rules = length_rules([c.context for c in held], [c.responses for c in held], rm.tokenizer)
+  rules = length_rules([c.responses for c in held], rm.tokenizer)
   # Pairs longer than max_len are cut by hhh's rule (context from the left), which a caller's tokenizer call does not
   # reproduce; the check reads the pairs that fit, as a user's RL pipeline feeds them.
   fit = [i for i, c in enumerate(held) if _fits(c, rm)][:hf_pairs]
