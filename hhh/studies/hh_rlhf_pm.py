@@ -24,7 +24,6 @@ import numpy as np
 from hhh import stats
 
 ASSISTANT = "\n\nAssistant:"
-MAX_GAP_S = 1800  # metrics rows further apart than this straddle a stop and resume, not training
 
 
 def conversation(context: str) -> str:
@@ -34,16 +33,15 @@ def conversation(context: str) -> str:
 
 
 def training_time(metrics_path) -> dict:
-  """Wall time and comparisons/s of a run's training, from its train rows' clocks (gaps across resumes left out)."""
+  """Wall time and comparisons/s of a run's training, from its train rows' clocks. An interval much slower per step
+  than the run's median (over 5x) holds a stop and a resume, not training, and is left out."""
   rows = [json.loads(l) for l in open(metrics_path) if l.strip()]
   train = [r for r in rows if r["split"] == "train" and "time" in r]
   cfg = json.loads((pathlib.Path(metrics_path).parent / "config.json").read_text())
-  total, steps = 0.0, 0
-  for a, b in zip(train, train[1:]):
-    dt = b["time"] - a["time"]
-    if 0 < dt < MAX_GAP_S:
-      total += dt
-      steps += b["step"] - a["step"]
+  spans = [(b["time"] - a["time"], b["step"] - a["step"]) for a, b in zip(train, train[1:]) if b["step"] > a["step"]]
+  per_step = float(np.median([dt / n for dt, n in spans])) if spans else 0.0
+  kept = [(dt, n) for dt, n in spans if 0 < dt <= 5 * per_step * n]
+  total, steps = sum(dt for dt, _ in kept), sum(n for _, n in kept)
   last = max((r["step"] for r in rows if r["split"] == "train"), default=0)
   return {"steps_done": last, "timed_steps": steps, "wall_s": total,
           "comparisons_per_s": steps * cfg["batch_size"] / total if total else None,
