@@ -201,10 +201,8 @@ class HHHWorker:
         return json.loads(line)
 
   def stop(self):
-    if self.proc and self.proc.poll() is None:
-      self.proc.stdin.write("quit\n")
-      self.proc.stdin.flush()
-      self.proc.wait(timeout=120)
+    from train_step import Worker  # the same shutdown as the train-step benchmark's workers
+    Worker.stop(self)
 
 
 def _hf_dir(shape: str, tok, out: pathlib.Path) -> pathlib.Path:

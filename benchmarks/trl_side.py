@@ -309,13 +309,9 @@ class TRLWorker:
     return self._read()
 
   def stop(self):
-    if self.proc and self.proc.poll() is None:
-      try:
-        self.proc.stdin.write("quit\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=120)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
+    sys.path.insert(0, str(HERE))
+    from train_step import Worker  # the same shutdown as the train-step benchmark's workers
+    Worker.stop(self)
 
 
 def summarize(rounds: list[dict]) -> dict:

@@ -28,8 +28,8 @@ def config() -> TrainConfig:
       objective="ranked",
       # The architecture and tokenizer come from the converted checkpoint (init_from); max_len is a data cap.
       model=family.get("13m", max_len=512),
-      # 512 tokens (contexts cut from the left): a packed step's XLA:CPU temporaries grow with row length squared
-      # (about 12 GB for four 1024-token rows at SmolLM2's shape), which a 24 GB host cannot hold beside anything.
+      # 512 tokens (contexts cut from the left): a packed step's XLA:CPU temporaries grow with row length squared,
+      # and at 1024 tokens the run was killed for memory on a 24 GB host.
       data=DataConfig(train=DATA, validation=DATA, tokenizer="byte", max_len=512, buckets=(128, 256, 512),
                       max_k=2),
       optim=OptimConfig(lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),

@@ -28,7 +28,7 @@ class ModelConfig:
   dropout: float = 0.0         # residual dropout, training only.
   dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay float32.
   # Recompute each block's activations in the backward pass instead of keeping them (jax.checkpoint; the same
-  # gradients, bit for bit). A run-time switch, like dropout. On XLA:CPU it saves little (README, "Training").
+  # gradients, bit for bit). A run-time switch, like dropout. On XLA:CPU it was seen to save little memory.
   remat: bool = False
 
   def __post_init__(self):
