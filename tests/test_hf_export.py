@@ -115,23 +115,72 @@ def test_safetensors_hold_exactly_the_classifier_tensors(exported):
   assert json.loads((d2 / "config.json").read_text())["architectures"] == ["GPT2ForSequenceClassification"]
 
 
-def test_every_documented_way_to_append_eoc(exported):
-  b, d, rm = exported["gpt2"]
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]
+
+
+@pytest.mark.parametrize("mt", ["llama", "gpt2"])
+def test_every_common_way_in_gives_exactly_one_eoc(mt, exported):
+  """RewardBench renders with tokenize=False and encodes with the default add_special_tokens=True;
+  apply_chat_template(tokenize=True) encodes with add_special_tokens=False: both, and the plain and pair forms,
+  must give hhh's own sequence, <eoc> once and last."""
+  b, d, rm = exported[mt]
   tok = transformers.AutoTokenizer.from_pretrained(d)
-  assert (tok.eos_token, tok.pad_token, tok.padding_side) == ("<eoc>", "<pad>", "right")
+  assert (tok.eos_token, tok.pad_token, tok.padding_side, tok.truncation_side) == ("<eoc>", "<pad>", "right", "left")
+  eoc = rm.tokenizer.eoc_id
   want = rm.encode(CONTEXTS[:1], RESPONSES[:1])[0][0].tolist()
-  assert want[-1] == 257
+  assert want[-1] == eoc and want.count(eoc) == 1
   text = CONTEXTS[0] + RESPONSES[0]
-  assert tok(text)["input_ids"] == want
-  assert tok(text + tok.eos_token, add_special_tokens=False)["input_ids"] == want
-  chat = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}],
-                                 tokenize=False)
+  chat = tok.apply_chat_template(MESSAGES, tokenize=False)
   assert chat == "Human: hi\n\nAssistant: Hello!<eoc>"
-  assert tok(chat, add_special_tokens=False)["input_ids"] == want
-  assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                 add_generation_prompt=True) == CONTEXTS[0]
+  tokenized = tok.apply_chat_template(MESSAGES, tokenize=True)
+  tokenized = tokenized["input_ids"] if not isinstance(tokenized, list) else tokenized
+  paths = {"render then tok(text)": tok(chat)["input_ids"],
+           "render then tok(text, add_special_tokens=False)": tok(chat, add_special_tokens=False)["input_ids"],
+           "apply_chat_template(tokenize=True)": list(tokenized),
+           "tok(text)": tok(text)["input_ids"],
+           "tok(text + eos, add_special_tokens=False)": tok(text + tok.eos_token, add_special_tokens=False)["input_ids"],
+           "tok(context, response)": tok(CONTEXTS[0], RESPONSES[0])["input_ids"]}
+  for name, ids in paths.items():
+    assert ids == want, name
+  # The generation prompt alone is a prompt, not a scored sequence.
+  prompt = tok.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True)
+  assert prompt == CONTEXTS[0] and eoc not in tok(prompt)["input_ids"]
   assert "token_type_ids" not in tok(text)  # GPT-2 would add an embedding of them
-  assert "<eoc>" in (d / "README.md").read_text() and str(BIAS) in (d / "README.md").read_text()
+  card = (d / "README.md").read_text()
+  assert "<eoc>" in card and str(BIAS) in card and "max_length" in card
+
+
+def test_batched_chat_template_path_gives_hhh_rewards(exported):
+  """RewardBench's way in, batched and right-padded: the rewards of hhh's own encoding."""
+  _, d, rm = exported["llama"]
+  tok = transformers.AutoTokenizer.from_pretrained(d)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(d)
+  texts = [tok.apply_chat_template([{"role": "user", "content": c[len("Human: "):-len("\n\nAssistant:")]},
+                                    {"role": "assistant", "content": r[1:]}], tokenize=False)
+           for c, r in zip(CONTEXTS, RESPONSES)]
+  batch = tok(texts, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    logits = model(**batch).logits[:, 0].numpy()
+  np.testing.assert_allclose(logits + BIAS, rm.score(CONTEXTS, RESPONSES), atol=1e-4)
+
+
+def test_longer_than_max_len_is_cut_as_hhh_cuts(exported):
+  """Left truncation at model_max_length keeps response + <eoc>: hhh's reward; a caller's larger max_length
+  scores the whole text, which the card says is a different number."""
+  _, d, rm = exported["gpt2"]
+  tok = transformers.AutoTokenizer.from_pretrained(d)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(d)
+  ctx, resp = "Human: " + "the quick brown fox " * 5 + "\n\nAssistant:", " Hello!"
+  assert len((ctx + resp).encode()) + 1 > 64  # longer than max_len (bytes = tokens here)
+  want = rm.encode([ctx], [resp])[0][0].tolist()
+  ids = tok(ctx + resp, truncation=True)["input_ids"]
+  assert len(ids) == 64 and ids == want
+  with torch.no_grad():
+    logit = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+  assert logit + BIAS == pytest.approx(float(rm.score([ctx], [resp])[0]), abs=1e-4)
+  c = json.loads((d / "config.json").read_text())["hhh_reward"]
+  assert c["max_len"] == 64 and "max_length above 64" in c["max_len_policy"]
+  assert tok.model_max_length == 64
 
 
 @pytest.mark.parametrize("mt", ["llama", "gpt2"])

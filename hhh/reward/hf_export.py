@@ -9,8 +9,10 @@ DIR holds what `AutoModelForSequenceClassification` and `AutoTokenizer` read:
                              and an `hhh_reward` block: the head's bias, normalization, max_len, the <eoc> rule
     model.safetensors        exactly the tensors of that class: the body and `score.weight` [1, D]
     hhh_lm_head.safetensors  an untied LM head (transformers ignores the file; `hhh convert` reads it back)
-    tokenizer.json           our tokenizer; its post-processor appends <eoc> (`tok(text)`, `tok(context, response)`)
-    tokenizer_config.json    pad token, right padding, eos_token = <eoc>, a chat template that ends in <eoc>
+    tokenizer.json           our tokenizer; its normalizer appends <eoc> to every text that does not already end in
+                             one (or in the generation prompt "Assistant:"), so every common way in ends with one
+    tokenizer_config.json    pad token, right padding, left truncation, model_max_length = max_len,
+                             eos_token = <eoc>, a chat template that renders Human/Assistant turns
     README.md                the <eoc> convention and the bias, for whoever finds the directory
 
 The bias: HF's `score` is a Linear without bias and our head has one. The bias is not dropped silently but cannot
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import tokenizers
@@ -56,7 +59,8 @@ def model_type_for(cfg) -> str:
 
 
 def chat_template(eoc: str) -> str:
-  """Messages rendered as hhh PM inputs: "Human: ...\\n\\nAssistant: ..." with <eoc> after a final assistant turn."""
+  """Messages rendered as hhh PM inputs: "Human: ...\\n\\nAssistant: ..." with <eoc> after a final assistant turn
+  (the normalizer would append it anyway: it is there so that the rendered text shows where the reward is read)."""
   return ("{%- for m in messages -%}{%- if not loop.first %}{{ '\\n\\n' }}{% endif -%}"
           "{%- if m['role'] == 'user' %}{{ 'Human: ' + m['content'] }}"
           "{%- elif m['role'] == 'assistant' %}{{ 'Assistant: ' + m['content'] }}"
@@ -65,20 +69,43 @@ def chat_template(eoc: str) -> str:
           "{%- elif messages and messages[-1]['role'] == 'assistant' %}{{ " + json.dumps(eoc) + " }}{% endif -%}")
 
 
-def _appending_eoc(text: str, eoc: str, eoc_id: int) -> tuple[str, object]:
-  """tokenizer.json text whose post-processor appends <eoc> (and nothing else); also the one it replaces."""
+# A text ending in the generation prompt is a prompt (the context of `tok(context, response)`, or
+# `add_generation_prompt=True`), not a scored sequence: it gets no <eoc>.
+PROMPT_END = "Assistant:"
+
+
+def _appending_eoc(text: str, eoc: str, eoc_id: int) -> tuple[str, object, dict]:
+  """tokenizer.json text that appends <eoc> exactly once whatever the caller does; also the post-processor, and
+  the normalizer and <eoc>'s `normalized` flag, it replaces (for `hhh convert --as-bundle`).
+
+  transformers' `apply_chat_template(tokenize=True)` encodes with `add_special_tokens=False` and RewardBench
+  encodes the same rendered text with `add_special_tokens=True`: a post-processor appends on one path and not the
+  other, so no post-processor can give one <eoc> on both. The normalizer runs on both: it appends the text
+  `<eoc>` unless the text already ends in it, and <eoc> is marked `normalized` so that it is matched as the
+  token after normalization. In `tok(context, response)` the normalizer runs on each part; the context ends in
+  "Assistant:" and gets none.
+  """
   d = json.loads(text)
-  before = d.get("post_processor")
+  before_post, own = d.get("post_processor"), d.get("normalizer")
+  before = {"normalizer": own, "eoc_normalized": False}
+  for t in d.get("added_tokens", []):
+    if t["id"] == eoc_id:
+      before["eoc_normalized"] = t.get("normalized", False)
+      t["normalized"] = True
+  append = {"type": "Replace", "pattern": {"Regex": f"(?<!{re.escape(eoc)})(?<!{re.escape(PROMPT_END)})\\z"},
+            "content": eoc}
+  d["normalizer"] = append if own is None else {"type": "Sequence", "normalizers": [own, append]}
+  # Sequences only: no special tokens, so `add_special_tokens` changes nothing.
   d["post_processor"] = {
       "type": "TemplateProcessing",
-      "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": eoc, "type_id": 0}}],
-      "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}},
-               {"SpecialToken": {"id": eoc, "type_id": 0}}],
-      "special_tokens": {eoc: {"id": eoc, "ids": [eoc_id], "tokens": [eoc]}}}
-  return json.dumps(d, ensure_ascii=False), before
+      "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 0}}],
+      "special_tokens": {}}
+  return json.dumps(d, ensure_ascii=False), before_post, before
 
 
 def _readme(arch: str, eoc: str, pad: str, bias: float, norm: dict, max_len: int) -> str:
+  prompt_end = PROMPT_END
   return f"""# hhh preference model ({arch})
 
 Written by `hhh export --format hf`. A scalar reward model: `AutoModelForSequenceClassification`, `num_labels=1`.
@@ -86,18 +113,35 @@ Written by `hhh export --format hf`. A scalar reward model: `AutoModelForSequenc
 ## The end-of-context token
 
 hhh reads the reward at `{eoc}`, a token appended after the response: the sequence is
-`context + response + {eoc}`. Score any other way and the number means nothing. This directory appends it for you:
+`context + response + {eoc}`. Score any other way and the number means nothing. This directory appends it for you,
+exactly once, on every common path (the tokenizer's normalizer appends `{eoc}` to any text that does not already
+end in it, whatever `add_special_tokens` says):
 
-- `tok(text)` and `tok(context, response)` append `{eoc}` (the tokenizer's post-processor, `add_special_tokens=True`,
-  the default). The pair form encodes context and response separately, exactly as hhh does.
-- `tok.apply_chat_template(messages, tokenize=False)` renders `Human: ...\\n\\nAssistant: ...` and ends with `{eoc}`
-  after a final assistant turn; tokenize that text with `add_special_tokens=False`.
-- `tok.eos_token` is `{eoc}`, so stacks that append the eos token themselves append the right one
-  (again with `add_special_tokens=False`).
+- `tok(text)`, with or without `add_special_tokens`;
+- `tok.apply_chat_template(messages, tokenize=False)` (which renders `Human: ...\n\nAssistant: ...{eoc}`) and then
+  `tok(rendered)`, as RewardBench does; and `tok.apply_chat_template(messages, tokenize=True)`;
+- `tok(text + tok.eos_token, add_special_tokens=False)` (`tok.eos_token` is `{eoc}`), as stacks that append
+  the eos token themselves do;
+- `tok(context, response)`: context and response encoded separately, exactly as hhh does. A text that ends in
+  `{prompt_end}` is a prompt, not a scored sequence, and gets no `{eoc}`: so the context of this pair form,
+  and `apply_chat_template(..., add_generation_prompt=True)`, get none. A response that itself ends in
+  `{prompt_end}` gets none either (append `{eoc}` yourself there).
 
 Exactly one `{eoc}`, last, before any padding. Pad with `{pad}` on the right (`padding_side="right"`, set here):
 transformers reads the logit at the last non-pad token, which is then `{eoc}`. A literal `{eoc}` inside user text is
 parsed as the token by transformers (hhh itself would encode it as plain text).
+
+## Length: max_len = {max_len} tokens
+
+The PM was trained on sequences of at most {max_len} tokens, and hhh scores a longer input by cutting its context
+from the left until `context + response + {eoc}` fits (the response and `{eoc}` are kept). This directory does the
+same when you leave `max_length` alone: `model_max_length` is {max_len} and `truncation_side` is `left`, so
+`tok(..., truncation=True)` keeps the last {max_len} tokens, `{eoc}` included.
+
+A caller that passes its own `max_length` above {max_len} (RewardBench passes 2048) gets the whole longer
+sequence scored, positions the PM never saw in training: that is a different number from hhh's reward for the
+same pair, not a more accurate one, and no warning says so. Pass `max_length={max_len}` (or none) with
+`truncation=True` to get hhh's reward. `config.hhh_reward["max_len"]` holds the same limit.
 
 ## Reward values
 
@@ -106,9 +150,6 @@ is `config.hhh_reward["reward_bias"]` = {bias:.6g}. Differences between rewards 
 
     raw        = logits[:, 0] + config.hhh_reward["reward_bias"]
     normalized = (raw - {norm['mean']:.6g}) / {norm['std']:.6g}     # statistics over {norm['n']} reference responses
-
-Sequences longer than {max_len} tokens were truncated in training (context from the left); rewards are only
-comparable within that length.
 
 ## Example
 
@@ -145,7 +186,7 @@ def _write_hf(bundle_path, tmp: pathlib.Path, source: dict | None) -> dict:
   lib = tokenizers.Tokenizer.from_str(text)
   name = lambda i: lib.id_to_token(int(i))
   eoc, pad = name(tok.eoc_id), name(tok.pad_id)
-  text, post_processor = _appending_eoc(text, eoc, tok.eoc_id)
+  text, post_processor, normalizer = _appending_eoc(text, eoc, tok.eoc_id)
   max_len = int(info["max_len"])
   meta = {
       "format_version": META_VERSION,
@@ -154,11 +195,16 @@ def _write_hf(bundle_path, tmp: pathlib.Path, source: dict | None) -> dict:
       "normalization": info["normalization"],
       "objective": info["objective"],
       "max_len": max_len,
+      "max_len_policy": (f"hhh scores an input longer than {max_len} tokens by cutting its context from the left "
+                         "(response and <eoc> kept); model_max_length and truncation_side=left do the same in "
+                         f"transformers. A caller's max_length above {max_len} scores positions the PM never saw in "
+                         "training: a different number from hhh's reward, not a more accurate one."),
       "end_of_context": {"token": eoc, "token_id": tok.eoc_id, "appended": True,
                          "sequence": "context tokens + response tokens + <eoc>; the reward is read at <eoc>"},
       # What `hhh convert --as-bundle` needs to rebuild the bundle's tokenizer exactly.
       "tokenizer": {"kind": tok.to_json()["kind"], "pad_id": tok.pad_id, "eoc_id": tok.eoc_id, "eos_id": tok.eos_id,
                     "bos_prefix": list(getattr(tok, "bos_prefix", ())), "post_processor": post_processor,
+                    "normalizer": normalizer,
                     "lm_chat_template": tc.get("chat_template")},
       **(source or {"source_bundle": str(pathlib.Path(bundle_path).absolute())}),
   }
@@ -210,6 +256,11 @@ def _tokenizer(path: pathlib.Path, meta: dict | None, lm_tokenizer):
     return tokenizer_lib.ByteTokenizer()
   d = json.loads((path / "tokenizer.json").read_text())
   d["post_processor"] = t.get("post_processor")
+  if "normalizer" in t:  # older exports kept the bundle's own normalizer and needed no restoring
+    d["normalizer"] = t["normalizer"]["normalizer"]
+    for a in d.get("added_tokens", []):
+      if a["id"] == t["eoc_id"]:
+        a["normalized"] = t["normalizer"]["eoc_normalized"]
   lib = tokenizers.Tokenizer.from_str(json.dumps(d, ensure_ascii=False))
   if t["kind"] == "bpe":
     return tokenizer_lib.BPETokenizer(lib)
