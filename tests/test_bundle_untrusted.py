@@ -95,13 +95,17 @@ def test_bad_max_len(bundle, max_len):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("d_model", "32", 'model.d_model must be an integer >= 1, not "32"'),  # once a TypeError deep in the model
-    ("d_model", 0, "model.d_model must be an integer >= 1, not 0"),
-    ("n_layers", 1.5, "model.n_layers must be an integer >= 1, not 1.5"),
-    ("n_kv_heads", -1, "model.n_kv_heads must be an integer >= 0, not -1"),
+    ("d_model", "32", 'model.d_model must be an integer from 1 to 32768, not "32"'),  # once a TypeError deep in the model
+    ("d_model", 0, "model.d_model must be an integer from 1 to 32768, not 0"),
+    ("n_layers", 1.5, "model.n_layers must be an integer from 1 to 512, not 1.5"),
+    # 2000 layers once hung `hhh export` and `hhh serve` tracing the model, before any shape check.
+    ("n_layers", 2000, "model.n_layers must be an integer from 1 to 512, not 2000"),
+    ("max_len", 10**12, "model.max_len must be an integer from 1 to 1048576, not 1000000000000"),
+    ("vocab_size", 1 << 22, "model.vocab_size must be an integer from 1 to 2097152, not 4194304"),
+    ("n_kv_heads", -1, "model.n_kv_heads must be an integer from 0 to 1024, not -1"),
     ("norm", "batch", "model.norm must be one of rms, layer, not \"batch\""),
     ("tie_embeddings", 1, "model.tie_embeddings must be true or false, not 1"),
-    ("norm_eps", 0, "model.norm_eps must be a finite number > 0, not 0"),
+    ("norm_eps", 0, "model.norm_eps must be a finite number > 0 and <= 1, not 0"),
     ("rotary_pct", 2.0, "model.rotary_pct must be a finite number > 0 and <= 1, not 2.0"),
     ("d_model", 33, "model.d_model=33 must be a positive multiple of model.n_heads=2"),
     ("flavour", "x", "model.flavour is not a model config field"),
@@ -137,6 +141,27 @@ def test_other_bad_fields(bundle):
   _refused(bundle, "bundle.json: not valid JSON: ")
   (bundle / "bundle.json").write_bytes(b"\xff\xfe\x00")
   _refused(bundle, "bundle.json: not valid JSON: ")
+
+
+def test_too_many_parameters_is_refused_before_any_allocation(bundle):
+  # Every dimension within its own bound, but 1M positions x 32768 wide x 512 layers is far past MAX_PARAMS.
+  _edit(bundle, lambda info: info["model"].update(d_model=1 << 15, n_heads=2, n_layers=512, max_len=1 << 20))
+  msg = _refused(bundle, "bundle.json: the model would have ")
+  assert msg.endswith(f"parameters, over the limit of {bundle_lib.MAX_PARAMS:,}")
+
+
+def test_write_refuses_what_read_would_refuse(tmp_path):
+  # `hhh convert --as-bundle` once wrote bundles the reader then refused (std 0, max_len 1e12).
+  _, params = graphdef_and_params(CFG, jax.random.key(0))
+  for kwargs, message in [
+      (dict(max_len=64, normalization={"mean": 0.0, "std": 0.0, "n": 1, "reference": None}),
+       "refusing to write a reward bundle: normalization.std must be a finite number > 0, not 0.0"),
+      (dict(max_len=10**12, normalization=None),
+       "refusing to write a reward bundle: max_len must be an integer from 2 to model.max_len=64, not 1000000000000")]:
+    with pytest.raises(ValueError) as e:
+      bundle_lib.write(tmp_path / "b", CFG, params, {"kind": "byte"}, objective="ranked", **kwargs)
+    assert str(e.value) == message
+    assert not (tmp_path / "b").exists()
 
 
 def test_params_symlink_outside_the_bundle(bundle, tmp_path):

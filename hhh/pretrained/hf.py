@@ -40,64 +40,188 @@ _TANH_GELU = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate")
 
 # ---------------------------------------------------------------- safetensors
 
+# numpy dtypes of the safetensors dtypes we read; BF16 is widened to float32 by hand (numpy has no bfloat16).
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+              "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+# The safetensors library's own cap on the JSON header.
+MAX_SAFETENSORS_HEADER = 100 << 20
 
-def read_safetensors(path) -> dict[str, np.ndarray]:
-  """All tensors of one .safetensors file as numpy (bfloat16 widened to float32)."""
-  from safetensors import numpy as st_np
-  path = pathlib.Path(path)
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(n))
-  dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
-  if "BF16" not in dtypes:
-    return st_np.load_file(path)
-  # numpy has no bfloat16, so `safetensors.numpy` cannot read it: bf16 is the top half of a float32.
-  out = {}
-  with open(path, "rb") as f:
-    data = f.read()[8 + n:]
-  for k, v in header.items():
-    if k == "__metadata__":
+
+def _safetensors_header(path) -> tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]:
+  """(where the data starts, {name: (dtype, shape, start, end)}) of a .safetensors file, every entry checked against
+  the file's real size: a lying shape, an offset past the end, a truncated file or a huge header length is a
+  one-line ValueError naming the file, found before any tensor is read."""
+  from hhh import safeio
+  fd, size = safeio.open_regular(path, safeio.MAX_WEIGHTS_BYTES)
+  try:
+    with os.fdopen(fd, "rb", closefd=False) as f:
+      head = f.read(8)
+      if len(head) < 8:
+        raise ValueError(f"{path}: not a safetensors file ({size} bytes, shorter than its 8-byte header length)")
+      n = int.from_bytes(head, "little")
+      if n > min(MAX_SAFETENSORS_HEADER, size - 8):
+        raise ValueError(f"{path}: header length {n} is past the end of the file ({size} bytes) or over "
+                         f"{MAX_SAFETENSORS_HEADER}; truncated or not a safetensors file")
+      header = safeio.parse_json(f.read(n), f"{path}: header")
+  finally:
+    os.close(fd)
+  if not isinstance(header, dict):
+    raise ValueError(f"{path}: header must be a JSON object, not {type(header).__name__}")
+  data_size = size - 8 - n
+  entries, spans = {}, []
+  for name, v in header.items():
+    if name == "__metadata__":
       continue
-    start, end = v["data_offsets"]
-    if v["dtype"] == "BF16":
-      bits = np.frombuffer(data[start:end], np.uint16).astype(np.uint32) << 16
-      out[k] = bits.view(np.float32).reshape(v["shape"])
-    else:
-      out[k] = np.frombuffer(data[start:end], st_np._TYPES[v["dtype"]]).reshape(v["shape"])
+    bad = lambda what: ValueError(f"{path}: tensor {name[:100]!r}: {what}")
+    if not isinstance(v, dict):
+      raise bad("entry must be an object")
+    dtype, shape, offsets = v.get("dtype"), v.get("shape"), v.get("data_offsets")
+    if dtype not in _ST_DTYPES:
+      raise bad(f"dtype {str(dtype)[:20]!r} is not supported (one of {', '.join(_ST_DTYPES)})")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(_nonneg_int(d) for d in shape):
+      raise bad(f"shape {str(shape)[:60]} is not a list of at most 8 non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_nonneg_int(o) for o in offsets)
+            and offsets[0] <= offsets[1] <= data_size):
+      raise bad(f"data_offsets {str(offsets)[:60]} do not lie within the file's {data_size} data bytes "
+                "(truncated file?)")
+    want = int(np.prod(shape, dtype=object)) * np.dtype(_ST_DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != want:
+      raise bad(f"shape {shape} of {dtype} needs {want} bytes, data_offsets give {offsets[1] - offsets[0]}")
+    entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    spans.append((offsets[0], offsets[1], name))
+  spans.sort()
+  for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+    if start < end:
+      raise ValueError(f"{path}: tensors {first[:100]!r} and {second[:100]!r} overlap")
+  return 8 + n, entries
+
+
+def _nonneg_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
+  """The tensors of one .safetensors file (all, or those in `names`) as numpy; bfloat16 is widened to float32."""
+  from hhh import safeio
+  path = pathlib.Path(path)
+  start, entries = _safetensors_header(path)
+  out = {}
+  fd, _ = safeio.open_regular(path, safeio.MAX_WEIGHTS_BYTES)
+  with os.fdopen(fd, "rb") as f:
+    for name, (dtype, shape, begin, end) in entries.items():
+      if names is not None and name not in names:
+        continue
+      f.seek(start + begin)
+      a = np.empty(shape, _ST_DTYPES[dtype])
+      if f.readinto(memoryview(a.reshape(-1)).cast("B")) != end - begin:
+        raise ValueError(f"{path}: tensor {name[:100]!r} ends past the end of the file (it shrank while read)")
+      # bf16 is the top half of a float32.
+      out[name] = (a.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else a
   return out
 
 
-def _read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _shards(path: pathlib.Path) -> list[pathlib.Path]:
   files = sorted(path.glob("*.safetensors"))
   if not files:
     raise FileNotFoundError(f"{path}: no *.safetensors files")
-  tensors: dict[str, np.ndarray] = {}
+  return files
+
+
+def _tensor_shapes(files) -> dict[str, tuple[int, ...]]:
+  """Every tensor's shape, from the headers alone; a name in two shards is an error."""
+  shapes: dict[str, tuple[int, ...]] = {}
   for f in files:
-    for k, v in read_safetensors(f).items():
-      if k in tensors:
-        raise ValueError(f"{f}: tensor {k!r} also appears in another shard")
-      tensors[k] = v
-  return tensors
+    for k, (_, shape, _, _) in _safetensors_header(f)[1].items():
+      if k in shapes:
+        raise ValueError(f"{f}: tensor {k[:100]!r} also appears in another shard")
+      shapes[k] = shape
+  return shapes
 
 
 # ---------------------------------------------------------------- configs
 
 
-def _rope_theta(c: dict, default: float = 10000.0) -> float:
+def read_config(path) -> dict:
+  """config.json of an HF directory (or the file itself), read as an untrusted file: a regular file under
+  `safeio.MAX_CONFIG_BYTES` holding a JSON object whose fields hhh reads have the right types."""
+  from hhh import safeio
+  path = pathlib.Path(path)
+  cj = path if path.name == "config.json" and not path.is_dir() else path / "config.json"
+  if not os.path.lexists(cj):
+    raise FileNotFoundError(f"{cj.parent}: no config.json (not an HF model directory)")
+  c = safeio.read_json(cj, safeio.MAX_CONFIG_BYTES)
+  where = str(cj)
+  arch = c.get("architectures")
+  if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+    raise ValueError(f"{where}: architectures must be a list of strings")
+  if "id2label" in c and not isinstance(c["id2label"], (dict, type(None))):
+    raise ValueError(f"{where}: id2label must be an object")
+  if "num_labels" in c and not _nonneg_int(c["num_labels"]):
+    raise ValueError(f"{where}: num_labels must be an integer >= 0, not {str(c['num_labels'])[:40]}")
+  for key in ("rope_scaling", "rope_parameters"):
+    if not isinstance(c.get(key) or {}, dict):
+      raise ValueError(f"{where}: {key} must be an object or null")
+  for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+    v = c.get(key)
+    if v is not None and not (_nonneg_int(v) or (isinstance(v, list) and v and all(map(_nonneg_int, v)))):
+      raise ValueError(f"{where}: {key} must be a token id (or a list of them), not {str(v)[:40]}")
+  _check_reward_meta(c.get(REWARD_META), where)
+  return c
+
+
+REWARD_META = "hhh_reward"  # the block `hhh.reward.hf_export` writes into config.json
+
+
+def _check_reward_meta(meta, where: str) -> None:
+  """The `hhh_reward` block, when present, has the fields `hhh convert --as-bundle` reads, of the right types
+  and ranges (the bundle reader's rules), so a bad one is refused before anything is written."""
+  if meta is None:
+    return
+  key = REWARD_META
+  if not isinstance(meta, dict):
+    raise ValueError(f"{where}: {key} must be an object, not {type(meta).__name__}")
+  num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+  if not _nonneg_int(meta.get("format_version")):
+    raise ValueError(f"{where}: {key}.format_version must be an integer")
+  if "reward_bias" in meta and not num(meta["reward_bias"]):
+    raise ValueError(f"{where}: {key}.reward_bias must be a finite number")
+  if meta.get("max_len") is not None and not (_nonneg_int(meta["max_len"]) and meta["max_len"] >= 2):
+    raise ValueError(f"{where}: {key}.max_len must be an integer >= 2, not {str(meta['max_len'])[:40]}")
+  if meta.get("objective") is not None and meta["objective"] not in ("ranked", "binary"):
+    raise ValueError(f"{where}: {key}.objective must be ranked or binary")
+  norm = meta.get("normalization")
+  if norm is not None:
+    if not isinstance(norm, dict) or not num(norm.get("mean")) or not num(norm.get("std")) or norm["std"] <= 0:
+      raise ValueError(f"{where}: {key}.normalization must hold a finite mean and a finite std > 0")
+  tok = meta.get("tokenizer")
+  if tok is not None:
+    if not isinstance(tok, dict) or tok.get("kind") not in ("byte", "bpe", "pretrained"):
+      raise ValueError(f"{where}: {key}.tokenizer must be an object with kind byte, bpe or pretrained")
+    if tok["kind"] == "pretrained" and not all(_nonneg_int(tok.get(k)) for k in ("pad_id", "eoc_id", "eos_id")):
+      raise ValueError(f"{where}: {key}.tokenizer needs integer pad_id, eoc_id and eos_id")
+    if not (isinstance(tok.get("bos_prefix") or [], list) and all(map(_nonneg_int, tok.get("bos_prefix") or []))):
+      raise ValueError(f"{where}: {key}.tokenizer.bos_prefix must be a list of token ids")
+    if not isinstance(tok.get("post_processor") or {}, dict):
+      raise ValueError(f"{where}: {key}.tokenizer.post_processor must be an object or null")
+    if not isinstance(tok.get("lm_chat_template") or "", str):
+      raise ValueError(f"{where}: {key}.tokenizer.lm_chat_template must be a string or null")
+
+
+def _rope_theta(c: dict, default: float = 10000.0):
   params = c.get("rope_parameters") or {}
   scaling = c.get("rope_scaling") or params
   rope_type = scaling.get("rope_type", scaling.get("type", "default"))
   if rope_type != "default":
-    raise ValueError(f"RoPE scaling {rope_type!r} is not supported")
-  return float(params.get("rope_theta", c.get("rope_theta", c.get("rotary_emb_base", default))))
+    raise ValueError(f"RoPE scaling {str(rope_type)[:40]!r} is not supported")
+  return params.get("rope_theta", c.get("rope_theta", c.get("rotary_emb_base", default)))
 
 
 def _gelu_kind(act: str, source: str) -> str:
   """Our `ModelConfig.mlp` for an HF GELU activation name."""
-  if act in _TANH_GELU:
+  if act in _TANH_GELU and isinstance(act, str):
     return "gelu_tanh"
   if act not in _EXACT_GELU:
-    raise ValueError(f"{source}: activation {act!r} is not supported (expected one of "
+    raise ValueError(f"{source}: activation {str(act)[:40]!r} is not supported (expected one of "
                      f"{_EXACT_GELU + _TANH_GELU})")
   return "gelu"
 
@@ -106,46 +230,75 @@ def _gelu_name(cfg: ModelConfig) -> str:
   return "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu"
 
 
+# HF names of our fields, for messages about a config.json.
+_HF_NAMES = {
+    "llama": {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+              "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "d_ff": "intermediate_size",
+              "max_len": "max_position_embeddings", "norm_eps": "rms_norm_eps", "rope_theta": "rope_theta",
+              "tie_embeddings": "tie_word_embeddings", "attn_bias": "attention_bias", "mlp_bias": "mlp_bias"},
+    "gpt_neox": {"vocab_size": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
+                 "n_heads": "num_attention_heads", "d_ff": "intermediate_size", "max_len": "max_position_embeddings",
+                 "norm_eps": "layer_norm_eps", "rope_theta": "rope_theta", "rotary_pct": "rotary_pct",
+                 "tie_embeddings": "tie_word_embeddings", "attn_bias": "attention_bias",
+                 "parallel_residual": "use_parallel_residual"},
+    "gpt2": {"vocab_size": "vocab_size", "d_model": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+             "d_ff": "n_inner", "max_len": "n_positions", "norm_eps": "layer_norm_epsilon",
+             "tie_embeddings": "tie_word_embeddings"},
+}
+
+
 def config_from_hf(c: dict, source: str, vocab_size: int | None = None) -> ModelConfig:
-  """Our `ModelConfig` from an HF config.json dict."""
+  """Our `ModelConfig` from an HF config.json dict; every field is checked by the bundle reader's rules
+  (`hhh.reward.bundle.model_config`: types and upper bounds), with a one-line ValueError naming it."""
+  from hhh.reward.bundle import model_config
+  if not isinstance(c, dict):
+    raise ValueError(f"{source}: must hold a JSON object, not {type(c).__name__}")
   mt = c.get("model_type")
-  # HF defaults: GPT-2 ties its head to the input embedding, Llama and GPT-NeoX do not.
-  tied = bool(c.get("tie_word_embeddings", mt == "gpt2"))
-  if mt == "llama":
-    d, h = c["hidden_size"], c["num_attention_heads"]
-    if c.get("head_dim", d // h) != d // h:
-      raise ValueError(f"{source}: head_dim={c['head_dim']} differs from hidden_size / num_attention_heads")
-    if c.get("hidden_act", "silu") != "silu":
-      raise ValueError(f"{source}: hidden_act={c['hidden_act']!r} is not supported for llama (expected 'silu')")
-    return ModelConfig(
-        vocab_size=vocab_size or c["vocab_size"], d_model=d, n_layers=c["num_hidden_layers"], n_heads=h,
-        # 0 is our canonical "as many kv heads as query heads".
-        n_kv_heads=0 if c.get("num_key_value_heads", h) == h else c["num_key_value_heads"],
-        d_ff=c["intermediate_size"],
-        max_len=c.get("max_position_embeddings", 2048), norm="rms", norm_eps=c.get("rms_norm_eps", 1e-6),
-        pos="rope", rope_theta=_rope_theta(c), rotary_pct=1.0, mlp="swiglu", tie_embeddings=tied,
-        attn_bias=bool(c.get("attention_bias", False)), mlp_bias=bool(c.get("mlp_bias", False)),
-        parallel_residual=False)
-  if mt == "gpt_neox":
-    mlp = _gelu_kind(c.get("hidden_act", "gelu"), source)
-    return ModelConfig(
-        vocab_size=vocab_size or c["vocab_size"], d_model=c["hidden_size"], n_layers=c["num_hidden_layers"],
-        n_heads=c["num_attention_heads"], d_ff=c["intermediate_size"],
-        max_len=c.get("max_position_embeddings", 2048), norm="layer", norm_eps=c.get("layer_norm_eps", 1e-5),
-        pos="rope", rope_theta=_rope_theta(c), rotary_pct=float(c.get("rotary_pct", 0.25)), mlp=mlp,
-        tie_embeddings=tied, attn_bias=bool(c.get("attention_bias", True)), mlp_bias=True,
-        parallel_residual=bool(c.get("use_parallel_residual", True)))
-  if mt == "gpt2":
-    mlp = _gelu_kind(c.get("activation_function", "gelu_new"), source)
-    if c.get("scale_attn_by_inverse_layer_idx") or c.get("scale_attn_weights", True) is False:
-      raise ValueError(f"{source}: non-standard GPT-2 attention scaling is not supported")
-    d = c["n_embd"]
-    return ModelConfig(
-        vocab_size=vocab_size or c["vocab_size"], d_model=d, n_layers=c["n_layer"], n_heads=c["n_head"],
-        d_ff=c.get("n_inner") or 4 * d, max_len=c.get("n_positions", 1024), norm="layer",
-        norm_eps=c.get("layer_norm_epsilon", 1e-5), pos="learned", mlp=mlp, tie_embeddings=tied,
-        attn_bias=True, mlp_bias=True, parallel_residual=False)
-  raise ValueError(f"{source}: model_type={mt!r} is not supported (expected one of {MODEL_TYPES})")
+  if mt not in MODEL_TYPES:
+    raise ValueError(f"{source}: model_type={str(mt)[:40]!r} is not supported (expected one of {MODEL_TYPES})")
+  get = lambda key, default: default if c.get(key) is None else c[key]
+  try:
+    # HF defaults: GPT-2 ties its head to the input embedding, Llama and GPT-NeoX do not.
+    common = {"vocab_size": vocab_size or c.get("vocab_size"), "tie_embeddings": get("tie_word_embeddings", mt == "gpt2")}
+    if mt == "llama":
+      if get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={str(c['hidden_act'])[:40]!r} is not supported for llama (expected 'silu')")
+      h = c.get("num_attention_heads")
+      kv = get("num_key_value_heads", h)
+      d = dict(common, d_model=c.get("hidden_size"), n_layers=c.get("num_hidden_layers"), n_heads=h,
+               # 0 is our canonical "as many kv heads as query heads".
+               n_kv_heads=0 if kv == h else kv, d_ff=c.get("intermediate_size"),
+               max_len=get("max_position_embeddings", 2048), norm="rms", norm_eps=get("rms_norm_eps", 1e-6),
+               pos="rope", rope_theta=_rope_theta(c), rotary_pct=1.0, mlp="swiglu",
+               attn_bias=get("attention_bias", False), mlp_bias=get("mlp_bias", False), parallel_residual=False)
+    elif mt == "gpt_neox":
+      d = dict(common, d_model=c.get("hidden_size"), n_layers=c.get("num_hidden_layers"),
+               n_heads=c.get("num_attention_heads"), d_ff=c.get("intermediate_size"),
+               max_len=get("max_position_embeddings", 2048), norm="layer", norm_eps=get("layer_norm_eps", 1e-5),
+               pos="rope", rope_theta=_rope_theta(c), rotary_pct=get("rotary_pct", 0.25),
+               mlp=_gelu_kind(get("hidden_act", "gelu"), source), attn_bias=get("attention_bias", True),
+               mlp_bias=True, parallel_residual=get("use_parallel_residual", True))
+    else:
+      if c.get("scale_attn_by_inverse_layer_idx") or c.get("scale_attn_weights", True) is False:
+        raise ValueError("non-standard GPT-2 attention scaling is not supported")
+      d = dict(common, d_model=c.get("n_embd"), n_layers=c.get("n_layer"), n_heads=c.get("n_head"),
+               # 0 is our "4 * d_model" for a GELU MLP, GPT-2's default.
+               d_ff=get("n_inner", 0), max_len=get("n_positions", 1024), norm="layer",
+               norm_eps=get("layer_norm_epsilon", 1e-5), pos="learned",
+               mlp=_gelu_kind(get("activation_function", "gelu_new"), source), attn_bias=True, mlp_bias=True,
+               parallel_residual=False)
+  except ValueError as e:
+    raise ValueError(e if str(e).startswith(source) else f"{source}: {e}") from None
+  names = _HF_NAMES[mt]
+  for ours, theirs in names.items():
+    if d.get(ours) is None and ours != "vocab_size":
+      raise ValueError(f"{source}: missing field {theirs!r}")
+  if d["vocab_size"] is None:
+    raise ValueError(f"{source}: missing field 'vocab_size'")
+  cfg = model_config(d, source, {k: v for k, v in names.items()})
+  if mt == "llama" and get("head_dim", cfg.head_dim) != cfg.head_dim:
+    raise ValueError(f"{source}: head_dim={str(c['head_dim'])[:20]} differs from hidden_size / num_attention_heads")
+  return cfg
 
 
 def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:
@@ -378,20 +531,25 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _tokenizer_from_dir(path: pathlib.Path, c: dict):
   import tokenizers
+  from hhh import safeio
   from hhh.data.tokenizer import PretrainedTokenizer, choose_special_ids
   tj = path / "tokenizer.json"
-  if not tj.exists():
+  if not os.path.lexists(tj):
     raise FileNotFoundError(f"{path}: no tokenizer.json")
-  tok = tokenizers.Tokenizer.from_file(str(tj))
+  text = safeio.read_text(tj, safeio.MAX_TOKENIZER_BYTES)
+  try:
+    tok = tokenizers.Tokenizer.from_str(text)
+  except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for any bad file
+    raise ValueError(f"{tj}: not a tokenizer the tokenizers library reads: {' '.join(str(e).split())[:200]}") from None
   tc_path = path / "tokenizer_config.json"
-  tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+  tc = safeio.read_json(tc_path, safeio.MAX_CONFIG_BYTES) if os.path.lexists(tc_path) else {}
 
   def token_id(key: str, config_key: str | None = None) -> int | None:
     name = _token_content(tc.get(key))
     if name is not None:
-      i = tok.token_to_id(name)
+      i = tok.token_to_id(name) if isinstance(name, str) else None
       if i is None:
-        raise ValueError(f"{tc_path}: {key}={name!r} is not in the vocabulary")
+        raise ValueError(f"{tc_path}: {key}={str(name)[:60]!r} is not in the vocabulary")
       return i
     v = c.get(config_key) if config_key else None
     return v[0] if isinstance(v, list) else v
@@ -407,9 +565,12 @@ def _tokenizer_from_dir(path: pathlib.Path, c: dict):
     prefix = [token_id("bos_token")]
   template = tc.get("chat_template")
   if isinstance(template, list):
-    template = next((t["template"] for t in template if t.get("name") == "default"), None)
-  if template is None and (path / "chat_template.jinja").exists():
-    template = (path / "chat_template.jinja").read_text()
+    template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+  if template is not None and not isinstance(template, str):
+    raise ValueError(f"{tc_path}: chat_template must be a string or a list of named templates")
+  jinja = path / "chat_template.jinja"
+  if template is None and os.path.lexists(jinja):
+    template = safeio.read_text(jinja, safeio.MAX_CONFIG_BYTES)
   return PretrainedTokenizer(tok, **special, bos_prefix=prefix, chat_template=template)
 
 
@@ -442,25 +603,35 @@ def _tokenizer_files(tok) -> tuple[str, dict]:
 
 
 def load_hf(path, name: str | None = None) -> LM:
-  """An HF-format directory (llama, gpt_neox or gpt2) as a float32 `LM`."""
+  """An HF-format directory (llama, gpt_neox or gpt2) as a float32 `LM`.
+
+  The directory may come from anyone: each file is read only if it is a regular file under its size limit
+  (`hhh.safeio`), the config is checked field by field with upper bounds and the safetensors headers against
+  the files, all before any tensor is read or any parameter allocated; each problem is one ValueError line.
+  """
   path = pathlib.Path(path)
   cj = path / "config.json"
-  if not cj.is_file():
-    raise FileNotFoundError(f"{path}: no config.json (not an HF model directory)")
-  c = json.loads(cj.read_text())
+  c = read_config(path)
   source = str(path)
-  tensors = _read_tensors(path)
+  files = _shards(path)
+  shapes = _tensor_shapes(files)
   model_type = c.get("model_type")
   if model_type not in MODEL_TYPES:
-    raise ValueError(f"{cj}: model_type={model_type!r} is not supported (expected one of {MODEL_TYPES})")
+    raise ValueError(f"{cj}: model_type={str(model_type)[:40]!r} is not supported (expected one of {MODEL_TYPES})")
   embed_name = {"llama": "model.embed_tokens.weight", "gpt_neox": "gpt_neox.embed_in.weight"}.get(
-      model_type, "transformer.wte.weight" if "transformer.wte.weight" in tensors else "wte.weight")
-  if embed_name not in tensors:
+      model_type, "transformer.wte.weight" if "transformer.wte.weight" in shapes else "wte.weight")
+  if embed_name not in shapes:
     raise ValueError(f"{source}: missing tensor {embed_name!r}")
+  if len(shapes[embed_name]) != 2:
+    raise ValueError(f"{source}: {embed_name} has shape {shapes[embed_name]}; an embedding is [vocab, hidden]")
   # The embedding may be padded past config.vocab_size (Pythia); its row count is what the model computes over.
-  cfg = config_from_hf(c, source, vocab_size=int(tensors[embed_name].shape[0]))
-  seq_cls = any(str(a).endswith("ForSequenceClassification") for a in c.get("architectures") or ())
+  cfg = config_from_hf(c, str(cj), vocab_size=int(shapes[embed_name][0]))
+  tensors: dict[str, np.ndarray] = {}
+  for f in files:
+    tensors.update(read_safetensors(f))
+  seq_cls = any(a.endswith("ForSequenceClassification") for a in c.get("architectures") or ())
   params = assemble_params(cfg, _to_ours(cfg, model_type, tensors, source, seq_cls), source)
+  del tensors
   tok = _tokenizer_from_dir(path, c)
   if tok.vocab_size > cfg.vocab_size:
     raise ValueError(f"{source}: tokenizer has {tok.vocab_size} tokens, the embedding only {cfg.vocab_size} rows")

@@ -18,7 +18,6 @@ params/ may not reach outside the bundle through symlinks.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -32,6 +31,7 @@ import numpy as np
 from orbax.checkpoint import v1 as ocp
 
 from hhh import config as config_lib
+from hhh import safeio
 from hhh.data import sources
 from hhh.data import tokenizer as tokenizer_lib
 from hhh.model.config import ModelConfig
@@ -40,15 +40,13 @@ from hhh.train import checkpoint as ckpt_lib
 FORMAT_VERSION = 1
 OBJECTIVES = ("ranked", "binary")
 # A pretrained tokenizer's JSON rides inside bundle.json (SmolLM2's is ~2 MB, Llama 3's ~9 MB).
-MAX_INFO_BYTES = 64 << 20
+MAX_INFO_BYTES = safeio.MAX_TOKENIZER_BYTES
 
 
 def write(out_dir, model_cfg: ModelConfig, params, tokenizer_json: dict, *, objective: str, max_len: int,
           normalization: dict | None = None, source_checkpoint: str | None = None) -> dict:
   """Writes a bundle into `out_dir` (which must not exist yet) from its parts; returns its bundle.json."""
   out = pathlib.Path(out_dir)
-  out.mkdir(parents=True)
-  ocp.save_pytree(out / "params", params)
   tok = tokenizer_lib.from_json(tokenizer_json)
   info = {
       "format_version": FORMAT_VERSION,
@@ -62,6 +60,10 @@ def write(out_dir, model_cfg: ModelConfig, params, tokenizer_json: dict, *, obje
       "source_checkpoint": source_checkpoint,
       "normalization": normalization or {"mean": 0.0, "std": 1.0, "n": 0, "reference": None},
   }
+  # What `read` would refuse is never written (`hhh convert --as-bundle` once wrote such bundles).
+  validate_info(json.loads(json.dumps(info, allow_nan=True)), "refusing to write a reward bundle")
+  out.mkdir(parents=True)
+  ocp.save_pytree(out / "params", params)
   _write_info(out, info)
   return info
 
@@ -128,10 +130,7 @@ def read(path):
     raise FileNotFoundError(f"{path} is not a reward bundle (no bundle.json); write one with `hhh export`")
   where = str(info_path)
   data = read_regular_file(info_path, MAX_INFO_BYTES)
-  try:
-    info = json.loads(data)
-  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError too
-    raise ValueError(f"{where}: not valid JSON: {' '.join(str(e).split())[:200]}") from None
+  info = safeio.parse_json(data, where)
   cfg, tok = validate_info(info, where)
   params_dir = _params_dir(path)
   try:
@@ -143,46 +142,11 @@ def read(path):
 
 
 def read_regular_file(path, limit: int) -> bytes:
-  """The bytes of `path` if it is a regular file (not a symlink) of at most `limit` bytes; else ValueError.
-
-  A symlink to /dev/zero would be read forever and a FIFO would block the open, so the file is opened without
-  following symlinks and without blocking, and checked with fstat on the open descriptor (no race with a swap).
-  """
-  flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-  try:
-    fd = os.open(path, flags)
-  except FileNotFoundError:
-    raise
-  except OSError as e:
-    if e.errno == errno.ELOOP:
-      raise ValueError(f"{path}: is a symlink; it must be a regular file") from None
-    raise ValueError(f"{path}: cannot be opened: {e.strerror}") from None
-  try:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-      raise ValueError(f"{path}: is {_kind(st.st_mode)}, not a regular file")
-    if st.st_size > limit:
-      raise ValueError(f"{path}: is {st.st_size} bytes, over the limit of {limit}")
-    chunks, n = [], 0
-    while n <= limit:  # the size can change after fstat; never read more than the limit allows
-      chunk = os.read(fd, min(1 << 20, limit + 1 - n))
-      if not chunk:
-        break
-      chunks.append(chunk)
-      n += len(chunk)
-    if n > limit:
-      raise ValueError(f"{path}: grew past the limit of {limit} bytes while being read")
-    return b"".join(chunks)
-  finally:
-    os.close(fd)
+  """The bytes of `path` if it is a regular file (not a symlink) of at most `limit` bytes; else ValueError."""
+  return safeio.read_bytes(path, limit, follow_symlinks=False)
 
 
-def _kind(mode: int) -> str:
-  for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                     (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-    if test(mode):
-      return name
-  return "not a regular file"
+_kind = safeio.kind
 
 
 def _params_dir(bundle: pathlib.Path) -> pathlib.Path:
@@ -207,7 +171,12 @@ def _params_dir(bundle: pathlib.Path) -> pathlib.Path:
 # --- bundle.json fields ---------------------------------------------------------------------------------------
 
 _POSITIVE_INTS = {"vocab_size", "d_model", "n_layers", "n_heads", "max_len"}
-_FLOAT_RANGES = {"norm_eps": (0.0, None, False), "rope_theta": (0.0, None, False),
+# Upper bounds, far above any real checkpoint (Llama 3 405B: d_model 16384, 126 layers, vocab 128256), so that
+# a hostile config is refused before its parameter tree is traced or allocated (2000 layers once hung here).
+MAX_DIMS = {"vocab_size": 1 << 21, "d_model": 1 << 15, "n_layers": 512, "n_heads": 1 << 10, "n_kv_heads": 1 << 10,
+            "d_ff": 1 << 18, "max_len": 1 << 20}
+MAX_PARAMS = 1 << 36  # about 69 billion: 275 GB of float32 parameters
+_FLOAT_RANGES = {"norm_eps": (0.0, 1.0, False), "rope_theta": (0.0, None, False),
                  "rotary_pct": (0.0, 1.0, False), "dropout": (0.0, 1.0, True)}  # (low, high, low allowed)
 
 
@@ -223,16 +192,20 @@ def _show(v) -> str:
   return json.dumps(v)[:60] if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
 
 
-def _model_config(d, where: str) -> ModelConfig:
+def model_config(d, where: str, names: dict[str, str] | None = None) -> ModelConfig:
+  """The `ModelConfig` of a dict of its fields, every type and range checked, or a ValueError naming the first bad
+  field. Bundles, HF config.json, GGUF metadata and checkpoints all come through here. `names` maps our field
+  names to what the file calls them (e.g. "n_layers" -> "num_hidden_layers"), for the message."""
   if not isinstance(d, dict):
     raise ValueError(f"{where}: model must be an object, not {_show(d)}")
+  names = names or {}
   hints = typing.get_type_hints(ModelConfig)
-  names = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(d) - names)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(d) - fields)
   if unknown:
     raise ValueError(f"{where}: model.{unknown[0]} is not a model config field")
   for name, v in d.items():
-    tp, key = hints[name], f"model.{name}"
+    tp, key = hints[name], names.get(name, f"model.{name}")
     if typing.get_origin(tp) is Literal:
       if v not in typing.get_args(tp) or not isinstance(v, str):
         raise ValueError(f"{where}: {key} must be one of {', '.join(typing.get_args(tp))}, not {_show(v)}")
@@ -240,18 +213,27 @@ def _model_config(d, where: str) -> ModelConfig:
       if not isinstance(v, bool):
         raise ValueError(f"{where}: {key} must be true or false, not {_show(v)}")
     elif tp is int:
-      low = 1 if name in _POSITIVE_INTS else 0
-      if not _is_int(v) or v < low:
-        raise ValueError(f"{where}: {key} must be an integer >= {low}, not {_show(v)}")
+      low, high = (1 if name in _POSITIVE_INTS else 0), MAX_DIMS.get(name)
+      if not _is_int(v) or v < low or (high is not None and v > high):
+        bound = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{where}: {key} must be an integer {bound}, not {_show(v)}")
     elif tp is float:
       low, high, low_ok = _FLOAT_RANGES.get(name, (None, None, True))
       if not _is_number(v) or (low is not None and (v < low or (v == low and not low_ok))) or \
           (high is not None and v > high):
         raise ValueError(f"{where}: {key} must be a finite number{_range(low, high, low_ok)}, not {_show(v)}")
   try:
-    return ModelConfig(**d)
+    cfg = ModelConfig(**d)
   except ValueError as e:
     raise ValueError(f"{where}: {e}") from None
+  from hhh.model import family
+  n = family.param_counts(cfg)["total"]
+  if n > MAX_PARAMS:
+    raise ValueError(f"{where}: the model would have {n:,} parameters, over the limit of {MAX_PARAMS:,}")
+  return cfg
+
+
+_model_config = model_config
 
 
 def _range(low, high, low_ok) -> str:
