@@ -40,6 +40,10 @@ class DataConfig:
   # a comparison longer than that is split over rows, its context repeated). Same loss as unpacked.
   pack: bool = True
   pack_len: int = 0
+  # A token budget per step instead of `batch_size` comparisons (0: off). Packed steps are then one shape,
+  # batch_tokens / row length rows, holding as many comparisons as fit and at most `batch_size`, so set
+  # batch_size to the most a step may hold. Nearly no padding and one compile, at a varying comparisons per step.
+  batch_tokens: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +98,13 @@ class TrainConfig:
     if self.data.pack_len and self.data.pack_len < self.data.max_len:
       raise ConfigError(f"data.pack_len={self.data.pack_len} must hold one sequence of data.max_len="
                         f"{self.data.max_len} tokens (or be 0: the largest bucket)")
+    if self.data.batch_tokens:
+      row_len = self.data.pack_len or max(self.data.buckets)
+      if not (self.data.pack and self.objective in ("ranked", "binary")):
+        raise ConfigError("data.batch_tokens needs packed rows: data.pack=true and a ranked or binary objective")
+      if self.data.batch_tokens < row_len or self.data.batch_tokens % row_len:
+        raise ConfigError(f"data.batch_tokens={self.data.batch_tokens} must be a multiple of the row length "
+                          f"{row_len} (data.pack_len, or the largest bucket)")
 
 
 def _convert(text: str, tp, key: str):

@@ -143,6 +143,11 @@ def test_cross_section_validation():
   assert config_error("data.buckets=32,64") == "data.max_len=128 exceeds the largest bucket 64"
   assert config_error("data.buckets=64,1024") == "data.buckets reach 1024 > model.max_len=512"
   assert config_error("batch_size=0") == "batch_size must be >= 1 and steps >= 0"
+  assert config_error("data.batch_tokens=200") == ("data.batch_tokens=200 must be a multiple of the row length 128 "
+                                                   "(data.pack_len, or the largest bucket)")
+  assert config_error("data.batch_tokens=256", "data.pack=false") == (
+      "data.batch_tokens needs packed rows: data.pack=true and a ranked or binary objective")
+  assert apply("data.batch_tokens=384").data.batch_tokens == 384
 
 
 # --- load_experiment, to_dict / from_dict -------------------------------------------------------

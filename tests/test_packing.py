@@ -215,3 +215,74 @@ def test_remat_gives_the_same_gradients():
   a, b = grad(PARAMS, GRAPHDEF), grad(PARAMS, remat_def)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_token_plan_hand_example():
+  # Pieces of 6, 5, 4, 3, 7 tokens into steps of 2 rows of 10 tokens, at most 4 comparisons, looking 2 ahead.
+  plan = packing.TokenPlan([[6], [5], [4], [3], [7]], row_len=10, rows=2, max_comparisons=4, seed=0, window=2)
+  order = np.random.default_rng([0, 0]).permutation(5).tolist()
+  steps = plan.epoch_plan(0)
+  # Replayed by hand from the epoch's order: a comparison joins when first-fit decreasing still fits 2 rows.
+  lengths = [6, 5, 4, 3, 7]
+  expect, queue = [], list(order)
+  while queue:
+    taken, j = [], 0
+    while len(taken) < 4 and j < min(2, len(queue)):
+      cand = [lengths[i] for i in taken] + [lengths[queue[j]]]
+      rows = packing.first_fit(cand, 10)
+      if len(rows) <= 2:
+        taken.append(queue.pop(j))
+      else:
+        j += 1
+    expect.append(taken + [-1] * (4 - len(taken)))
+  assert [s.tolist() for s in steps] == expect
+  # Every comparison exactly once per epoch; epochs differ; the plan is a pure function of (seed, epoch).
+  flat = sorted(i for s in steps for i in s.tolist() if i >= 0)
+  assert flat == [0, 1, 2, 3, 4]
+  again = packing.TokenPlan([[6], [5], [4], [3], [7]], row_len=10, rows=2, max_comparisons=4, seed=0, window=2)
+  assert [s.tolist() for s in again.epoch_plan(0)] == expect
+  n0 = len(steps)
+  assert plan[n0][1].tolist() == again.epoch_plan(1)[0].tolist()
+
+
+def test_token_plan_fixed_order_example():
+  # A fixed window-1 walk: with window 1 the plan is the plain greedy cut of the epoch order.
+  plan = packing.TokenPlan([[8], [8], [2], [2]], row_len=10, rows=1, max_comparisons=4, seed=3, window=1)
+  order = np.random.default_rng([3, 0]).permutation(4).tolist()
+  steps = [[i for i in s.tolist() if i >= 0] for s in plan.epoch_plan(0)]
+  assert [i for s in steps for i in s] == order       # window 1 keeps the order exactly
+  assert all(sum([8, 8, 2, 2][i] for i in s) <= 10 for s in steps)
+  with pytest.raises(ValueError, match="raise data.batch_tokens"):
+    packing.TokenPlan([[11]], row_len=10, rows=1, max_comparisons=4, seed=0)
+
+
+def test_token_budget_batches_are_full_and_exact():
+  """Real HH-RLHF comparisons under a token budget: each epoch holds every comparison once, in fewer slots than
+  steps of a fixed comparison count, and a step's loss and gradients are those of its comparisons unpacked."""
+  examples, _ = encode_all(hh_comparisons(32), TOK, max_len=256, max_k=2)
+  kw = dict(row_len=512, max_k=2, buckets=(128, 256), pad_id=TOK.pad_id, seed=5)
+  ds = packing.PackedBatchSource(examples, batch_tokens=1024, batch_size=16, **kw).dataset(shuffle=True, epochs=None)
+  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, 512)[0]] for e in examples], row_len=512, rows=2,
+                           max_comparisons=16, seed=5)
+  seen = []
+  for i in range(len(plan.epoch_plan(0))):
+    batch = ds[i]
+    assert batch["tokens"].shape == (2, 512)
+    ix = [j for j in plan[i][1].tolist() if j >= 0]
+    assert sorted(np.flatnonzero(batch["lengths"][:, 0] > 0).tolist()) == list(range(len(ix)))
+    seen += ix
+    if i == 0:
+      pb = {k: jnp.asarray(v) for k, v in batch.items()}
+      ub = _unpacked([examples[j] for j in ix], 2)
+      lp, _, gp = _grads_and_loss(packed_loss_fn, pb, "ranked", 0.0)  # empty comparison slots included
+      lu, _, gu = _grads_and_loss(loss_fn, ub, "ranked", 0.0)
+      assert abs(lp - lu) < ATOL
+      for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0)
+  assert sorted(seen) == list(range(len(examples)))
+  # 12,165 tokens needed: 15 steps of 1,024 slots, against 16,640 for steps of 8 comparisons (rows of 256 or 512).
+  assert sum(packing.packed_length(e) for e in examples) == 12165
+  fixed = packing.PackedBatchSource(examples, batch_size=8, **kw).dataset(shuffle=True, epochs=1)
+  assert (len(plan.epoch_plan(0)) * 1024, sum(fixed[i]["tokens"].size for i in range(len(fixed)))) \
+      == (15360, 16640)
+

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import hhh_cmd, hhh_env, read_metrics, run_hhh, REPO
 
 
@@ -14,9 +16,12 @@ def _losses(workdir):
   return [(r["step"], r["loss"], r["accuracy"]) for r in read_metrics(workdir)]
 
 
-def test_sigkill_then_resume_is_bit_identical(tiny_experiment, tmp_path):
+# Token-budget steps too: their plan is rebuilt from (seed, epoch) and the iterator index, never stored.
+@pytest.mark.parametrize("extra", [[], ["--set", "data.batch_tokens=256", "--set", "batch_size=16"]],
+                         ids=["batch_size", "batch_tokens"])
+def test_sigkill_then_resume_is_bit_identical(tiny_experiment, tmp_path, extra):
   args = ["train", tiny_experiment, "--set", "steps=60", "--set", "checkpoint_every=10", "--set",
-          "eval_every=1000", "--set", "keep_checkpoints=2"]
+          "eval_every=1000", "--set", "keep_checkpoints=2", *extra]
   straight = tmp_path / "straight"
   run_hhh(*args[:2], "--workdir", straight, *args[2:])
 

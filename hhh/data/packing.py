@@ -23,13 +23,21 @@ A batch holds the same comparisons, in the same order, as unpacked (`hhh.data.pi
 the row length (a bucket that holds its longest piece) that needs the fewest slots, and the row count is rounded
 up on a short grid (1, 2, 3, 4, 6, 8, 12, ...), so a run compiles a few shapes. With S batch shards (devices along the batch axes)
 each shard's comparisons are packed into its own rows, so reading rewards never crosses devices.
+
+With a token budget (`data.batch_tokens`) a step is instead one fixed shape, budget / row length rows of the
+row length, filled with as many comparisons as fit (at most `batch_size`): `TokenPlan` walks the epoch's
+shuffled order and puts each comparison in the first step that still has room for it among the next few, so
+rows are nearly full and a run compiles one train shape. The steps are a pure function of (seed, epoch).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 from typing import Sequence
 
+import grain
 import numpy as np
 
 from hhh.data.pipeline import BatchSource, Encoded
@@ -127,7 +135,7 @@ def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buckets: Sequence[int],
-                 n_shards: int = 1, stats: PackStats | None = None) -> dict[str, np.ndarray]:
+                 n_shards: int = 1, stats: PackStats | None = None, rows: int | None = None) -> dict[str, np.ndarray]:
   """One global packed batch from C comparisons (None = an empty comparison slot of a short last batch).
 
   Returns row arrays [R, L] (tokens, positions, segments, contexts, lm_target, lm_weight) and comparison arrays
@@ -135,7 +143,8 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
   length, 0 = no response; scores). Comparisons are split evenly over `n_shards`, and shard s's pieces fill
   rows [s R/S, (s+1) R/S), so each shard's rewards are read from its own rows. `lm_target`/`lm_weight` are the
   next-token targets of each comparison's preferred sequence (context + preferred response), what the unpacked
-  LM mixing loss reads.
+  LM mixing loss reads. `rows` fixes R (a token-budget step: one row length, the largest bucket); the pieces must
+  fit, as `TokenPlan` guarantees.
   """
   C = len(examples)
   if C % n_shards:
@@ -154,9 +163,17 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
   per = C // n_shards
   shards = [[(c, p) for c in range(s * per, (s + 1) * per) for p in laid[c][0]] for s in range(n_shards)]
   best = None
+  if rows is not None:
+    if rows % n_shards:
+      raise ValueError(f"{rows} rows do not split over {n_shards} batch shards")
+    L = max(buckets)
+    shard_rows = [first_fit([len(p) for _, p in items], L) for items in shards]
+    if max(len(r) for r in shard_rows) > rows // n_shards or longest > L:
+      raise ValueError(f"the comparisons do not fit {rows} rows of {L} tokens")
+    best = (rows // n_shards, L, shard_rows)
   # The row length that needs the fewest slots (rows rounded up on the grid); the shorter one on a tie, since
   # attention grows with it. Pieces of 300 tokens waste 40% of 512-token rows and 12% of 1024-token ones.
-  for L in (b for b in sorted(buckets) if b >= longest):
+  for L in (b for b in sorted(buckets) if b >= longest and rows is None):
     shard_rows = [first_fit([len(p) for _, p in items], L) for items in shards]
     R_s = round_rows(max(1, max(len(rows) for rows in shard_rows)))
     if best is None or R_s * L < best[0] * best[1]:
@@ -213,6 +230,77 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
           "scores": scores}
 
 
+def fits(lengths: Sequence[int], capacity: int, rows: int) -> bool:
+  """Whether pieces of these lengths go into `rows` rows of `capacity` tokens, first-fit decreasing (the layout
+  `collate_rows` builds)."""
+  return all(n <= capacity for n in lengths) and len(first_fit(lengths, capacity)) <= rows
+
+
+class TokenPlan:
+  """Random-access source of token-budget steps, as `pipeline._BatchPlan` is of fixed-size ones: item i is
+  (row length, comparison indices), -1 marking an empty slot.
+
+  Each epoch takes the examples in a (seed, epoch) permutation. A step has `n_shards` shards of `rows_per_shard`
+  rows; shard by shard, it takes the first waiting comparison whose pieces still fit (first-fit decreasing),
+  looking at most `window` comparisons ahead, until none of those fits or the shard holds its
+  `max_comparisons / n_shards` slots. A comparison waits at most a few steps, and the rows are nearly full."""
+
+  def __init__(self, piece_lengths: Sequence[Sequence[int]], *, row_len: int, rows: int, max_comparisons: int,
+               seed: int, n_shards: int = 1, window: int = 16):
+    if rows < n_shards or rows % n_shards:
+      raise ValueError(f"a token budget of {rows} rows does not split over {n_shards} batch shards")
+    if max_comparisons % n_shards:
+      raise ValueError(f"batch_size={max_comparisons} does not split over {n_shards} batch shards")
+    self.piece_lengths = [list(p) for p in piece_lengths]
+    if not self.piece_lengths:
+      raise ValueError("no examples to batch")
+    self.row_len, self.rows, self.n_shards, self.window = row_len, rows, n_shards, window
+    self.per_shard, self.seed = max_comparisons // n_shards, seed
+    too_long = [i for i, p in enumerate(self.piece_lengths) if not fits(p, row_len, rows // n_shards)]
+    if too_long:
+      raise ValueError(f"example {too_long[0]} needs more than {rows // n_shards} rows of {row_len} tokens "
+                       f"({len(too_long)} such): raise data.batch_tokens")
+    self._counts: list[int] = []
+
+  def __len__(self):
+    return 1 << 40  # an endless training stream
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+    order = collections.deque(np.random.default_rng([self.seed, epoch]).permutation(len(self.piece_lengths)).tolist())
+    cap, R_s, C_s = self.row_len, self.rows // self.n_shards, self.per_shard
+    steps = []
+    while order:
+      slots = np.full(C_s * self.n_shards, -1, np.int64)
+      for s in range(self.n_shards):
+        taken: list[int] = []
+        lengths: list[int] = []
+        j = 0
+        while len(taken) < C_s and j < min(self.window, len(order)):
+          cand = lengths + self.piece_lengths[order[j]]
+          if fits(cand, cap, R_s):
+            taken.append(order[j])
+            del order[j]
+            lengths = cand
+          else:
+            j += 1
+        slots[s * C_s:s * C_s + len(taken)] = taken
+      steps.append(slots)
+    return steps
+
+  def _epoch_len(self, e: int) -> int:
+    while len(self._counts) <= e:
+      self._counts.append(len(self.epoch_plan(len(self._counts))))
+    return self._counts[e]
+
+  def __getitem__(self, i: int):
+    e = 0
+    while i >= self._epoch_len(e):
+      i -= self._epoch_len(e)
+      e += 1
+    return self.row_len, self.epoch_plan(e)[i]
+
+
 def summary(examples: Sequence[Encoded], row_len: int) -> PackStats:
   """How a run's comparisons are laid out (packed, split, fallback), counted once before training."""
   stats = PackStats()
@@ -226,17 +314,29 @@ class PackedBatchSource(BatchSource):
   plan (bucketed by unpacked length, shuffled by (seed, epoch)) is the unpacked one. Every process packs the
   whole global batch, so all agree on its shape, and keeps its own slice of rows and comparisons."""
 
-  def __init__(self, examples: Sequence[Encoded], *, row_len: int, n_shards: int = 1, **kw):
+  def __init__(self, examples: Sequence[Encoded], *, row_len: int, n_shards: int = 1, batch_tokens: int = 0,
+               **kw):
     super().__init__(examples, **kw)
     if n_shards % self.process_count:
       raise ValueError(f"{n_shards} batch shards do not split over {self.process_count} processes")
     self.row_buckets = row_buckets(self.buckets, row_len)
     self.n_shards = n_shards
+    self.budget_rows = batch_tokens // row_len if batch_tokens else None
+    self.row_len = row_len
 
-  def _collate(self, item, rows=None):
+  def dataset(self, *, shuffle: bool, epochs: int | None, rows: slice | None = None):
+    if self.budget_rows is None or not shuffle:
+      return super().dataset(shuffle=shuffle, epochs=epochs, rows=rows)
+    plan = TokenPlan([[len(p) for p in pieces_of(e, self.row_len)[0]] for e in self.examples],
+                     row_len=self.row_len, rows=self.budget_rows, max_comparisons=self.batch_size, seed=self.seed,
+                     n_shards=self.n_shards)
+    return grain.MapDataset.source(plan).map(functools.partial(self._collate, rows=rows, budget=True))
+
+  def _collate(self, item, rows=None, budget=False):
     L, ix = item
-    exs = [self.examples[i] for i in ix] + [None] * (self.batch_size - len(ix))
-    batch = collate_rows(exs, K=self.max_k, pad_id=self.pad_id, buckets=self.row_buckets, n_shards=self.n_shards)
+    exs = [self.examples[i] if i >= 0 else None for i in ix] + [None] * (self.batch_size - len(ix))
+    batch = collate_rows(exs, K=self.max_k, pad_id=self.pad_id, buckets=self.row_buckets, n_shards=self.n_shards,
+                         rows=self.budget_rows if budget else None)
     return batch if rows == slice(None) else self.local_rows(batch)
 
   def local_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

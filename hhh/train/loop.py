@@ -180,7 +180,8 @@ def _train(cfg, workdir) -> dict[str, float]:
   if _packed(cfg):
     # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
     n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
-    train_src = packing.PackedBatchSource(train_ex, row_len=row_len, n_shards=n_shards, seed=data_seed, **kw)
+    train_src = packing.PackedBatchSource(train_ex, row_len=row_len, n_shards=n_shards, seed=data_seed,
+                                          batch_tokens=cfg.data.batch_tokens, **kw)
   else:
     train_src = pipeline.BatchSource(train_ex, seed=data_seed, **kw)
   # Held-out scoring stays one sequence per row: a forward pass only, and its numbers are the same either way.
@@ -216,7 +217,8 @@ def _train(cfg, workdir) -> dict[str, float]:
       ps = packing.summary(train_ex, row_len)
       print(f"hhh: packed rows of up to {row_len} tokens: {ps.packed} comparisons with their context once, "
             f"{ps.split} split over rows (context repeated), {ps.fallback} unpacked (responses cut against "
-            "different contexts)", flush=True)
+            "different contexts)" + (f"; steps of {cfg.data.batch_tokens} tokens, at most {cfg.batch_size} "
+            "comparisons" if cfg.data.batch_tokens else ""), flush=True)
 
   peak = _peak(cfg, lead)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,
