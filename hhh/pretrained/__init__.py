@@ -101,7 +101,6 @@ def flatten_params(params) -> dict[str, np.ndarray]:
 def load_hhh(path) -> LM:
   """An hhh training workdir (latest checkpoint), checkpoint step dir, or reward bundle."""
   import jax
-  from hhh import config as config_lib
   from hhh.reward import bundle as bundle_lib
   from hhh.train import checkpoint as ckpt_lib
   from hhh.train.step import abstract_params
@@ -109,7 +108,10 @@ def load_hhh(path) -> LM:
   if (path / "bundle.json").exists():
     cfg, params, tok, _ = bundle_lib.read(path)
     return LM(cfg, params, tok, name=str(path), chat_template=getattr(tok, "chat_template", None))
-  cfg = config_lib.from_dict(ModelConfig, ckpt_lib.load_meta(path)["config"]["model"])
+  meta = ckpt_lib.load_meta(path)
+  model = meta.get("config", {}).get("model") if isinstance(meta.get("config"), dict) else None
+  # The checkpoint may come from anyone too: its model config passes the bundle reader's checks and bounds.
+  cfg = bundle_lib.model_config(model if isinstance(model, dict) else None, f"{path}: checkpoint meta")
   # Restore onto one local device, whatever topology the run was trained on.
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),

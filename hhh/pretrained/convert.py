@@ -52,13 +52,15 @@ def convert_command(args) -> None:
   from hhh.model import family
   from hhh.pretrained import load_lm
   if args.as_bundle:
-    import json
+    from hhh.pretrained import hf
     from hhh.reward import hf_export
-    if not (pathlib.Path(args.model) / "config.json").is_file():
-      raise ValueError(f"--as-bundle takes an HF sequence-classification directory; {args.model} has no config.json")
+    if not pathlib.Path(args.model).is_dir():
+      raise ValueError(f"--as-bundle takes an HF sequence-classification directory; {args.model} is not a directory")
+    # config.json is untrusted: checked here (a regular file under its limit, the fields hhh reads well typed)
+    # before the conversion reads it.
+    c = hf.read_config(args.model)
     info = hf_export.convert_to_bundle(args.model, args.out, force=args.force)
-    bias = json.loads((pathlib.Path(args.model) / "config.json").read_text()).get(hf_export.META, {}).get(
-        "reward_bias")
+    bias = (c.get(hf.REWARD_META) or {}).get("reward_bias")
     print(f"hhh: wrote reward bundle {args.out} from {args.model} (reward head bias "
           f"{'restored from config.json' if bias is not None else 'zero: none recorded'}; normalization over "
           f"{info['normalization']['n']} responses)")

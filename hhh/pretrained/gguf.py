@@ -150,6 +150,8 @@ def _config(reader, vocab_size: int, tied: bool, source: str) -> ModelConfig:
     raise ValueError(f"{source}: general.architecture={arch!r} is not supported (only 'llama')")
   f = lambda k, d=KeyError: _field(reader, f"llama.{k}", d)
   d_model, n_heads = int(f("embedding_length")), int(f("attention.head_count"))
+  if n_heads <= 0:
+    raise ValueError(f"{source}: llama.attention.head_count={n_heads} must be positive")
   head_dim = d_model // n_heads
   for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
     if f(key, head_dim) != head_dim:
@@ -157,13 +159,19 @@ def _config(reader, vocab_size: int, tied: bool, source: str) -> ModelConfig:
   scaling = f("rope.scaling.type", "none")
   if scaling not in ("none", "linear") or (scaling == "linear" and f("rope.scaling.factor", 1.0) != 1.0):
     raise ValueError(f"{source}: RoPE scaling {scaling!r} is not supported")
-  return ModelConfig(
+  from hhh.reward.bundle import model_config
+  kv = int(f("attention.head_count_kv", n_heads))
+  # The bundle reader's rules, upper bounds included, before any tensor is dequantized.
+  return model_config(dict(
       vocab_size=vocab_size, d_model=d_model, n_layers=int(f("block_count")), n_heads=n_heads,
-      n_kv_heads=0 if int(f("attention.head_count_kv", n_heads)) == n_heads else int(f("attention.head_count_kv")),
-      d_ff=int(f("feed_forward_length")),
+      n_kv_heads=0 if kv == n_heads else kv, d_ff=int(f("feed_forward_length")),
       max_len=int(f("context_length")), norm="rms", norm_eps=float(f("attention.layer_norm_rms_epsilon")),
       pos="rope", rope_theta=float(f("rope.freq_base", 10000.0)), rotary_pct=1.0, mlp="swiglu",
-      tie_embeddings=tied, attn_bias=False, mlp_bias=False, parallel_residual=False)
+      tie_embeddings=tied, attn_bias=False, mlp_bias=False, parallel_residual=False), source,
+      {"vocab_size": "token_embd rows", "d_model": "llama.embedding_length", "n_layers": "llama.block_count",
+       "n_heads": "llama.attention.head_count", "n_kv_heads": "llama.attention.head_count_kv",
+       "d_ff": "llama.feed_forward_length", "max_len": "llama.context_length",
+       "norm_eps": "llama.attention.layer_norm_rms_epsilon", "rope_theta": "llama.rope.freq_base"})
 
 
 # GGUF tensor -> (our name, transform); {i} is the layer.
@@ -183,14 +191,27 @@ _LAYER_MAP = {
 def load_gguf(path, name: str | None = None) -> LM:
   """A llama-architecture GGUF file (any quantization `gguf` can dequantize) as a float32 `LM`."""
   import gguf
+  from hhh import safeio
   path = pathlib.Path(path)
-  if not path.is_file():
+  if not os.path.lexists(path):
     raise FileNotFoundError(f"{path}: no such GGUF file")
   source = str(path)
+  # A FIFO or a device would block or never end: only a regular file under the limit reaches the reader.
+  os.close(safeio.open_regular(path, safeio.MAX_WEIGHTS_BYTES)[0])
+  try:
+    return _load(gguf, path, source, name)
+  except ValueError:
+    raise
+  except Exception as e:  # noqa: BLE001 -- a malformed file surfaces as many kinds of error inside `gguf`
+    raise ValueError(f"{source}: not a readable GGUF file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") \
+        from None
+
+
+def _load(gguf, path: pathlib.Path, source: str, name: str | None) -> LM:
   try:
     reader = gguf.GGUFReader(path)
   except (ValueError, OSError) as e:
-    raise ValueError(f"{source}: not a readable GGUF file ({e})") from e
+    raise ValueError(f"{source}: not a readable GGUF file ({' '.join(str(e).split())[:200]})") from None
   raw = {t.name: t for t in reader.tensors}
   tied = "output.weight" not in raw
   if "token_embd.weight" not in raw:

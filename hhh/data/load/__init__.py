@@ -18,14 +18,13 @@ Modules are imported lazily by name, so one that is missing or broken does not t
 from __future__ import annotations
 
 import importlib
-import json
-import lzma
 import pathlib
 import re
 from types import ModuleType
 from typing import Any, Iterator
 
-from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.mine import common
+from hhh.data.mine.common import MineStats
 
 LOADERS = ("hh_rlhf", "summarize", "hellaswag", "truthfulqa", "code")
 
@@ -102,42 +101,9 @@ class Skip(Exception):
 
 def json_lines(file: pathlib.Path, stats: MineStats | None,
                limit: int = 0) -> Iterator[tuple[dict[str, Any], str, int]]:
-  """(object, "file:line", line) for each JSON-object line of a possibly compressed file; blank lines are ignored.
-
-  With `stats`, every non-blank line counts as a record read, and bad lines are counted skips ("bad_encoding",
-  "invalid_json", "not_object", "corrupt_file" for a broken compressed stream, keeping what came before); with a
-  `limit`, reading stops once stats.records_read reaches it. Without stats (strict readers for evaluation), a bad
-  line raises ValueError naming the file and line.
-  """
-  line = 0
-  try:
-    with open_binary(file) as f:
-      for raw in f:
-        line += 1
-        if not raw.strip():
-          continue
-        where = f"{file}:{line}"
-        if stats is not None:
-          if limit and stats.records_read >= limit:
-            return
-          stats.records_read += 1
-        try:
-          obj = json.loads(raw.decode("utf-8"))
-          reason = "" if isinstance(obj, dict) else "not_object"
-        except UnicodeDecodeError:
-          reason = "bad_encoding"
-        except (ValueError, RecursionError):
-          reason = "invalid_json"
-        if reason:
-          if stats is None:
-            raise ValueError(f"{where}: {reason.replace('_', ' ')}")
-          stats.skip(reason, where)
-          continue
-        yield obj, where, line
-  except (OSError, EOFError, lzma.LZMAError) as e:
-    if stats is None:
-      raise ValueError(f"{file}:{line + 1}: unreadable ({e})") from None
-    stats.skip("corrupt_file", f"{file}:{line + 1}")
+  """(object, "file:line", line) for each JSON-object line: `hhh.data.mine.common.json_lines`, the one reader of
+  JSON lines (lines over MAX_LINE_BYTES are skipped as "oversize_line" without being held)."""
+  return common.json_lines(file, stats, limit=limit)
 
 
 def hf_rows(rows, label: str, stats: MineStats, limit: int = 0) -> Iterator[tuple[dict[str, Any], str, int]]:

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 from hhh.data import load as load_lib
 from hhh.data.load import Skip
+from hhh.data.mine import common
 from hhh.data.mine.common import MineStats, open_binary
 from hhh.data.schema import Comparison
 
@@ -129,9 +130,11 @@ def _read(file: pathlib.Path, stats: MineStats | None,
 def _read_text(file: pathlib.Path, stats: MineStats | None) -> Iterator[tuple[HellaswagTask, str, None, str]]:
   # A malformed task shifts every later one, so the text format raises rather than skips.
   def decoded(f):
-    for n, raw in enumerate(f, 1):
+    for n, raw in enumerate(common.lines(f), 1):
+      if raw is None:
+        raise ValueError(f"{file}:{n}: line longer than {common.MAX_LINE_BYTES} bytes")
       try:
-        yield raw.decode("utf-8").rstrip("\r\n")
+        yield raw.decode("utf-8").rstrip("\r")
       except UnicodeDecodeError:
         raise ValueError(f"{file}:{n}: not UTF-8 text") from None
 
@@ -159,9 +162,9 @@ def _read_text(file: pathlib.Path, stats: MineStats | None) -> Iterator[tuple[He
 
 def _is_jsonl(file: pathlib.Path) -> bool:
   with open_binary(file) as f:
-    for raw in f:
-      if raw.strip():
-        return raw.lstrip().startswith(b"{")
+    for raw in common.lines(f):
+      if raw is None or raw.strip():
+        return raw is not None and raw.lstrip().startswith(b"{")
   return False
 
 

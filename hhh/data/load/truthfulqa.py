@@ -23,7 +23,7 @@ import pathlib
 from typing import Any, Iterator
 
 from hhh.data import load as load_lib
-from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.mine.common import MAX_LINE_BYTES as MAX_FILE_BYTES, MineStats, decompress_errors, open_binary
 from hhh.data.schema import Comparison
 
 SOURCE = "truthfulqa"
@@ -94,9 +94,16 @@ def read_mc(path) -> list[MCItem]:
     raise FileNotFoundError(f"truthfulqa file not found: {path}")
   try:
     with open_binary(path) as f:
-      data = json.loads(f.read().decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"{path}: not a JSON file ({e})") from None
+      # A whole-file JSON, so one cap on the decompressed size stands in for the line cap.
+      raw = f.read(MAX_FILE_BYTES + 1)
+  except decompress_errors() as e:
+    raise ValueError(f"{path}: unreadable ({' '.join(str(e).split())[:200]})") from None
+  if len(raw) > MAX_FILE_BYTES:
+    raise ValueError(f"{path}: over {MAX_FILE_BYTES} bytes (decompressed); TruthfulQA's file is under 1 MB")
+  try:
+    data = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ValueError(f"{path}: not a JSON file ({' '.join(str(e).split())[:200]})") from None
   if isinstance(data, dict) and isinstance(data.get("examples"), list):
     rows = data["examples"]
   elif isinstance(data, list):

@@ -1,4 +1,10 @@
-"""What every miner shares: skip accounting, splits by id hash, and compressed-input opening."""
+"""What every miner and loader shares: skip accounting, splits by id hash, compressed-input opening, and one
+streaming reader of JSON lines with a cap on line length.
+
+Lines. `lines` reads a stream in 1 MiB chunks and never holds more than MAX_LINE_BYTES of one line: a longer
+line is dropped while scanning on to its end and comes out as None, so a dump that is one endless line (a
+65 KB .zst of zeros decompresses to gigabytes with no newline) costs constant memory. `json_lines` builds on it:
+every miner and loader of JSON lines reads through it and counts such a line as "oversize_line"."""
 
 from __future__ import annotations
 
@@ -8,11 +14,18 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import pathlib
-from typing import IO
+import zlib
+from typing import IO, Any, Iterator
 
 SPLITS = ("train", "validation", "test")
+# The longest line a miner or loader reads; longer ones are skipped ("oversize_line") without being held. Real
+# records are far shorter (a Pushshift comment is under 50 KB, an HH-RLHF line under 100 KB, an APPS problem
+# with its tests a few MB).
+MAX_LINE_BYTES = 64 << 20
+_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass
@@ -78,3 +91,108 @@ def not_utf8(data: bytes) -> bool:
   except UnicodeDecodeError:
     return True
   return False
+
+
+def decompress_errors() -> tuple[type[BaseException], ...]:
+  """What reading a broken compressed stream raises (gzip's zlib.error and zstandard's ZstdError are not OSErrors)."""
+  errors: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, zlib.error)
+  try:
+    import zstandard
+    errors += (zstandard.ZstdError,)
+  except ImportError:
+    pass
+  return errors
+
+
+def lines(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[bytes | None]:
+  """Each line of a binary stream without its "\\n", or None for one longer than `max_bytes` (default
+  MAX_LINE_BYTES), which is dropped while scanning on to its end. Holds at most max_bytes + 1 MiB at a time."""
+  cap = MAX_LINE_BYTES if max_bytes is None else max_bytes
+  buf = bytearray()
+  skipping = False  # inside an over-long line: drop bytes up to its newline
+  while True:
+    chunk = stream.read(_CHUNK)
+    if not chunk:
+      break
+    start = 0
+    while True:
+      nl = chunk.find(b"\n", start)
+      if nl < 0:
+        break
+      if skipping:
+        skipping = False
+        yield None
+      elif len(buf) + nl - start > cap:
+        del buf[:]
+        yield None
+      elif buf:
+        buf += chunk[start:nl]
+        line = bytes(buf)
+        del buf[:]
+        yield line
+      else:
+        yield chunk[start:nl]
+      start = nl + 1
+    if not skipping:
+      buf += chunk[start:]
+      if len(buf) > cap:
+        del buf[:]
+        skipping = True
+  if skipping:
+    yield None
+  elif buf:
+    yield bytes(buf)
+
+
+class _BadLine(ValueError):
+  """A strict reader's one-line error about one line."""
+
+
+def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool = True, limit: int = 0,
+               max_bytes: int | None = None) -> Iterator[tuple[dict[str, Any], str, int]]:
+  """(object, "file:line", line) for each JSON-object line of a possibly compressed file; blank lines are ignored.
+
+  With `stats`, every non-blank line counts as a record read (unless `count` is off), and bad lines are counted
+  skips, named with `prefix`: "oversize_line" (over `max_bytes`, default MAX_LINE_BYTES), "bad_encoding",
+  "invalid_json", "not_object", and "corrupt_file" for a broken compressed stream, keeping what came before. With
+  a `limit`, reading stops once stats.records_read reaches it. Without stats (strict readers for evaluation), a
+  bad line raises ValueError naming the file and line.
+  """
+  line = 0
+  try:
+    with open_binary(file) as f:
+      for raw in lines(f, max_bytes):
+        line += 1
+        if raw is not None and not raw.strip():
+          continue
+        where = f"{file}:{line}"
+        if stats is not None:
+          if limit and stats.records_read >= limit:
+            return
+          if count:
+            stats.records_read += 1
+        reason, obj = "", None
+        if raw is None:
+          reason = "oversize_line"
+        else:
+          try:
+            obj = json.loads(raw.decode("utf-8"))
+            reason = "" if isinstance(obj, dict) else "not_object"
+          except UnicodeDecodeError:
+            reason = "bad_encoding"
+          except (ValueError, RecursionError):
+            reason = "invalid_json"
+        if reason:
+          if stats is None:
+            cap = MAX_LINE_BYTES if max_bytes is None else max_bytes
+            raise _BadLine(f"{where}: " + (f"line longer than {cap} bytes" if raw is None
+                                             else reason.replace("_", " ")))
+          stats.skip(prefix + reason, where)
+          continue
+        yield obj, where, line
+  except _BadLine:
+    raise
+  except decompress_errors() + (ValueError,) as e:  # zstandard raises ValueError for some broken frames too
+    if stats is None:
+      raise ValueError(f"{file}:{line + 1}: unreadable ({' '.join(str(e).split())[:200]})") from None
+    stats.skip(prefix + "corrupt_file", f"{file}:{line + 1}")

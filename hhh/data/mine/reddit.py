@@ -25,7 +25,9 @@ Rules:
 - Bad data never raises: invalid JSON, non-objects, invalid UTF-8 and lone surrogates ("bad_encoding": skipped, not
   replaced, so no garbled text reaches training), missing or mistyped fields, non-integer scores ("bad_score"),
   repeated ids ("duplicate") and unreadable compressed files ("corrupt_file", keeping what was read before) are
-  counted with "file:line". zstandard ends a truncated .zst quietly; its partial last line counts as invalid_json.
+  counted with "file:line", and so is a line over `common.MAX_LINE_BYTES` (64 MiB; "oversize_line", skipped
+  without ever being held whole). zstandard ends a truncated .zst quietly; its partial last line counts as
+  invalid_json.
   Blank lines are ignored. Only a missing path raises FileNotFoundError.
 - Accounting: every skip count is in comments, so records_read == sum(skipped) + responses yielded, apart from
   "corrupt_file" (one per broken file) and the "submission_*" reasons. Group-level
@@ -43,12 +45,11 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
-import lzma
 import pathlib
 from typing import Any, Iterator
 
-from hhh.data.mine.common import MineStats, open_binary
+from hhh.data.mine import common
+from hhh.data.mine.common import MineStats
 from hhh.data.schema import Comparison
 
 SOURCE = "reddit"
@@ -120,41 +121,8 @@ def _check_text(text: str) -> str:
 def _records(file: pathlib.Path, stats: MineStats, prefix: str = "",
              count: bool = True) -> Iterator[tuple[dict[str, Any], str]]:
   """Yields (object, "file:line") for each JSON object line; counts and skips the rest, never raises on content."""
-  line = 0
-  try:
-    with open_binary(file) as f:
-      for raw in f:
-        line += 1
-        if not raw.strip():
-          continue
-        where = f"{file}:{line}"
-        if count:
-          stats.records_read += 1
-        try:
-          text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-          stats.skip(prefix + "bad_encoding", where)
-          continue
-        try:
-          obj = json.loads(text)
-        except (ValueError, RecursionError):
-          stats.skip(prefix + "invalid_json", where)
-          continue
-        if not isinstance(obj, dict):
-          stats.skip(prefix + "not_object", where)
-          continue
-        yield obj, where
-  except (OSError, EOFError, ValueError, lzma.LZMAError, _zstd_error()):
-    # A truncated or corrupt compressed file: keep what was read, report where it broke.
-    stats.skip(prefix + "corrupt_file", f"{file}:{line + 1}")
-
-
-def _zstd_error() -> type[BaseException]:
-  try:
-    import zstandard
-    return zstandard.ZstdError
-  except ImportError:
-    return OSError
+  for obj, where, _ in common.json_lines(file, stats, prefix=prefix, count=count):
+    yield obj, where
 
 
 def _str_field(obj: dict[str, Any], name: str, allow_empty: bool = False) -> str:
