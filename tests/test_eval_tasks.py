@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 from hhh import config as config_lib
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.evals import tasks
-from hhh.evals.score import Scores
+from hhh.evals.score import Scores, option_lengths
 from hhh.model.config import ModelConfig
 from hhh.model.transformer import Transformer
 from hhh.reward import api as reward_api
@@ -60,8 +60,8 @@ class FakeScorer:
       progress(len(items))
     return [Scores(loglik=np.asarray([self.table.get(o, -50.0) for o in options]),
                    n_tokens=np.asarray([len(o) for o in options]),
-                   n_bytes=np.asarray([len(o.encode()) for o in options]),
-                   greedy=np.asarray([self.table.get(o, -50.0) > -1 for o in options])) for _, options in items]
+                   greedy=np.asarray([self.table.get(o, -50.0) > -1 for o in options]),
+                   **option_lengths(options)) for _, options in items]
 
 
 def test_hhh_alignment_reader_on_the_real_task():
@@ -141,16 +141,17 @@ def test_truthfulqa_real_files():
   assert result["mc2"] is None and result["n_mc2"] == 0 and result["mc1"] == 0.0  # ties lose
 
 
-def test_hellaswag_acc_and_byte_normalised_acc():
+def test_hellaswag_acc_and_length_normalised_acc():
   need(HELLASWAG)
   # First task: "Roof shingle removal: A man is sitting on a roof. he", label 3.
   e = [" is using wrap to wrap a pair of skis.", " is ripping level tiles off.", " is holding a rubik's cube.",
        " starts pulling up roofing on a roof."]
-  # Raw: ending 1 wins (wrong). Per byte: -30/38 = -0.79, -20/28 = -0.71, -40/27 = -1.48, -25/37 = -0.68 (right).
+  # Raw: ending 1 wins (wrong). Per character of the ending without its space (= per byte, ASCII):
+  # -30/37 = -0.81, -20/27 = -0.74, -40/26 = -1.54, -25/36 = -0.69 (right).
   fake = FakeScorer({e[0]: -30.0, e[1]: -20.0, e[2]: -40.0, e[3]: -25.0})
   result = tasks.hellaswag(tasks.LMJudge(fake), str(HELLASWAG), limit=1)
   assert fake.seen[0] == ("Roof shingle removal: A man is sitting on a roof. he", e)
-  assert (result["acc"], result["acc_norm"], result["n"]) == (0.0, 1.0, 1)
+  assert (result["acc"], result["acc_norm"], result["acc_bytes"], result["n"]) == (0.0, 1.0, 1.0, 1)
 
 
 PARAGRAPH = ("The old lighthouse keeper climbed the stairs every evening at dusk. He carried a small lamp, a book "

@@ -92,7 +92,7 @@ def format_table(record: dict) -> str:
   """The headline numbers, one per line, and the per-category accuracies."""
   rows = [("task", record["task"]), ("model", record["model"]), ("judge", record["judge"]),
           ("prompt", f"{record['prompt']} ({record['prompt_tokens']} tokens)"), ("items", record["n"])]
-  for key in ("accuracy", "mc1", "mc2", "acc", "acc_norm", "target_loglik_mean"):
+  for key in ("accuracy", "mc1", "mc2", "acc", "acc_norm", "acc_bytes", "target_loglik_mean"):
     if record.get(key) is not None:
       rows.append((key, f"{record[key]:.4f}"))
   for cat, v in record.get("per_category", {}).items():

@@ -32,9 +32,10 @@ Length policy: a row whose prompt + context + option exceeds the model's max_len
 from the left, with a warning (the end of the context matters most; `Scorer.truncated` counts the rows).
 A prompt that does not leave room for the option and one token before it is a ValueError.
 
-Per-option results (`Scores`): the summed log-probability of the option's tokens, its token count, its
-UTF-8 byte count (for byte-length normalisation, acc_norm = argmax loglik / bytes), and whether every
-option token is the argmax at its position (greedy reproduction, for LAMBADA-style tasks).
+Per-option results (`Scores`): the summed log-probability of the option's tokens, its token count, the UTF-8
+byte count of the scored continuation (" " + option), the option's characters and UTF-8 bytes without that one
+leading space (what lm-eval's acc_norm and acc_bytes divide by: `hhh.evals.rules`), and whether every option
+token is the argmax at its position (greedy reproduction, for LAMBADA-style tasks).
 """
 
 from __future__ import annotations
@@ -69,13 +70,29 @@ def split_encode(tokenizer, a: str, b: str, a_ids: Sequence[int] | None = None) 
   return list(tokenizer.encode(b))
 
 
+def choice_text(option: str) -> str:
+  """The option as lm-eval's `doc_to_choice` holds it: without the one leading space hhh scores it with."""
+  return option[1:] if option.startswith(" ") else option
+
+
 @dataclasses.dataclass(frozen=True)
 class Scores:
-  """One item's options: loglik [K] (float64 sums of token log-probs), n_tokens [K], n_bytes [K], greedy [K]."""
+  """One item's options: loglik [K] (float64 sums of token log-probs), n_tokens [K], n_bytes [K] (UTF-8 bytes
+  of the scored continuation), greedy [K]; n_chars [K] and choice_bytes [K]: characters and UTF-8 bytes of
+  `choice_text(option)` (None when a stored result predates them)."""
   loglik: np.ndarray
   n_tokens: np.ndarray
   n_bytes: np.ndarray
   greedy: np.ndarray
+  n_chars: np.ndarray | None = None
+  choice_bytes: np.ndarray | None = None
+
+
+def option_lengths(options: Sequence[str]) -> dict:
+  """n_bytes, n_chars and choice_bytes of each option (the length fields of `Scores`)."""
+  return {"n_bytes": np.asarray([len(o.encode("utf-8")) for o in options]),
+          "n_chars": np.asarray([len(choice_text(o)) for o in options]),
+          "choice_bytes": np.asarray([len(choice_text(o).encode("utf-8")) for o in options])}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
@@ -256,7 +273,7 @@ class Scorer:
       for it, idx in by_item.items():
         options = items[it][1]
         out[it] = Scores(loglik=lp[idx], n_tokens=np.asarray([chunk[i].n_option for i in idx]),
-                         n_bytes=np.asarray([len(o.encode("utf-8")) for o in options]), greedy=greedy[idx])
+                         greedy=greedy[idx], **option_lengths(options))
       if progress is not None:
         progress(len(chunk_items))
       chunk.clear()

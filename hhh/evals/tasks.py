@@ -239,18 +239,21 @@ def read_hellaswag(data) -> list:
 
 
 def hellaswag(judge, data, *, limit: int | None = None, progress: Progress = None) -> dict:
-  """acc: the labelled ending has the highest log-likelihood; acc_norm: highest log-likelihood per UTF-8 byte
-  of the scored continuation (" " + ending), which does not depend on the tokenizer."""
+  """acc, acc_norm and acc_bytes as lm-eval defines them (`hhh.evals.rules`): the labelled ending has the highest
+  log-likelihood; per character of the ending; per UTF-8 byte of the ending (without its leading space)."""
   judge = _lm_only(judge, "hellaswag")
   items = _limit(read_hellaswag(data), limit)
   queries = [(f"{t.activity_label}: {t.ctx}", [" " + e for e in t.endings]) for t in items]
   scores = judge.scores(queries, progress)
   onehot = lambda t: [int(i == t.label) for i in range(len(t.endings))]
-  acc = [correct(s.loglik, onehot(t)) for s, t in zip(scores, items)]
-  acc_norm = [correct(s.loglik / s.n_bytes, onehot(t)) for s, t in zip(scores, items)]
-  return {"task": "hellaswag", "n": len(items), "accuracy": float(np.mean(acc)) if acc else None,
-          "acc": float(np.mean(acc)) if acc else None, "acc_norm": float(np.mean(acc_norm)) if acc else None,
-          "normalization": "acc_norm divides the log-likelihood by the continuation's UTF-8 bytes",
+  from hhh.evals import rules
+  hits = {m: [correct(rules.rule_scores(m, s), onehot(t)) for s, t in zip(scores, items)]
+          for m in ("acc", "acc_norm", "acc_bytes")}
+  mean = lambda h: float(np.mean(h)) if h else None
+  return {"task": "hellaswag", "n": len(items), "accuracy": mean(hits["acc"]),
+          **{m: mean(h) for m, h in hits.items()},
+          "normalization": "lm-eval's: acc_norm divides the log-likelihood by the ending's characters, acc_bytes "
+                           "by its UTF-8 bytes (the ending without its leading space)",
           "query_format": "'{activity_label}: {ctx}' + ' {ending}'"}
 
 
