@@ -118,17 +118,22 @@ def cli_eval(args) -> None:
 
 
 def add_cli(sub) -> None:
-  p = sub.add_parser("eval", help="prompted evaluations: hhh_alignment, truthfulqa_mc, hellaswag, lambada_wiki")
-  p.add_argument("task", choices=tasks_lib.TASKS)
-  p.add_argument("--model", required=True,
-                 help="an LM (load_lm spec: name, hhh checkpoint or bundle, HF dir, .gguf); a reward bundle for "
-                      "--judge pm")
-  p.add_argument("--data", default=None,
-                 help="local data (a file or BIG-bench folder) or hf:NAME[:CONFIG]; default: the task's hub dataset")
-  p.add_argument("--prompt", default="none", help="none, hhh (data/prompts/hhh.txt) or a prompt text file")
-  p.add_argument("--limit", type=int, default=0, help="score only the first N items (0 = all)")
-  p.add_argument("--out", default=None, help="write the results JSON here (default: print it)")
-  p.add_argument("--judge", choices=("lm", "pm"), default="lm",
-                 help="lm: option log-likelihood; pm: a preference model's reward (hhh_alignment, truthfulqa_mc)")
-  p.add_argument("--batch-size", type=int, default=16, help="rows (item options) per forward pass")
-  p.set_defaults(func=cli_eval)
+  p = sub.add_parser("eval", help="prompted evaluations (hhh_alignment, truthfulqa_mc, hellaswag, lambada_wiki) "
+                                  "and reward-model evaluation (rm)")
+  tasks = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join((*tasks_lib.TASKS, "rm")) + "}")
+  for task in tasks_lib.TASKS:
+    t = tasks.add_parser(task, help=f"{task}: {'an LM or a PM judge' if task in ('hhh_alignment', 'truthfulqa_mc') else 'an LM'}")
+    t.add_argument("--model", required=True,
+                   help="an LM (load_lm spec: name, hhh checkpoint or bundle, HF dir, .gguf); a reward bundle for "
+                        "--judge pm")
+    t.add_argument("--data", default=None,
+                   help="local data (a file or BIG-bench folder) or hf:NAME[:CONFIG]; default: the task's hub dataset")
+    t.add_argument("--prompt", default="none", help="none, hhh (data/prompts/hhh.txt) or a prompt text file")
+    t.add_argument("--limit", type=int, default=0, help="score only the first N items (0 = all)")
+    t.add_argument("--out", default=None, help="write the results JSON here (default: print it)")
+    t.add_argument("--judge", choices=("lm", "pm"), default="lm",
+                   help="lm: option log-likelihood; pm: a preference model's reward (hhh_alignment, truthfulqa_mc)")
+    t.add_argument("--batch-size", type=int, default=16, help="rows (item options) per forward pass")
+    t.set_defaults(func=cli_eval)
+  from hhh.evals import rm
+  rm.add_cli(tasks)
