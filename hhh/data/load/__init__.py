@@ -88,6 +88,9 @@ def data_files(path, suffixes: tuple[str, ...], what: str) -> list[pathlib.Path]
     raise FileNotFoundError(f"{what} not found: {path}")
   if path.is_file():
     return [path]
+  if not path.is_dir():
+    from hhh.safeio import kind
+    raise ValueError(f"{path}: is {kind(path.stat().st_mode)}, not a {what} file or folder")
   files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")
                  and p.name.lower().endswith(suffixes))
   if not files:

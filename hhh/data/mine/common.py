@@ -16,7 +16,9 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import pathlib
+import stat
 import zlib
 from typing import IO, Any, Iterator
 
@@ -67,8 +69,14 @@ def split_of(key: str, fractions=(0.9, 0.05, 0.05)) -> str:
 
 
 def open_binary(path) -> IO[bytes]:
-  """Opens a possibly compressed file as a binary stream (.gz, .bz2, .xz, .lzma, .zst, .7z, plain)."""
+  """Opens a possibly compressed regular file as a binary stream (.gz, .bz2, .xz, .lzma, .zst, .7z, plain);
+  ValueError for anything else (a FIFO, a device, a directory)."""
   path = pathlib.Path(path)
+  # Opening a FIFO blocks and a device never ends: only regular files are read (symlinks to them are fine).
+  mode = os.stat(path).st_mode
+  if not stat.S_ISREG(mode):
+    from hhh.safeio import kind
+    raise ValueError(f"{path}: is {kind(mode)}, not a regular file")
   suffix = path.suffix.lower()
   if suffix == ".gz":
     return gzip.open(path, "rb")
@@ -159,8 +167,9 @@ def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool =
   bad line raises ValueError naming the file and line.
   """
   line = 0
+  stream = open_binary(file)  # a path that is not a regular file is the caller's error, not a skip
   try:
-    with open_binary(file) as f:
+    with stream as f:
       for raw in lines(f, max_bytes):
         line += 1
         if raw is not None and not raw.strip():
