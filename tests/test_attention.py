@@ -7,6 +7,7 @@ padded keys, a packed tree mask and bf16 matmuls.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hhh.model.transformer import _query_blocks, attention_core, row_layout
+from hhh.model.transformer import SegmentIds, _query_blocks, attention_core, row_layout, tiled_attention
 from hhh.reward.packed import packed_mask
 
 
@@ -87,3 +88,65 @@ def test_blocks_refuse_a_cache_shaped_key_axis():
   q, k, v, _ = _inputs(1, 1, 1, 128, 8)
   with pytest.raises(ValueError, match="S == L"):
     attention_core(q, jnp.concatenate([k, k], 2), jnp.concatenate([v, v], 2), jnp.ones((1, 128, 256), bool), 2)
+
+
+def _packed_ids(B, L):
+  """Two rows of packed comparisons (hhh.data.packing's ids): row 0 holds two comparisons (a context, then two
+  responses; then a context and one response) and padding; row 1 is one plain sequence of L - 5 tokens."""
+  seg, ctx = np.full((B, L), -1), np.full((B, L), -2)
+  for a, e, s, c in ((0, 50, 0, 0), (50, 100, 1, 0), (100, 130, 2, 0), (130, 200, 3, 3), (200, 240, 4, 3)):
+    seg[0, a:e], ctx[0, a:e] = s, c
+  seg[1, :L - 5], ctx[1, :L - 5] = 0, 0
+  return SegmentIds(jnp.asarray(seg), jnp.asarray(ctx), jnp.asarray(seg))
+
+
+@pytest.mark.parametrize("tile", [64, 128])
+def test_tiled_attention_matches_plain_attention(tile):
+  B, K, G, L, Dh = 2, 2, 3, 256, 16
+  q, k, v, w = _inputs(B, K, G, L, Dh, seed=3)
+  ids = _packed_ids(B, L)
+  dense_BxLxS = ids.dense()
+  assert dense_BxLxS.shape == (B, L, L) and int(dense_BxLxS[0, 60, 10]) == 1 and int(dense_BxLxS[0, 110, 60]) == 0
+  # Only queries with a key count (padding queries' outputs are read by nothing).
+  has_key = np.asarray(dense_BxLxS.any(-1))[:, None, None, :, None]
+  w = w * has_key
+
+  def loss(f):
+    return lambda q, k, v: jnp.sum(f(q, k, v) * w)
+  tiled = lambda q, k, v: tiled_attention(q, k, v, ids, tile=tile)
+  ref = lambda q, k, v: _reference(q, k, v, dense_BxLxS)
+  np.testing.assert_allclose(np.asarray(tiled(q, k, v)) * has_key, np.asarray(ref(q, k, v)) * has_key,
+                             atol=1e-5, rtol=0)
+  assert np.isfinite(np.asarray(tiled(q, k, v))).all()   # padding queries too: no NaN to poison a sum
+  for a, b in zip(jax.grad(loss(tiled), argnums=(0, 1, 2))(q, k, v), jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)):
+    assert float(jnp.abs(b).max()) > 0.1
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+def test_tiled_model_matches_dense_model_on_packed_rows():
+  """The whole model, packed rows: hidden states and every parameter gradient, model.attention tiled vs dense."""
+  from flax import nnx
+  from hhh.model.config import ModelConfig
+  from hhh.model.transformer import Transformer
+  cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=256)
+  ids = _packed_ids(2, 256)
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, 50, (2, 256)), jnp.int32)
+  pos = np.zeros((2, 256), np.int32)
+  pos[0, :50], pos[0, 50:100], pos[0, 100:130] = np.arange(50), np.arange(50, 100), np.arange(50, 80)
+  pos[0, 130:200], pos[0, 200:240], pos[1, :251] = np.arange(70), np.arange(70, 110), np.arange(251)
+  valid = ids.seg_q >= 0
+  out = {}
+  for attention in ("dense", "tiled"):
+    c = dataclasses.replace(cfg, attention=attention)
+    graphdef, params = nnx.split(Transformer(c, rngs=nnx.Rngs(0)))
+
+    def f(p):
+      h = nnx.merge(graphdef, p)(tokens, valid, positions_BxL=jnp.asarray(pos), segments_BxL=ids.seg_q,
+                                 contexts_BxL=ids.ctx_q)
+      return jnp.sum(jnp.where(valid[..., None], h, 0.0) ** 2), h
+    (_, h), g = jax.value_and_grad(f, has_aux=True)(params)
+    out[attention] = (np.asarray(h)[np.asarray(valid)], jax.tree.leaves(g))
+  np.testing.assert_allclose(out["tiled"][0], out["dense"][0], atol=1e-5, rtol=0)
+  for a, b in zip(out["tiled"][1], out["dense"][1]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)

@@ -92,7 +92,7 @@ def _rewards_unpacked(batch):
 
 
 def _rewards_packed(batch):
-  from hhh.train.step import segment_mask
+  from hhh.model.transformer import segment_mask
   model = nnx.merge(GRAPHDEF, PARAMS)
   seg = batch["segments"]
   h = model(batch["tokens"], seg >= 0, positions_BxL=batch["positions"],

@@ -30,6 +30,11 @@ class ModelConfig:
   # Recompute each block's activations in the backward pass instead of keeping them (jax.checkpoint; the same
   # gradients, bit for bit). A run-time switch, like dropout. On XLA:CPU it was seen to save little memory.
   remat: bool = False
+  # Attention without a cache: "dense" scores every query against every key under a [B, L, S] mask; "tiled"
+  # runs query x key tiles with the mask computed per tile from segment ids and the probabilities recomputed
+  # in the backward (flash attention's scheme), so memory is O(L) per head; "auto" picks tiled for rows of
+  # 2048+ tokens on an accelerator and dense on CPU, where dense is as fast at the lengths hhh trains.
+  attention: Literal["auto", "dense", "tiled"] = "auto"
 
   def __post_init__(self):
     if self.n_heads <= 0 or self.d_model % self.n_heads:

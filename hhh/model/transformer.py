@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from hhh.model.config import ModelConfig
@@ -169,6 +170,130 @@ def attention_core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks: i
   return _core(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, n_blocks, jnp.dtype(dtype))
 
 
+class SegmentIds(NamedTuple):
+  """An attention mask as ids, never as a [B, L, S] array: a key is visible when it is real (seg_k >= 0), at or
+  before its query, and in the query's segment or its context's (`segment_mask`)."""
+  seg_q: jax.Array    # [B, L]
+  ctx_q: jax.Array    # [B, L]
+  seg_k: jax.Array    # [B, S]
+
+  def tile(self, q0: int, q1: int, k0: int, k1: int):
+    """The mask of queries [q0, q1) over keys [k0, k1): [B, q1 - q0, k1 - k0]."""
+    sk = self.seg_k[:, None, k0:k1]
+    causal = jnp.arange(q0, q1)[:, None] >= jnp.arange(k0, k1)[None, :]
+    return ((sk == self.seg_q[:, q0:q1, None]) | (sk == self.ctx_q[:, q0:q1, None])) & (sk >= 0) & causal[None]
+
+  def dense(self):
+    return self.tile(0, self.seg_q.shape[1], 0, self.seg_k.shape[1])
+
+
+def segment_mask(segments_RxL, contexts_RxL):
+  """[R, L(query), L(key)] attention mask of packed rows (`hhh.data.packing`): a key is visible when it is real
+  and in the query's own segment or its context's. The model intersects it with the causal mask."""
+  seg_k_Rx1xL = segments_RxL[:, None, :]
+  return (((seg_k_Rx1xL == segments_RxL[:, :, None]) | (seg_k_Rx1xL == contexts_RxL[:, :, None]))
+          & (seg_k_Rx1xL >= 0))
+
+
+def _tile_logits(q_BxKxGxTxDh, k_BxKxUxDh, m_BxTxU, dtype):
+  B, K, G, T, Dh = q_BxKxGxTxDh.shape
+  s = jnp.einsum("bkqd,bksd->bkqs", q_BxKxGxTxDh.reshape(B, K, G * T, Dh).astype(dtype), k_BxKxUxDh.astype(dtype),
+                 preferred_element_type=jnp.float32).reshape(B, K, G, T, -1)
+  return jnp.where(m_BxTxU[:, None, None], s, _NEG)
+
+
+def _pv(p_BxKxGxTxU, v_BxKxUxDh, dtype):
+  B, K, G, T, U = p_BxKxGxTxU.shape
+  return jnp.einsum("bkqs,bksd->bkqd", p_BxKxGxTxU.reshape(B, K, G * T, U).astype(dtype), v_BxKxUxDh.astype(dtype),
+                    preferred_element_type=jnp.float32).reshape(B, K, G, T, -1)
+
+
+def _tiled_fwd(q, k, v, ids, tile, dtype):
+  """Online softmax over key tiles (flash attention's forward in plain JAX): per query tile a running max,
+  normaliser and output; key tiles after the query tile are skipped (causal). Returns the output and the
+  log-sum-exp per query, all that the backward keeps."""
+  B, K, G, L, Dh = q.shape
+  qs = q * (1.0 / math.sqrt(Dh))
+  outs, lses = [], []
+  for i in range(L // tile):
+    q0, q1 = i * tile, (i + 1) * tile
+    q_i = qs[:, :, :, q0:q1]
+    m = jnp.full((B, K, G, tile), _NEG, jnp.float32)
+    l = jnp.zeros((B, K, G, tile), jnp.float32)
+    acc = jnp.zeros((B, K, G, tile, Dh), jnp.float32)
+    for j in range(i + 1):
+      k0, k1 = j * tile, (j + 1) * tile
+      s = _tile_logits(q_i, k[:, :, k0:k1], ids.tile(q0, q1, k0, k1), dtype)
+      m_new = jnp.maximum(m, s.max(-1))
+      scale = jnp.exp(m - m_new)
+      p = jnp.exp(s - m_new[..., None])
+      l = l * scale + p.sum(-1)
+      acc = acc * scale[..., None] + _pv(p, v[:, :, k0:k1], dtype)
+      m = m_new
+    outs.append(acc / l[..., None])
+    lses.append(m + jnp.log(l))
+  return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _tiled(q, k, v, ids, tile, dtype):
+  return _tiled_fwd(q, k, v, ids, tile, dtype)[0]
+
+
+def _tiled_vjp_fwd(q, k, v, ids, tile, dtype):
+  out, lse = _tiled_fwd(q, k, v, ids, tile, dtype)
+  return out, (q, k, v, ids, out, lse)
+
+
+def _tiled_vjp_bwd(tile, dtype, saved, do):
+  """Flash attention's backward: each (query tile, key tile) pair's probabilities are recomputed from the saved
+  log-sum-exp, so nothing of size L x S is kept between the passes."""
+  q, k, v, ids, out, lse = saved
+  B, K, G, L, Dh = q.shape
+  c = 1.0 / math.sqrt(Dh)
+  qs = q * c
+  row = jnp.sum(do * out, axis=-1)          # [B, K, G, L]
+  dq_tiles = []
+  dk = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
+  dv = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
+  for i in range(L // tile):
+    q0, q1 = i * tile, (i + 1) * tile
+    q_i, do_i = qs[:, :, :, q0:q1], do[:, :, :, q0:q1]
+    do_flat = do_i.reshape(B, K, G * tile, Dh).astype(dtype)
+    dq_i = jnp.zeros((B, K, G, tile, Dh), jnp.float32)
+    for j in range(i + 1):
+      k0, k1 = j * tile, (j + 1) * tile
+      s = _tile_logits(q_i, k[:, :, k0:k1], ids.tile(q0, q1, k0, k1), dtype)
+      p = jnp.exp(s - lse[:, :, :, q0:q1, None])
+      p_flat = p.reshape(B, K, G * tile, tile)
+      dv[j] = dv[j] + jnp.einsum("bkqs,bkqd->bksd", p_flat.astype(dtype), do_flat, preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bkqd,bksd->bkqs", do_flat, v[:, :, k0:k1].astype(dtype), preferred_element_type=jnp.float32)
+      ds = (p_flat * (dp - row[:, :, :, q0:q1].reshape(B, K, G * tile, 1))).astype(dtype)
+      dq_i = dq_i + jnp.einsum("bkqs,bksd->bkqd", ds, k[:, :, k0:k1].astype(dtype),
+                               preferred_element_type=jnp.float32).reshape(B, K, G, tile, Dh)
+      dk[j] = dk[j] + jnp.einsum("bkqs,bkqd->bksd", ds, q_i.reshape(B, K, G * tile, Dh).astype(dtype),
+                                 preferred_element_type=jnp.float32)
+    dq_tiles.append(dq_i)
+  dq = jnp.concatenate(dq_tiles, axis=3) * c
+  dk, dv = jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2)
+  zeros = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), ids)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), zeros
+
+
+_tiled.defvjp(_tiled_vjp_fwd, _tiled_vjp_bwd)
+
+
+def tiled_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids: SegmentIds, tile: int = 512, dtype=jnp.float32):
+  """`attention_core` with the mask given as `SegmentIds`, in query x key tiles: no [B, L, S] mask or
+  probability array exists at any point, and activations kept for the backward are O(L) per head (flash
+  attention's scheme, in plain JAX so one code path serves GPU, TPU and CPU). Needs S == L, a multiple of
+  `tile`. Same result as `attention_core` on `ids.dense()` for every query with a valid key."""
+  L = q_BxKxGxLxDh.shape[3]
+  if k_BxKxSxDh.shape[2] != L or L % tile:
+    raise ValueError(f"tiled attention needs S == L divisible by tile={tile}")
+  return _tiled(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids, tile, jnp.dtype(dtype))
+
+
 def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh, pv_KxPxDh, pvalid_P,
                      dtype=jnp.float32):
   """Attention of B rows over one shared prefix (keys pk, values pv, valid slots pvalid) and their own keys.
@@ -204,6 +329,14 @@ def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh
   oo_BxKxGxLxDh = jnp.einsum("bkqs,bksd->bkqd", eo_BxKxGxLxS.reshape(B, K, G * L, S).astype(dtype),
                              v_BxKxSxDh.astype(dtype), preferred_element_type=jnp.float32).reshape(B, K, G, L, Dh)
   return (to_b_major(op_KxNxDh, Dh) + oo_BxKxGxLxDh) / denom_BxKxGxL[..., None]
+
+
+def attention_tile(cfg: ModelConfig, L: int) -> int:
+  """The tile of tiled attention for rows of L tokens, or 0 for dense attention (`ModelConfig.attention`)."""
+  tile = math.gcd(L, 512)
+  if cfg.attention == "dense" or (cfg.attention == "auto" and (L < 2048 or jax.default_backend() == "cpu")):
+    return 0
+  return tile if tile >= 64 else L
 
 
 class Attention(nnx.Module):
@@ -252,6 +385,10 @@ class Attention(nnx.Module):
     if prefix_kv is not None:
       out_BxKxGxLxDh = prefix_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
                                         prefix_kv["k"][0], prefix_kv["v"][0], prefix_kv["valid"], cfg.dtype)
+      return self._out(out_BxKxGxLxDh), kv_cache
+    if isinstance(mask_BxLxS, SegmentIds):
+      out_BxKxGxLxDh = tiled_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
+                                       attention_tile(cfg, L), cfg.dtype)
       return self._out(out_BxKxGxLxDh), kv_cache
     # Without a cache every mask is causal (row_layout, packed_mask), so query block i needs only the keys up to
     # its own end: blocks skip the upper triangle of the L x S square (3/8 of its matmuls and softmax at 4 blocks).
@@ -354,7 +491,8 @@ class Transformer(nnx.Module):
     self.reward_head = nnx.Dict(kernel=_param(rngs, (cfg.d_model, 1)), bias=_zeros((1,)))
 
   def __call__(self, tokens_BxL, valid_BxL=None, *, cache: Cache | None = None, dropout_rng=None,
-               positions_BxL=None, mask_BxLxL=None, prefix: Cache | None = None):
+               positions_BxL=None, mask_BxLxL=None, prefix: Cache | None = None, segments_BxL=None,
+               contexts_BxL=None):
     """Hidden states [B, L, D] (float32), and the updated cache when one is given.
 
     Without a cache, attention is causal over valid tokens of the same row. With
@@ -366,6 +504,8 @@ class Transformer(nnx.Module):
     not one sequence per row (several responses packed after one shared context,
     `hhh.reward.packed`). A given mask is used as is: it must already exclude
     padded keys, and is intersected with the causal mask. Neither may be combined with a cache.
+    `segments_BxL` and `contexts_BxL` give packed rows' mask as ids instead (`hhh.data.packing`:
+    `segment_mask`), which tiled attention reads per tile without building it.
 
     `prefix` is a batch-1 cache every row continues (a prompt prefilled once: its "layers", "valid" and
     "next_pos"): each row attends to its valid slots and then to its own keys, without the prefix being copied
@@ -378,6 +518,9 @@ class Transformer(nnx.Module):
     if valid_BxL is None:
       valid_BxL = jnp.ones((B, L), bool)
     valid_BxL = valid_BxL.astype(bool)
+    if segments_BxL is not None and (mask_BxLxL is not None or contexts_BxL is None or cache is not None
+                                     or prefix is not None):
+      raise ValueError("segments_BxL needs contexts_BxL, and neither a mask, a cache nor a prefix")
     if cache is not None and (positions_BxL is not None or mask_BxLxL is not None):
       # The cache derives positions and the key mask from its own slots; a second source would silently disagree.
       raise ValueError("positions_BxL and mask_BxLxL cannot be combined with a cache")
@@ -393,7 +536,16 @@ class Transformer(nnx.Module):
       positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     elif cache is None:
-      positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL, mask_BxLxL)
+      if mask_BxLxL is None and attention_tile(cfg, L):
+        if positions_BxL is None:
+          positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
+        if segments_BxL is None:
+          segments_BxL, contexts_BxL = jnp.where(valid_BxL, 0, -1), jnp.full((B, L), -2)
+        mask_BxLxS = SegmentIds(segments_BxL, contexts_BxL, segments_BxL)
+      else:
+        if segments_BxL is not None:
+          mask_BxLxL = segment_mask(segments_BxL, contexts_BxL) if mask_BxLxL is None else mask_BxLxL
+        positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL, mask_BxLxL)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     else:
       cache_index = cache["index"]

@@ -90,14 +90,6 @@ def loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float):
   return loss, metrics
 
 
-def segment_mask(segments_RxL, contexts_RxL):
-  """[R, L(query), L(key)] attention mask of packed rows (`hhh.data.packing`): a key is visible when it is real
-  and in the query's own segment or its context's. The model intersects it with the causal mask."""
-  seg_k_Rx1xL = segments_RxL[:, None, :]
-  return (((seg_k_Rx1xL == segments_RxL[:, :, None]) | (seg_k_Rx1xL == contexts_RxL[:, :, None]))
-          & (seg_k_Rx1xL >= 0))
-
-
 def packed_loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float):
   """(loss, metrics) of a preference objective on packed rows: `loss_fn`'s value and gradient on the same
   comparisons (with LM mixing too), without dropout; with dropout a context shares one draw across its
@@ -106,7 +98,7 @@ def packed_loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float)
   segments_RxL = batch["segments"]
   R, L = segments_RxL.shape
   h_RxLxD = model(batch["tokens"], segments_RxL >= 0, positions_BxL=batch["positions"],
-                  mask_BxLxL=segment_mask(segments_RxL, batch["contexts"]), dropout_rng=rng)
+                  segments_BxL=segments_RxL, contexts_BxL=batch["contexts"], dropout_rng=rng)
   # The head is one dot product per slot; reading rewards after it gathers R*L scalars, not [R*L, D] states.
   r_RL = model.reward_all(h_RxLxD).reshape(R * L)
   lengths_CxK = batch["lengths"]
