@@ -54,8 +54,6 @@ def convert_command(args) -> None:
   if args.as_bundle:
     from hhh.pretrained import hf
     from hhh.reward import hf_export
-    if not pathlib.Path(args.model).is_dir():
-      raise ValueError(f"--as-bundle takes an HF sequence-classification directory; {args.model} is not a directory")
     # config.json is untrusted: checked here (a regular file under its limit, the fields hhh reads well typed)
     # before the conversion reads it.
     c = hf.read_config(args.model)
