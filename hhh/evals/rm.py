@@ -417,10 +417,11 @@ def evaluate(model: str, suite: str, data, out, *, limit: int = 0, batch_size: i
 
 
 def cli(args) -> None:
-  from hhh.evals.commands import command_line
+  import shlex
   rec = evaluate(args.model, args.suite, args.data, args.out, limit=args.limit, batch_size=args.batch_size,
                  max_length=args.max_length, split=args.split, progress=True,
-                 command=command_line(None).replace("python ", "", 1))
+                 # sys.argv[0] is "-c" under the allocator re-exec: the command as typed is `hhh` + its arguments.
+                 command="hhh " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
   for line in summary_lines(rec):
     print(line)
   print(f"hhh: wrote {args.out}/results.json, report.md, {args.suite}.png ({rec['formatting']})")
