@@ -79,6 +79,7 @@ import os
 import pathlib
 import re
 import tempfile
+import xml.parsers.expat as expat
 from typing import IO, Callable, Iterator
 
 from hhh.data.mine.common import MineStats, not_utf8, open_binary
@@ -125,6 +126,8 @@ _BLOCK_TAGS = frozenset({"p", "div", "blockquote", "h1", "h2", "h3", "h4", "h5",
 _LIST_TAGS = frozenset({"ul", "ol"})
 # Marks list indentation inside prose so the per-line whitespace cleanup does not eat it.
 _INDENT = "\x01"
+_WS_RE = re.compile(r"\s+")
+_SPACES_RE = re.compile(r" {2,}")
 
 
 class _HtmlToText(html.parser.HTMLParser):
@@ -205,7 +208,7 @@ class _HtmlToText(html.parser.HTMLParser):
     if self._code is not None:
       self._code.append(data)
     elif data.strip():
-      self._write(re.sub(r"\s+", " ", data))
+      self._write(_WS_RE.sub(" ", data))
     elif data:
       self._prose.append(" ")
 
@@ -226,7 +229,7 @@ class _HtmlToText(html.parser.HTMLParser):
     self._prose = []
     lines, blank = [], False
     for line in text.split("\n"):
-      line = re.sub(r" {2,}", " ", line).strip(" ").replace(_INDENT, "  ")
+      line = _SPACES_RE.sub(" ", line).strip(" ").replace(_INDENT, "  ")
       if not line.strip():
         blank = bool(lines)
         continue
@@ -274,11 +277,69 @@ def _plain(body: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
+_TAG_RE = re.compile(r"<[^>]*>")
+# html.unescape's own reference pattern: a character outside its matches comes out of unescape unchanged.
+_CHARREF_RE = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
+_SOLID_RE = re.compile(r"[^\s\x01]")
+
+
+def _has_text(body: str) -> bool:
+  """bool(_plain(body)), without unescaping: a visible character outside tags and references is enough."""
+  if _SOLID_RE.search(_CHARREF_RE.sub(" ", _TAG_RE.sub(" ", body))):
+    return True
+  return bool(_plain(body))
+
+
+# A tag html.parser reads the same way whatever its version: a plain name, double-quoted values without < or >,
+# ASCII whitespace (html.parser ends a name at ASCII whitespace only).
+_SIMPLE_TAG_RE = re.compile(r'<(/?)([A-Za-z][A-Za-z0-9]*)((?:[ \t\n\r\f]+[A-Za-z_:][-A-Za-z0-9_:.]*'
+                            r'(?:[ \t\n\r\f]*=[ \t\n\r\f]*"[^"<>]*")?)*)[ \t\n\r\f]*(/?)>')
+_RAW_TEXT_TAGS = frozenset(html.parser.HTMLParser.CDATA_CONTENT_ELEMENTS) | {"textarea", "title", "xmp", "iframe",
+                                                                             "noembed", "noframes", "plaintext"}
+
+
+def _simple_events(body: str) -> list[tuple] | None:
+  """The calls html.parser makes on its handlers for `body`, when every "<" in it opens a simple tag; else None.
+
+  The same calls in the same order (with convert_charrefs, one handle_data per run of text, unescaped; a
+  self-closing tag is a start and an end), read with one regex split instead of html.parser's per-character
+  state machine. Anything else (comments, a stray "<", raw-text elements such as <script>, a reference at the
+  very end, which html.parser holds back) goes to html.parser itself.
+  """
+  parts = _SIMPLE_TAG_RE.split(body)
+  events: list[tuple] = []
+  for i in range(0, len(parts), 5):
+    data = parts[i]
+    if data:
+      if "<" in data or (i + 5 >= len(parts) and "&" in data):
+        return None
+      events.append((2, html.unescape(data)))
+    if i + 1 >= len(parts):
+      break
+    closing, name, attrs, slash = parts[i + 1:i + 5]
+    name = name.lower()
+    if name in _RAW_TEXT_TAGS or (closing and (attrs or slash)):
+      return None
+    if closing:
+      events.append((1, name))
+    else:
+      events.append((0, name))
+      if slash:
+        events.append((1, name))
+  return events
+
+
 def html_to_text(body: str) -> str:
   """Post HTML as readable text: code blocks kept as ``` fences, paragraphs and bullets as lines, entities unescaped."""
   try:
     parser = _HtmlToText()
-    parser.feed(body)
+    events = _simple_events(body)
+    if events is None:
+      parser.feed(body)
+    else:
+      handlers = (lambda tag: parser.handle_starttag(tag, []), parser.handle_endtag, parser.handle_data)
+      for kind, arg in events:
+        handlers[kind](arg)
     text = parser.text()
   except Exception:  # html.parser has raised on odd markup in some Python versions; never fail on data
     text = ""
@@ -292,70 +353,74 @@ def html_to_text(body: str) -> str:
 
 
 def _rows(stream: IO[bytes], label: str,
-          problem: Callable[[str, str], None] | None) -> Iterator[tuple[str, dict[str, str] | str, int]]:
-  """Yields (tag, attributes, byte offset) of each child of the root element, in constant memory.
+          problem: Callable[[str, str], None] | None) -> Iterator[tuple[str, dict[str, str] | str, int, int]]:
+  """Yields (tag, attributes, byte offset, length) of each child of the root element, in constant memory.
 
   A resynchronising scanner rather than one XML parse of the file: the input is cut into tags at each "<"
   (which well-formed XML never leaves raw inside an attribute value), and each tag is parsed on its own, so
-  a broken tag costs only itself. A child that is not a usable tag comes out as ("", reason, offset):
+  a broken tag costs only itself. A child that is not a usable tag comes out as ("", reason, offset, length):
   "bad_encoding" (not UTF-8), "malformed_row" (not a well-formed tag) or "oversize_row" (longer than
-  _MAX_ROW_BYTES: dropped while scanning on to the next "<", so at most that much is held). `problem(reason,
-  where)` hears "truncated_xml" once when the input ends before the root element does (a cut-off file, an
-  empty one); passes that re-read a file pass None.
+  _MAX_ROW_BYTES: dropped while scanning on to the next "<", so at most that much is held). `length` is the
+  tag's byte count through its ">", so `_tag_at` can parse it again from (offset, length) alone.
+  `problem(reason, where)` hears "truncated_xml" once when the input ends before the root element does (a
+  cut-off file, an empty one).
   """
   buf = bytearray()
+  pos = 0  # buf[:pos] is consumed; it is dropped at the next read rather than per tag (a memmove each)
   base = 0  # file offset of buf[0]
   eof = False
   root: bytes | None = None
   root_closed = cut = False
 
-  def fill() -> None:
-    nonlocal eof
+  def fill() -> int:
+    """Reads on; returns how far the consumed bytes dropped shifted the indices into buf."""
+    nonlocal pos, base, eof
+    shift = pos
+    if pos:
+      del buf[:pos]
+      base += pos
+      pos = 0
     chunk = stream.read(_READ_SIZE)
     if chunk:
       buf.extend(chunk)
     else:
       eof = True
+    return shift
 
   def report(reason: str, offset: int) -> None:
     if problem is not None:
       problem(reason, f"{label} byte {offset}")
 
   while True:
-    lt = buf.find(b"<")
+    lt = buf.find(b"<", pos)
     if lt < 0:  # text between tags (whitespace in a dump) carries nothing
-      base += len(buf)
-      del buf[:]
+      pos = len(buf)
       if eof:
         break
       fill()
       continue
-    base += lt
-    del buf[:lt]
+    pos = lt
     # The tag runs to the next "<"; read on until one shows up, the file ends, or the tag is too long.
-    scanned, end = 1, -1
+    scanned, end = pos + 1, -1
     while True:
       end = buf.find(b"<", scanned)
-      if end >= 0 or eof or len(buf) > _MAX_ROW_BYTES:
+      if end >= 0 or eof or len(buf) - pos > _MAX_ROW_BYTES:
         break
       scanned = len(buf)
-      fill()
+      scanned -= fill()
     if end < 0 and not eof:
       if root is not None:
-        yield "", "oversize_row", base
+        yield "", "oversize_row", base + pos, 0
       while True:  # drop bytes up to the next "<" without holding them
-        base += len(buf)
-        del buf[:]
+        pos = len(buf)
         fill()
-        lt = buf.find(b"<")
-        if lt >= 0 or eof:
+        if buf.find(b"<") >= 0 or eof:
           break
       continue
-    offset = base
-    seg_len = end if end >= 0 else len(buf)
-    seg = bytes(buf[:seg_len])
-    base += seg_len
-    del buf[:seg_len]
+    offset = base + pos
+    seg_end = end if end >= 0 else len(buf)
+    seg = bytes(buf[pos:seg_end])
+    pos = seg_end
     gt = seg.rfind(b">")
     name = _NAME_RE.match(seg, 1)
     if seg.startswith((b"<?", b"<!")) or (name is None and not seg.startswith(b"</")):
@@ -365,7 +430,7 @@ def _rows(stream: IO[bytes], label: str,
         cut = True
         report("truncated_xml", offset)
       elif root is not None:
-        yield "", "malformed_row", offset
+        yield "", "malformed_row", offset, 0
       continue
     if seg.startswith(b"</"):
       if root is not None and seg[2:gt].strip() == root:
@@ -375,10 +440,54 @@ def _rows(stream: IO[bytes], label: str,
       root = name.group()
       root_closed = seg[:gt].endswith(b"/")
       continue
-    parsed = _parse_tag(seg[:gt + 1], name.end())
-    yield ("" if isinstance(parsed, str) else name.group().decode("ascii")), parsed, offset
+    tag, parsed = _parse_row(seg[:gt + 1], name)
+    yield tag, parsed, offset, gt + 1
   if not root_closed and not cut:
-    report("truncated_xml", base)
+    report("truncated_xml", base + pos)
+
+
+def _parse_row(tag: bytes, name: re.Match) -> tuple[str, dict[str, str] | str]:
+  """(element name, attributes) of one start tag, or ("", skip reason); `name` is the scanner's match of its name.
+
+  expat (C) parses the tag when it can; whatever expat refuses goes to `_parse_tag`, which names the reason.
+  expat is at least as strict as `_parse_tag` on every point but one, non-ASCII names, which are sent there too.
+  """
+  element = name.group().decode("ascii")
+  got: list = []
+  parser = expat.ParserCreate()
+  parser.StartElementHandler = lambda n, a: got.append((n, a))
+  try:
+    # A lone start tag is not a document; closing it makes one without changing its attributes.
+    parser.Parse(tag if tag.endswith(b"/>") else tag[:-1] + b"/>", True)
+  except expat.ExpatError:
+    got = []
+  if len(got) == 1 and got[0][0] == element and all(key.isascii() for key in got[0][1]):
+    return element, got[0][1]
+  parsed = _parse_tag(tag, name.end())
+  return ("" if isinstance(parsed, str) else element), parsed
+
+
+def _tags_at(stream: IO[bytes], spans: list[tuple[int, int]]) -> Iterator[tuple[str, dict[str, str] | str]]:
+  """Parses again the tags `_rows` found at each (offset, length), in rising offset order: a forward seek
+  each, or reading on where seeking is not cheap (a zstd stream)."""
+  seekable = stream.seekable()
+  here = 0
+  for offset, length in spans:
+    if seekable:
+      stream.seek(offset)
+    else:
+      while here < offset:
+        chunk = stream.read(min(offset - here, 1 << 20))
+        if not chunk:
+          break
+        here += len(chunk)
+    tag = stream.read(length)
+    here = offset + len(tag)
+    name = _NAME_RE.match(tag, 1)
+    if name is None or len(tag) != length or not tag.endswith(b">"):
+      yield "", "malformed_row"  # the file changed since it was scanned
+      continue
+    yield _parse_row(tag, name)
 
 
 # One attribute: name = "value" or 'value' (no raw "<": that is where the scanner cut).
@@ -435,7 +544,7 @@ def _parse_tag(tag: bytes, pos: int) -> dict[str, str] | str:
       pos = m.end()
   except UnicodeDecodeError:
     return "bad_encoding"
-  except _BadTag:
+  except (_BadTag, ValueError):  # ValueError: a character reference of thousands of digits
     return "malformed_row"
   if not _TAG_END_RE.fullmatch(tag, pos):
     return "bad_encoding" if not_utf8(tag) else "malformed_row"
@@ -484,7 +593,7 @@ def _classify(tag: str, attrs: dict[str, str] | str, ordinal: int,
     parent, score = _to_int(attrs["ParentId"]), _to_int(attrs["Score"])
     if parent is None or score is None:
       return "invalid_number", post_id, 0, 0
-  if not _plain(body) and "<img" not in body.lower():
+  if not _has_text(body) and "<img" not in body.lower():
     return "empty_body", post_id, 0, 0
   if post_type == _QUESTION:
     return "q", post_id, accepted_id, 0
@@ -600,19 +709,20 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
   label = posts_path.name
   report = lambda reason, where: stats.skip(reason, where)
   # Pass 1: ids, parents, accepted ids and Score; every Posts.xml row is counted and classified here.
-  questions: dict[int, int] = {}
-  answers: dict[int, list[int]] = {}  # id -> [question id, Score, upvotes, downvotes]
+  # Where each usable row lies in Posts.xml, so that pass 3 parses the kept rows only, not the file again.
+  questions: dict[int, tuple[int, int, int]] = {}  # id -> (accepted id, offset, length)
+  answers: dict[int, list[int]] = {}  # id -> [question id, Score, upvotes, downvotes, offset, length]
   dropped_questions: set[int] = set()
   with open_binary(posts_path) as f:
-    for ordinal, (tag, attrs, offset) in enumerate(_rows(f, label, report), 1):
+    for ordinal, (tag, attrs, offset, length) in enumerate(_rows(f, label, report), 1):
       stats.records_read += 1
       kind, where, a, b = _classify(tag, attrs, ordinal, label, offset)
       if kind in ("q", "a") and (where in questions or where in answers):
         kind = "duplicate_id"
       if kind == "q":
-        questions[where] = a
+        questions[where] = (a, offset, length)
       elif kind == "a":
-        answers[where] = [a, b, 0, 0]
+        answers[where] = [a, b, 0, 0, offset, length]
       else:
         stats.skip(kind, where)
         if tag == "row" and isinstance(where, int) and attrs.get("PostTypeId", "").strip() == "1":
@@ -639,7 +749,7 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
 
   if use_votes:
     with open_binary(votes_path) as f:
-      for ordinal, (tag, attrs, offset) in enumerate(_rows(f, votes_path.name, vote_problem), 1):
+      for ordinal, (tag, attrs, offset, _) in enumerate(_rows(f, votes_path.name, vote_problem), 1):
         if isinstance(attrs, str):
           votes_damaged[attrs] += 1
           stats.skip("malformed_vote", f"{votes_path.name} byte {offset} ({attrs})")
@@ -660,7 +770,7 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
   # Which answers each question keeps, in final order.
   plan: dict[int, list[tuple[int, int]]] = {}  # question id -> [(answer id, score)] best first
   owner: dict[int, int] = {}  # kept answer id -> question id
-  for question_id, accepted_id in questions.items():
+  for question_id, (accepted_id, _, _) in questions.items():
     ranked = []
     entries = [(answer_id, answers[answer_id]) for answer_id in by_question.get(question_id, ())]
     # A damaged Votes.xml lost some votes, and not only of posts past the damage (old posts get new votes).
@@ -669,7 +779,7 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
     by_votes = use_votes and not (votes_damaged and any(e[2] - e[3] != e[1] for _, e in entries))
     if use_votes and not by_votes and len(entries) >= options.min_answers:
       from_score += 1
-    for answer_id, (_, net_score, up, down) in entries:
+    for answer_id, (_, net_score, up, down, _, _) in entries:
       upvotes, net = (up, up - down) if by_votes else (net_score, net_score)
       ranked.append((answer_score(upvotes, net, answer_id == accepted_id), answer_id))
     ranked.sort(key=lambda t: (-t[0], t[1]))
@@ -692,6 +802,9 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
       continue
     plan[question_id] = [(answer_id, score) for score, answer_id in ranked]
     owner.update((answer_id, question_id) for _, answer_id in ranked)
+  # The kept rows in file order: a comparison leaves as soon as its question and answers are all read, as when
+  # the whole file was read again.
+  spans = sorted([questions[q][1:] + (q,) for q in plan] + [tuple(answers[a][4:]) + (a,) for a in owner])
   del questions, answers, by_question
   if use_votes:
     stats.notes["votes"] = {
@@ -699,17 +812,15 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
         "votes_file": str(votes_path), "complete": not votes_damaged, "damage": dict(sorted(votes_damaged.items())),
         "questions_scored_from_score": from_score}
 
-  # Pass 3: text for the kept posts; a comparison leaves as soon as its question and answers are all read.
+  # Pass 3: text for the kept posts only, each parsed again from its (offset, length).
   contexts: dict[int, str] = {}
   texts: dict[int, dict[int, str]] = {}
-  wanted = set(plan) | set(owner)
   with open_binary(posts_path) as f:
-    for ordinal, (tag, attrs, offset) in enumerate(_rows(f, label, None), 1):
-      if not plan:
-        break
-      if isinstance(attrs, str) or _to_int(attrs.get("Id")) not in wanted:
-        continue  # most rows: not part of a kept comparison, so not worth classifying again
-      kind, post_id, a, _ = _classify(tag, attrs, ordinal)
+    rows = _tags_at(f, [(offset, length) for offset, length, _ in spans])
+    for (_, _, wanted), (tag, attrs) in zip(spans, rows):
+      kind, post_id, a, _ = _classify(tag, attrs, 0)
+      if post_id != wanted:
+        continue  # the file changed since pass 1 ("incomplete" below)
       if kind == "q" and post_id in plan and post_id not in contexts:
         question_id = post_id
         body = html_to_text(attrs["Body"])
