@@ -44,6 +44,11 @@ class DataConfig:
   # batch_tokens / row length rows, holding as many comparisons as fit and at most `batch_size`, so set
   # batch_size to the most a step may hold. Nearly no padding and one compile, at a varying comparisons per step.
   batch_tokens: int = 0
+  # Read dataset directories lazily (hhh.data.stream): a length index cached beside the store, then each step
+  # reads, tokenizes and packs only this process's comparisons, in `stream_workers` grain worker processes
+  # (0: in the training process). The same batches as in memory. Toy and .jsonl sources stay in memory.
+  stream: bool = False
+  stream_workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

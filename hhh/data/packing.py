@@ -135,7 +135,8 @@ def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buckets: Sequence[int],
-                 n_shards: int = 1, stats: PackStats | None = None, rows: int | None = None) -> dict[str, np.ndarray]:
+                 n_shards: int = 1, stats: PackStats | None = None, rows: int | None = None,
+                 row_len: int | None = None) -> dict[str, np.ndarray]:
   """One global packed batch from C comparisons (None = an empty comparison slot of a short last batch).
 
   Returns row arrays [R, L] (tokens, positions, segments, contexts, lm_target, lm_weight) and comparison arrays
@@ -144,7 +145,8 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
   rows [s R/S, (s+1) R/S), so each shard's rewards are read from its own rows. `lm_target`/`lm_weight` are the
   next-token targets of each comparison's preferred sequence (context + preferred response), what the unpacked
   LM mixing loss reads. `rows` fixes R (a token-budget step: one row length, the largest bucket); the pieces must
-  fit, as `TokenPlan` guarantees.
+  fit, as `TokenPlan` guarantees. `row_len` (with `rows`) fixes the row length instead of the largest bucket: a
+  process that collates only its own shards of a global batch whose shape `packed_shape` chose.
   """
   C = len(examples)
   if C % n_shards:
@@ -166,7 +168,7 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
   if rows is not None:
     if rows % n_shards:
       raise ValueError(f"{rows} rows do not split over {n_shards} batch shards")
-    L = max(buckets)
+    L = row_len or max(buckets)
     shard_rows = [first_fit([len(p) for _, p in items], L) for items in shards]
     if max(len(r) for r in shard_rows) > rows // n_shards or longest > L:
       raise ValueError(f"the comparisons do not fit {rows} rows of {L} tokens")
@@ -230,6 +232,29 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
           "scores": scores}
 
 
+def packed_shape(piece_lengths: Sequence[Sequence[int]], *, buckets: Sequence[int], n_shards: int = 1,
+                 rows: int | None = None) -> tuple[int, int]:
+  """(rows per shard, row length) that `collate_rows` picks for comparisons whose pieces have these lengths
+  (an empty list for an empty slot), computed from lengths alone: a process can agree on the shape of a global
+  batch without reading the other processes' comparisons."""
+  C = len(piece_lengths)
+  if C % n_shards:
+    raise ValueError(f"{C} comparisons do not split over {n_shards} batch shards")
+  if rows is not None:
+    return rows // n_shards, max(buckets)
+  longest = max((n for p in piece_lengths for n in p), default=1)
+  per = C // n_shards
+  shards = [[n for c in range(s * per, (s + 1) * per) for n in piece_lengths[c]] for s in range(n_shards)]
+  best = None
+  for L in (b for b in sorted(buckets) if b >= longest):
+    R_s = round_rows(max(1, max(len(first_fit(sh, L)) for sh in shards)))
+    if best is None or R_s * L < best[0] * best[1]:
+      best = (R_s, L)
+  if best is None:
+    raise ValueError(f"a piece of {longest} tokens exceeds the longest row, {max(buckets)} tokens")
+  return best
+
+
 def fits(lengths: Sequence[int], capacity: int, rows: int) -> bool:
   """Whether pieces of these lengths go into `rows` rows of `capacity` tokens, first-fit decreasing (the layout
   `collate_rows` builds)."""
@@ -246,7 +271,7 @@ class TokenPlan:
   `max_comparisons / n_shards` slots. A comparison waits at most a few steps, and the rows are nearly full."""
 
   def __init__(self, piece_lengths: Sequence[Sequence[int]], *, row_len: int, rows: int, max_comparisons: int,
-               seed: int, n_shards: int = 1, window: int = 16):
+               seed: int, n_shards: int = 1, window: int = 16, shuffle: bool = True):
     if rows < n_shards or rows % n_shards:
       raise ValueError(f"a token budget of {rows} rows does not split over {n_shards} batch shards")
     if max_comparisons % n_shards:
@@ -255,7 +280,7 @@ class TokenPlan:
     if not self.piece_lengths:
       raise ValueError("no examples to batch")
     self.row_len, self.rows, self.n_shards, self.window = row_len, rows, n_shards, window
-    self.per_shard, self.seed = max_comparisons // n_shards, seed
+    self.per_shard, self.seed, self.shuffle = max_comparisons // n_shards, seed, shuffle
     too_long = [i for i, p in enumerate(self.piece_lengths) if not fits(p, row_len, rows // n_shards)]
     if too_long:
       raise ValueError(f"example {too_long[0]} needs more than {rows // n_shards} rows of {row_len} tokens "
@@ -267,7 +292,9 @@ class TokenPlan:
 
   @functools.lru_cache(maxsize=2)
   def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-    order = collections.deque(np.random.default_rng([self.seed, epoch]).permutation(len(self.piece_lengths)).tolist())
+    n = len(self.piece_lengths)
+    order = collections.deque(np.random.default_rng([self.seed, epoch]).permutation(n).tolist() if self.shuffle
+                              else range(n))
     cap, R_s, C_s = self.row_len, self.rows // self.n_shards, self.per_shard
     steps = []
     while order:

@@ -229,6 +229,14 @@ class DataSource:
   def __getitem__(self, i: int) -> Comparison:
     return from_tfds(self._src[i])
 
+  def read_many(self, indices) -> list[Comparison]:
+    """Records at `indices`, in that order; one batched ArrayRecord read, several times faster than one by one."""
+    return [from_tfds(d) for d in self._src.__getitems__([int(i) for i in indices])]
+
+  @property
+  def version_dir(self) -> pathlib.Path:
+    return pathlib.Path(self.info.data_dir)
+
   def __iter__(self) -> Iterator[Comparison]:
     return (self[i] for i in range(len(self)))
 

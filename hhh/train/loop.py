@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hhh import config as config_lib
 from hhh import objectives as obj
-from hhh.data import packing, pipeline, sources
+from hhh.data import packing, pipeline, sources, stream
 from hhh.data import tokenizer as tokenizer_lib
 from hhh.model import family
 from hhh.model import sharding as shd
@@ -62,14 +62,25 @@ def _load_raw(cfg, split: str):
   return sources.load_comparisons(spec, d, split, cfg.seed)
 
 
-def _prepare_data(cfg, tok, raw_train, raw_valid):
-  """Tokenize once; LM runs cut text into max_len windows, PM runs encode comparisons."""
+def _encode(cfg, tok, raw):
+  """Tokenize once, in memory; LM runs cut text into max_len windows, PM runs encode comparisons."""
   d = cfg.data
   if cfg.objective == "lm":
-    return pipeline.encode_text(raw_train, tok, d.max_len), pipeline.encode_text(raw_valid, tok, d.max_len), None
-  train, stats = pipeline.encode_all(raw_train, tok, d.max_len, d.max_k)
-  valid, _ = pipeline.encode_all(raw_valid, tok, d.max_len, d.max_k)
-  return train, valid, stats
+    return pipeline.encode_text(raw, tok, d.max_len), None
+  return pipeline.encode_all(raw, tok, d.max_len, d.max_k)
+
+
+def _streamed(cfg, split: str) -> bool:
+  """Whether a split is read lazily from its store (data.stream, PM objectives, dataset directories only)."""
+  spec = cfg.data.train if split == "train" else cfg.data.validation
+  return cfg.data.stream and cfg.objective != "lm" and stream.streamable(spec)
+
+
+def _stream_examples(cfg, tok, split: str, kw) -> stream.Examples:
+  d = cfg.data
+  return stream.examples(d.train if split == "train" else d.validation, d, split, cfg.seed, tok,
+                         workers=d.stream_workers, process_index=kw["process_index"],
+                         process_count=kw["process_count"])
 
 
 def _tokenizer(cfg, resume_meta, init_meta, raw_train):
@@ -78,6 +89,8 @@ def _tokenizer(cfg, resume_meta, init_meta, raw_train):
       return ckpt_lib.tokenizer_from_meta(meta)
   corpus = None
   if cfg.data.tokenizer.startswith("bpe:"):
+    # A streamed run reads its comparisons once here to train the BPE: give a tokenizer .json at scale.
+    raw_train = raw_train if raw_train is not None else _load_raw(cfg, "train")
     corpus = raw_train if cfg.objective == "lm" else sources.texts_of(raw_train)
   return tokenizer_lib.from_spec(cfg.data.tokenizer, corpus)
 
@@ -162,7 +175,9 @@ def _train(cfg, workdir) -> dict[str, float]:
   ckpts = ckpt_lib.Checkpoints(workdir, cfg.keep_checkpoints)
   latest, resume_meta = ckpts.newest_intact()  # checked against its manifest; corrupt newer ones set aside
   init_meta = ckpt_lib.load_meta(cfg.init_from) if cfg.init_from and latest is None else None
-  raw_train, raw_valid = _load_raw(cfg, "train"), _load_raw(cfg, "validation")
+  streamed = _streamed(cfg, "train")
+  raw_train = None if streamed else _load_raw(cfg, "train")
+  raw_valid = None if _streamed(cfg, "validation") else _load_raw(cfg, "validation")
   tok = _tokenizer(cfg, resume_meta, init_meta, raw_train)
   model_cfg = resume_meta and config_lib.from_dict(ModelConfig, resume_meta["config"]["model"])
   model_cfg = model_cfg or _model_config(cfg, tok, init_meta)
@@ -171,21 +186,31 @@ def _train(cfg, workdir) -> dict[str, float]:
   if lead:
     (workdir / "config.json").write_text(config_lib.dumps(cfg))
 
-  train_ex, valid_ex, stats = _prepare_data(cfg, tok, raw_train, raw_valid)
   data_seed = int(jax.random.randint(keys["data"], (), 0, 2**31 - 1))
   kw = dict(batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
             buckets=cfg.data.buckets, pad_id=tok.pad_id, process_index=jax.process_index(),
             process_count=jax.process_count())
   row_len = cfg.data.pack_len or max(cfg.data.buckets)
-  if _packed(cfg):
-    # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
-    n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
-    train_src = packing.PackedBatchSource(train_ex, row_len=row_len, n_shards=n_shards, seed=data_seed,
-                                          batch_tokens=cfg.data.batch_tokens, **kw)
+  # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
+  n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
+  if streamed:
+    train_ex = _stream_examples(cfg, tok, "train", kw)
+    stats = train_ex.stats()
+    train_src = stream.StreamBatchSource(train_ex, seed=data_seed, packed=_packed(cfg), row_len=row_len,
+                                         n_shards=n_shards, batch_tokens=cfg.data.batch_tokens if _packed(cfg) else 0,
+                                         workers=cfg.data.stream_workers, **kw)
   else:
-    train_src = pipeline.BatchSource(train_ex, seed=data_seed, **kw)
+    train_ex, stats = _encode(cfg, tok, raw_train)
+    if _packed(cfg):
+      train_src = packing.PackedBatchSource(train_ex, row_len=row_len, n_shards=n_shards, seed=data_seed,
+                                            batch_tokens=cfg.data.batch_tokens, **kw)
+    else:
+      train_src = pipeline.BatchSource(train_ex, seed=data_seed, **kw)
   # Held-out scoring stays one sequence per row: a forward pass only, and its numbers are the same either way.
-  valid_src = pipeline.BatchSource(valid_ex, seed=0, **kw)
+  if raw_valid is None:
+    valid_src = stream.StreamBatchSource(_stream_examples(cfg, tok, "validation", kw), seed=0, **kw)
+  else:
+    valid_src = pipeline.BatchSource(_encode(cfg, tok, raw_valid)[0], seed=0, **kw)
   train_it = train_src.train_iter()
 
   graphdef, params_abs = abstract_params(model_cfg)
@@ -208,13 +233,13 @@ def _train(cfg, workdir) -> dict[str, float]:
   if lead:
     n_par = family.param_counts(model_cfg)
     print(f"hhh: {cfg.objective} | params {n_par['total']:,} ({n_par['non_embedding']:,} non-embedding) | "
-          f"{len(train_ex)} train / {len(valid_ex)} held-out examples | {jax.device_count()} device(s), mesh "
+          f"{len(train_ex)} train / {len(valid_src.examples)} held-out examples | {jax.device_count()} device(s), mesh "
           f"{dict(mesh.shape)}" + (f" | resuming at step {start}" if latest is not None else ""), flush=True)
     if stats and (stats.contexts_truncated or stats.responses_truncated or stats.responses_dropped):
       print(f"hhh: data: {stats.contexts_truncated} contexts and {stats.responses_truncated} responses "
             f"truncated to {cfg.data.max_len} tokens, {stats.responses_dropped} responses beyond max_k dropped")
     if _packed(cfg):
-      ps = packing.summary(train_ex, row_len)
+      ps = train_ex.pack_summary(row_len) if streamed else packing.summary(train_ex, row_len)
       print(f"hhh: packed rows of up to {row_len} tokens: {ps.packed} comparisons with their context once, "
             f"{ps.split} split over rows (context repeated), {ps.fallback} unpacked (responses cut against "
             "different contexts)" + (f"; steps of {cfg.data.batch_tokens} tokens, at most {cfg.batch_size} "

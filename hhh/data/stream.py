@@ -1,0 +1,446 @@
+"""Streaming training data: comparisons read from the ArrayRecord store a batch at a time, never all in memory.
+
+`data.stream=true` trains on dataset directories (`hhh data mine` / `hhh data load`) without loading them:
+
+- **A length index** per (store split, tokenizer, max_len, max_k, binarize): each example's sequence lengths and
+  response starts, uint16 (a few bytes per example, not per token), plus for a `:binarize` source the record and
+  part each binarized comparison comes from. It is built once, in grain worker processes, each process of a
+  multi-process run indexing its own share of the records, and cached as `DIR/index/*.npz` (no pickle).
+- **The plan** (which comparisons form each batch, in which order) is computed from the index exactly as the
+  in-memory path computes it from encoded examples: `_Plan` is `pipeline._BatchPlan` in flat arrays,
+  `packing.TokenPlan` is used as is, and a mixture's weighted resampling repeats `sources.load_comparisons`'
+  draws. Batches are therefore the in-memory ones, comparison for comparison and row for row.
+- **Reading**: a batch item is a list of example indices; the grain map that turns it into arrays reads, from
+  the store, only the comparisons of this process's rows, tokenizes and packs them (in `data.stream_workers`
+  worker processes; 0 = in the training process). A packed batch's shape is chosen from the index
+  (`packing.packed_shape`), so processes agree on it without reading each other's rows.
+- The iterator state is grain's (a batch index), saved in every checkpoint, so resume is exact; resume with the
+  same `data.stream_workers`.
+
+Held-out batches are read whole by every process (the metrics need every row's scores). Toy data and .jsonl /
+.parquet / hf: sources stay in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import pathlib
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from hhh.data import binarize as binarize_lib
+from hhh.data import packing, pipeline, sources, store
+from hhh.data import tokenizer as tokenizer_lib
+
+INDEX_VERSION = 1
+_CHUNK = 4096  # records per index task: large enough to amortize a worker round trip, small enough to spread
+
+
+def streamable(spec: str) -> bool:
+  """Whether every source of a data spec is a stored dataset directory (the only kind read lazily)."""
+  return all(store.is_dataset_dir(path) for path, _, _ in sources.parse_mixture(spec))
+
+
+class _Reader:
+  """One split of a stored dataset, opened on first use: grain ships it to worker processes by path."""
+
+  def __init__(self, path: str, split: str):
+    self.path, self.split, self._ds = str(path), split, None
+
+  def __getstate__(self):
+    return {"path": self.path, "split": self.split, "_ds": None}
+
+  def _open(self) -> store.DataSource:
+    if self._ds is None:
+      self._ds = store.DataSource(self.path, self.split)
+    return self._ds
+
+  def __len__(self) -> int:
+    return len(self._open())
+
+  def read(self, records) -> list:
+    return self._open().read_many(records)
+
+
+@dataclasses.dataclass
+class SourceIndex:
+  """Per example of one source (a binarized source: per binarized comparison): what planning needs."""
+  seq_len: np.ndarray          # [E, max_k] tokens of each kept response's sequence; 0 = no response
+  start: np.ndarray            # [E, max_k] index of each response's first token
+  record: np.ndarray | None    # [E] the store record (binarized sources; otherwise the example is the record)
+  part: np.ndarray | None      # [E] which of the record's binarized comparisons
+  cuts: np.ndarray             # [E, 3] responses dropped, contexts truncated, responses truncated (encode stats)
+
+  def __len__(self) -> int:
+    return len(self.seq_len)
+
+
+class _IndexChunk:
+  """Encodes records [lo, hi) of a chunk and keeps their lengths (a grain map, run in worker processes)."""
+
+  def __init__(self, reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int, lo: int, hi: int):
+    self.reader, self.binarize, self.tok_json = reader, binarize, tok_json
+    self.max_len, self.max_k, self.lo, self.hi = max_len, max_k, lo, hi
+
+  @functools.cached_property
+  def tok(self):
+    return tokenizer_lib.from_json(self.tok_json)
+
+  def __call__(self, chunk: int) -> dict[str, np.ndarray]:
+    lo = self.lo + chunk * _CHUNK
+    records = np.arange(lo, min(lo + _CHUNK, self.hi))
+    rec, part, seq, start, cuts = [], [], [], [], []
+    for r, c in zip(records, self.reader.read(records)):
+      for p, ci in enumerate(binarize_lib.binarize(c) if self.binarize else [c]):
+        st = pipeline.EncodeStats()
+        ex = pipeline.encode_comparison(ci, self.tok, self.max_len, self.max_k, st)
+        cuts.append((st.responses_dropped, st.contexts_truncated, st.responses_truncated))
+        row_s, row_t = np.zeros(self.max_k, np.int64), np.zeros(self.max_k, np.int64)
+        row_s[:len(ex.seqs)] = [len(s) for s in ex.seqs]
+        row_t[:len(ex.starts)] = ex.starts
+        rec.append(r)
+        part.append(p)
+        seq.append(row_s)
+        start.append(row_t)
+    k = self.max_k
+    return {"record": np.asarray(rec, np.int64), "part": np.asarray(part, np.int64),
+            "seq_len": np.asarray(seq, np.int64).reshape(-1, k), "start": np.asarray(start, np.int64).reshape(-1, k),
+            "cuts": np.asarray(cuts, np.int64).reshape(-1, 3)}
+
+
+def _cache_path(reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int) -> pathlib.Path:
+  version = reader._open().version_dir
+  info = (version / "dataset_info.json").read_bytes()
+  key = json.dumps([INDEX_VERSION, tok_json, max_len, max_k, binarize, hashlib.sha256(info).hexdigest(),
+                    version.name], sort_keys=True)
+  return pathlib.Path(reader.path) / "index" / f"{reader.split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def _allgather_concat(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Concatenates each process's arrays in process order (a multi-process index pass)."""
+  from jax.experimental import multihost_utils
+  n = np.asarray([len(parts["record"])], np.int64)
+  counts = np.asarray(multihost_utils.process_allgather(n)).reshape(-1)
+  top = int(counts.max())
+  out = {}
+  for k, v in parts.items():
+    pad = np.zeros((top - len(v), *v.shape[1:]), v.dtype)
+    got = np.asarray(multihost_utils.process_allgather(np.concatenate([v, pad])))
+    out[k] = np.concatenate([got[p, :counts[p]] for p in range(len(counts))])
+  return out
+
+
+def _all_processes(flag: bool, process_count: int) -> bool:
+  if process_count == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)]))).min())
+
+
+def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, *, workers: int = 0,
+                process_index: int = 0, process_count: int = 1, cache: bool = True) -> SourceIndex:
+  """The length index of one source, from its cache file or one pass over the store (each process its share)."""
+  tok_json = tok.to_json()
+  path = _cache_path(reader, binarize, tok_json, max_len, max_k)
+  if _all_processes(cache and path.exists(), process_count):
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  else:
+    n = len(reader)
+    lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
+    task = _IndexChunk(reader, binarize, tok_json, max_len, max_k, lo, hi)
+    ds = grain.MapDataset.range(-(-(hi - lo) // _CHUNK)).map(task).to_iter_dataset(
+        grain.ReadOptions(num_threads=0 if workers else 1, prefetch_buffer_size=2))
+    if workers:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    chunks = list(ds)
+    arrays = {k: (np.concatenate([c[k] for c in chunks]) if chunks else np.zeros((0, max_k) if k in ("seq_len", "start")
+                                                                                  else (0,), np.int64))
+              for k in ("record", "part", "seq_len", "start")}
+    arrays["cuts"] = np.concatenate([c["cuts"] for c in chunks]) if chunks else np.zeros((0, 3), np.int64)
+    if process_count > 1:
+      arrays = _allgather_concat(arrays)
+    small = np.uint16 if max_len < 2**16 else np.uint32
+    arrays = {"record": arrays["record"].astype(np.uint32), "part": arrays["part"].astype(np.uint8),
+              "seq_len": arrays["seq_len"].astype(small), "start": arrays["start"].astype(small),
+              "cuts": np.minimum(arrays["cuts"], 255).astype(np.uint8)}
+    if cache and process_index == 0:
+      _write_cache(path, arrays)
+  if binarize:
+    return SourceIndex(arrays["seq_len"], arrays["start"], arrays["record"], arrays["part"], arrays["cuts"])
+  return SourceIndex(arrays["seq_len"], arrays["start"], None, None, arrays["cuts"])
+
+
+def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    path.parent.mkdir(exist_ok=True)
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)
+    print(f"hhh: note: length index not cached ({path.parent}: {e.strerror}); it is rebuilt on every run")
+
+
+def piece_lengths(seq_len: np.ndarray, start: np.ndarray, row_len: int) -> list[int]:
+  """`[len(p) for p in packing.pieces_of(ex, row_len)[0]]` from one example's lengths alone."""
+  valid = seq_len > 0
+  seq, st = seq_len[valid].astype(np.int64), start[valid].astype(np.int64)
+  # Encoding cuts a context from the left only, so equal starts mean equal contexts: the comparison packs.
+  if (st != st[0]).any():
+    return seq.tolist()
+  c, resp = int(st[0]), (seq - st).tolist()
+  if c + sum(resp) <= row_len:
+    return [c + sum(resp)]
+  out, filled = [c], False
+  for r in resp:
+    if filled and out[-1] + r > row_len:
+      out.append(c)
+      filled = False
+    out[-1] += r
+    filled = True
+  return out
+
+
+def pack_kinds(index: SourceIndex, row_len: int) -> np.ndarray:
+  """0 packed, 1 split, 2 fallback per example (`packing.pieces_of`'s kinds), vectorized."""
+  valid = index.seq_len > 0
+  st = index.start.astype(np.int64)
+  first = st[:, :1]
+  packable = ((st == first) | ~valid).all(1)
+  total = first[:, 0] + np.where(valid, index.seq_len.astype(np.int64) - st, 0).sum(1)
+  return np.where(~packable, 2, np.where(total <= row_len, 0, 1)).astype(np.uint8)
+
+
+class Examples:
+  """The comparisons of a run's split as one indexed sequence, as `sources.load_comparisons` would list them,
+  without holding them: example i is (source, element), an element a record or one of its binarized parts."""
+
+  def __init__(self, readers: list[_Reader], binarize: list[bool], indexes: list[SourceIndex],
+               segments: list[tuple[int, np.ndarray | None]], tok_json: dict, max_len: int, max_k: int):
+    self.readers, self.binarize, self.indexes = readers, binarize, indexes
+    self.seg_source = np.asarray([j for j, _ in segments], np.int64)
+    self.seg_order = [o for _, o in segments]
+    sizes = [len(o) if o is not None else len(indexes[j]) for j, o in segments]
+    self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    self.tok_json, self.max_len, self.max_k = tok_json, max_len, max_k
+
+  def __len__(self) -> int:
+    return int(self.offsets[-1])
+
+  def __getstate__(self):
+    d = dict(self.__dict__)
+    d.pop("tok", None)
+    return d
+
+  @functools.cached_property
+  def tok(self):
+    return tokenizer_lib.from_json(self.tok_json)
+
+  def locate(self, i: int) -> tuple[int, int]:
+    s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+    o = self.seg_order[s]
+    e = i - int(self.offsets[s])
+    return int(self.seg_source[s]), int(o[e]) if o is not None else e
+
+  def _per_segment(self, values: Sequence[np.ndarray]) -> np.ndarray:
+    parts = [values[j][o] if o is not None else values[j] for j, o in zip(self.seg_source, self.seg_order)]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+  def lengths(self) -> np.ndarray:
+    """Each example's longest sequence (`Encoded.length`)."""
+    return self._per_segment([ix.seq_len.max(1) for ix in self.indexes])
+
+  def pieces(self, i: int, row_len: int) -> list[int]:
+    j, e = self.locate(i)
+    return piece_lengths(self.indexes[j].seq_len[e], self.indexes[j].start[e], row_len)
+
+  def pack_summary(self, row_len: int) -> packing.PackStats:
+    kinds = self._per_segment([pack_kinds(ix, row_len) for ix in self.indexes])
+    n = np.bincount(kinds.astype(np.int64), minlength=3)
+    return packing.PackStats(comparisons=int(n.sum()), packed=int(n[0]), split=int(n[1]), fallback=int(n[2]))
+
+  def stats(self) -> pipeline.EncodeStats:
+    """Encoding counts as `encode_all` reports them over this list (a resampled example counted each time)."""
+    cuts = [ix.cuts.astype(np.int64) for ix in self.indexes]
+    total = sum((c[o].sum(0) if o is not None else c.sum(0) for c, o in
+                 ((cuts[j], o) for j, o in zip(self.seg_source, self.seg_order))), np.zeros(3, np.int64))
+    return pipeline.EncodeStats(len(self), *(int(x) for x in total))
+
+  def encoded(self, ix: Sequence[int]) -> list[pipeline.Encoded]:
+    """Reads and encodes examples `ix` (in that order): one batched store read per source."""
+    where = [self.locate(int(i)) for i in ix]
+    by_source: dict[int, list[int]] = {}
+    for j, e in where:
+      by_source.setdefault(j, []).append(e)
+    comps = {}
+    for j, es in by_source.items():
+      index = self.indexes[j]
+      recs = sorted({int(index.record[e]) if index.record is not None else e for e in es})
+      got = dict(zip(recs, self.readers[j].read(recs)))
+      for e in es:
+        if index.record is None:
+          comps[(j, e)] = got[e]
+        else:
+          comps[(j, e)] = binarize_lib.binarize(got[int(index.record[e])])[int(index.part[e])]
+    return [pipeline.encode_comparison(comps[w], self.tok, self.max_len, self.max_k) for w in where]
+
+
+def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, process_index: int = 0,
+             process_count: int = 1, cache: bool = True) -> Examples:
+  """`sources.load_comparisons(spec, dcfg, split, seed)`, lazily: the same examples in the same order."""
+  mix = sources.parse_mixture(spec)
+  readers, flags, indexes = [], [], []
+  for path, _, binarize in mix:
+    reader = _Reader(path, split)
+    has = split in store.splits_of(path)
+    if not has and split == "train":
+      reader._open()  # the in-memory path's one-line error: the dataset has no such split
+    if not has:
+      print(f"hhh: note: {path} has no {split} split; it is not evaluated")
+    readers.append(reader)
+    flags.append(binarize)
+    if has:
+      indexes.append(build_index(reader, binarize, tok, dcfg.max_len, dcfg.max_k, workers=workers,
+                                 process_index=process_index, process_count=process_count, cache=cache))
+    else:
+      z = np.zeros((0, dcfg.max_k), np.uint16)
+      indexes.append(SourceIndex(z, z, None, None, np.zeros((0, 3), np.uint8)))
+  if len(mix) == 1 or split != "train":
+    segments = [(j, None) for j in range(len(mix))]
+  else:
+    # sources.load_comparisons' weighted resampling, draw for draw.
+    total_n, total_w = sum(len(ix) for ix in indexes), sum(w for _, w, _ in mix)
+    rng = np.random.default_rng(seed)
+    segments = []
+    for j, ((_, w, _), ix) in enumerate(zip(mix, indexes)):
+      if not len(ix) or not w:
+        continue
+      n = round(total_n * w / total_w)
+      order = np.concatenate([rng.permutation(len(ix)) for _ in range(-(-n // len(ix)))])[:n]
+      segments.append((j, order.astype(np.uint32)))
+  return Examples(readers, flags, indexes, segments, tok.to_json(), dcfg.max_len, dcfg.max_k)
+
+
+class _Plan:
+  """`pipeline._BatchPlan` in flat arrays (4 bytes per example rather than a tuple per batch): the same batches."""
+
+  def __init__(self, lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int, shuffle: bool,
+               epochs: int | None):
+    self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
+    buckets = np.asarray(sorted(buckets))
+    lengths = np.asarray(lengths, np.int64)
+    if len(lengths) and lengths.max() > buckets[-1]:
+      raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the largest bucket {int(buckets[-1])}")
+    which = np.searchsorted(buckets, lengths, side="left")
+    self.by_bucket = {int(buckets[b]): np.flatnonzero(which == b).astype(np.uint32) for b in np.unique(which)}
+    self.per_epoch = sum(-(-len(ix) // batch_size) for ix in self.by_bucket.values())
+    if self.per_epoch == 0:
+      raise ValueError("no examples to batch")
+
+  def __len__(self):
+    return self.per_epoch * (self.epochs if self.epochs is not None else 1_000_000)
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flat example order, each batch's start in it, its length, its bucket), batches in epoch order."""
+    rng = np.random.default_rng([self.seed, epoch])
+    flat, starts, sizes, Ls = [], [], [], []
+    at = 0
+    for L, ix in self.by_bucket.items():
+      ix = rng.permutation(ix) if self.shuffle else ix
+      flat.append(ix)
+      for i in range(0, len(ix), self.batch_size):
+        starts.append(at + i)
+        sizes.append(min(self.batch_size, len(ix) - i))
+        Ls.append(L)
+      at += len(ix)
+    order = rng.permutation(len(starts)) if self.shuffle else np.arange(len(starts))
+    return (np.concatenate(flat), np.asarray(starts, np.int64)[order], np.asarray(sizes, np.int64)[order],
+            np.asarray(Ls, np.int64)[order])
+
+  def __getitem__(self, i: int):
+    flat, starts, sizes, Ls = self.epoch_plan(i // self.per_epoch)
+    b = i % self.per_epoch
+    return int(Ls[b]), flat[starts[b]:starts[b] + sizes[b]].astype(np.int64)
+
+
+class StreamBatchSource:
+  """`pipeline.BatchSource` / `packing.PackedBatchSource` over `Examples`: the same batches, each process reading
+  and encoding only the comparisons of its own rows."""
+
+  def __init__(self, examples: Examples, *, batch_size: int, max_k: int, buckets: Sequence[int], pad_id: int,
+               seed: int = 0, process_index: int = 0, process_count: int = 1, packed: bool = False,
+               row_len: int = 0, n_shards: int = 1, batch_tokens: int = 0, workers: int = 0):
+    if batch_size % process_count:
+      raise ValueError(f"batch_size={batch_size} must be divisible by the process count {process_count}")
+    if packed and n_shards % process_count:
+      raise ValueError(f"{n_shards} batch shards do not split over {process_count} processes")
+    self.examples, self.batch_size, self.max_k = examples, batch_size, max_k
+    self.buckets, self.pad_id, self.seed = tuple(sorted(buckets)), pad_id, seed
+    self.process_index, self.process_count = process_index, process_count
+    self.rows = slice(process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count)
+    self.packed, self.row_len, self.n_shards, self.workers = packed, row_len, n_shards, workers
+    self.row_buckets = packing.row_buckets(self.buckets, row_len) if packed else None
+    self.budget_rows = batch_tokens // row_len if packed and batch_tokens else None
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def _plan(self, shuffle: bool, epochs: int | None):
+    if self.budget_rows is not None and shuffle:
+      pieces = [self.examples.pieces(i, self.row_len) for i in range(len(self.examples))]
+      return packing.TokenPlan(pieces, row_len=self.row_len, rows=self.budget_rows, max_comparisons=self.batch_size,
+                               seed=self.seed, n_shards=self.n_shards)
+    return _Plan(self.examples.lengths(), self.batch_size, self.buckets, self.seed, shuffle, epochs)
+
+  def _collate(self, item, rows=None, budget=False):
+    L, ix = item
+    slots = [int(i) if i >= 0 else None for i in ix] + [None] * (self.batch_size - len(ix))
+    if not self.packed or rows == slice(None):
+      mine = slots[self.rows if rows is None else rows]
+      enc = iter(self.examples.encoded([i for i in mine if i is not None]))
+      return pipeline.collate([next(enc) if i is not None else None for i in mine], L, self.max_k, self.pad_id)
+    # The global batch's shape, from the index; then only this process's shards are read and laid out.
+    fixed = self.budget_rows if budget else None
+    R_s, row_L = packing.packed_shape([self.examples.pieces(i, self.row_len) if i is not None else [] for i in slots],
+                                      buckets=self.row_buckets, n_shards=self.n_shards, rows=fixed)
+    per_proc = self.n_shards // self.process_count
+    mine = slots[self.rows]
+    enc = iter(self.examples.encoded([i for i in mine if i is not None]))
+    batch = packing.collate_rows([next(enc) if i is not None else None for i in mine], K=self.max_k,
+                                 pad_id=self.pad_id, buckets=self.row_buckets, n_shards=per_proc,
+                                 rows=R_s * per_proc, row_len=row_L)
+    # reward_index is flat over the global batch's rows: shift it past the rows of the processes before this one.
+    shift = self.process_index * per_proc * R_s * row_L
+    batch["reward_index"] = np.where(batch["lengths"] > 0, batch["reward_index"] + shift, 0).astype(np.int32)
+    return batch
+
+  def local_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's part of a global (held-out) batch."""
+    return {k: v[self.rows] for k, v in batch.items()}
+
+  def dataset(self, *, shuffle: bool, epochs: int | None, rows: slice | None = None) -> grain.MapDataset:
+    budget = self.budget_rows is not None and shuffle
+    return grain.MapDataset.source(self._plan(shuffle, epochs)).map(
+        functools.partial(self._collate, rows=rows, budget=budget))
+
+  def train_iter(self) -> grain.DatasetIterator:
+    """Endless shuffled local batches; checkpointable (grain's state: the next batch index, per worker)."""
+    ds = self.dataset(shuffle=True, epochs=None).to_iter_dataset(
+        grain.ReadOptions(num_threads=0 if self.workers else 1, prefetch_buffer_size=4))
+    if self.workers:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2))
+    return iter(ds)
+
+  def eval_batches(self):
+    """One ordered pass of GLOBAL batches (every row, read by every process), as `BatchSource.eval_batches`."""
+    ds = self.dataset(shuffle=False, epochs=1, rows=slice(None))
+    return (ds[i] for i in range(len(ds)))
