@@ -244,3 +244,18 @@ def test_data_load_of_a_corrupt_zst_is_one_line(tmp_path):
   # Above the error only the progress line, redrawn with carriage returns.
   assert rc == 1 and "Traceback" not in err.getvalue()
   assert err.getvalue().splitlines()[-1] == "hhh: error: no comparisons mined from 0 records read (corrupt_file: 1)"
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "config.json"])
+def test_convert_to_bundle_called_directly_refuses_a_fifo(hfdir, tmp_path, name):
+  # The Python API, not only the CLI: convert_to_bundle reads config.json and tokenizer_config.json itself.
+  os.remove(hfdir / name)
+  os.mkfifo(hfdir / name)
+  errors = []
+  t = threading.Thread(target=lambda: errors.append(pytest.raises(
+      ValueError, hf_export.convert_to_bundle, hfdir, tmp_path / "b")), daemon=True)
+  t.start()
+  t.join(60)
+  assert not t.is_alive(), f"convert_to_bundle hung on a FIFO {name}"
+  assert str(errors[0].value) == f"{hfdir / name}: is a FIFO, not a regular file"
+  assert not (tmp_path / "b").exists()

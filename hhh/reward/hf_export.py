@@ -25,13 +25,14 @@ back, or use `hhh_reward.normalization`, for absolute values.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 
 import numpy as np
 import tokenizers
 
-from hhh import outdir
+from hhh import outdir, safeio
 from hhh.data import tokenizer as tokenizer_lib
 from hhh.pretrained import flatten_params
 from hhh.pretrained import hf
@@ -254,7 +255,7 @@ def _tokenizer(path: pathlib.Path, meta: dict | None, lm_tokenizer):
     return lm_tokenizer
   if t["kind"] == "byte":
     return tokenizer_lib.ByteTokenizer()
-  d = json.loads((path / "tokenizer.json").read_text())
+  d = safeio.read_json(path / "tokenizer.json", safeio.MAX_TOKENIZER_BYTES)
   d["post_processor"] = t.get("post_processor")
   if "normalizer" in t:  # older exports kept the bundle's own normalizer and needed no restoring
     d["normalizer"] = t["normalizer"]["normalizer"]
@@ -285,9 +286,7 @@ def convert_to_bundle(hf_dir, out_dir, *, force: bool = False) -> dict:
   path = pathlib.Path(hf_dir)
   outdir.check(out_dir, CONVERT_BUNDLE, sources=[path], force=force)  # before the load, not after
   cj = path / "config.json"
-  if not cj.is_file():
-    raise FileNotFoundError(f"{path}: no config.json (not an HF model directory)")
-  c = json.loads(cj.read_text())
+  c = hf.read_config(path)  # an untrusted file: regular, bounded, fields typed (hhh_reward included)
   if c.get("num_labels", len(c.get("id2label") or {0: 0})) != 1:
     raise ValueError(f"{cj}: num_labels={c.get('num_labels', len(c['id2label']))}; a reward model has one label")
   lm = hf.load_hf(path)
@@ -301,7 +300,7 @@ def convert_to_bundle(hf_dir, out_dir, *, force: bool = False) -> dict:
   lm.params["reward_head"]["bias"] = jnp.asarray([meta.get("reward_bias", 0.0)], jnp.float32)
   tok = _tokenizer(path, meta, lm.tokenizer)
   tc_path = path / "tokenizer_config.json"
-  tc = json.loads(tc_path.read_text()) if tc_path.exists() else {}
+  tc = safeio.read_json(tc_path, safeio.MAX_CONFIG_BYTES) if os.path.lexists(tc_path) else {}
   model_max = tc.get("model_max_length")
   max_len = meta.get("max_len") or min(lm.cfg.max_len, model_max if isinstance(model_max, int) else lm.cfg.max_len)
   norm = meta.get("normalization") or {"mean": 0.0, "std": 1.0, "n": 0, "reference": None}
