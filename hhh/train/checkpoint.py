@@ -12,6 +12,7 @@ WORKDIR/corrupt_checkpoints and the run falls back to the newest earlier one tha
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import hashlib
 import json
@@ -19,7 +20,9 @@ import logging
 import os
 import pathlib
 import sys
+import threading
 import traceback
+import warnings
 from typing import Any
 
 import jax
@@ -34,6 +37,36 @@ _MANIFEST_FORMAT = "hhh-checkpoint-manifest/1"
 
 class CheckpointCorrupt(ValueError):
   """No checkpoint passes its checksums (or a named one does not)."""
+
+
+class SaveFailed(ValueError):
+  """A checkpoint save failed for a reason other than full or read-only storage (its step dir removed)."""
+
+
+# How long a close after a failed save may wait for orbax before the process exits anyway.
+_CLOSE_AFTER_FAILURE_S = 5.0
+
+
+def _abandon_orbax_threads():
+  """Cancels every live orbax save thread and wakes the ones waiting on a signal.
+
+  orbax runs a save as threads that wait for each other's completion signals, each for up to its
+  coordination timeout (300 s). When one fails, the ones waiting on it sit out that timeout, and they are not
+  daemon threads, so the process cannot exit before: 300 s and a TimeoutError traceback per thread. A
+  cancelled thread returns as soon as its wait ends, without running its work, so cancel them all, then set
+  every signal they wait for (single-process runs keep the signals in this process).
+  """
+  try:
+    from orbax.checkpoint._src.futures import future as ocp_future
+  except ImportError:  # another orbax layout: nothing to cancel, the caller still reports in one line
+    return
+  for t in threading.enumerate():
+    if isinstance(t, ocp_future._SignalingThread) and t.is_alive():
+      with contextlib.suppress(Exception):
+        t.cancel()
+      if jax.process_count() == 1:
+        with contextlib.suppress(Exception):
+          ocp_future.set_signals(t._receive_signals, operation_id=t._operation_id)
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -115,6 +148,7 @@ class _Abandoned(logging.Filter):
   def __init__(self):
     super().__init__()
     self.paths: set[str] = set()
+    self.silenced = False
     self._hooks = None
 
   def add(self, path):
@@ -133,8 +167,19 @@ class _Abandoned(logging.Filter):
     return exc is not None and any(p in f"{exc} {exc.__cause__}" for p in self.paths)
 
   def filter(self, record):
+    if self.silenced:
+      return False
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
     return not any(p in text for p in self.paths)
+
+  def silence(self):
+    """After a failed save the run is over and reported in one line: orbax's background threads would log a
+    traceback each for the same failure (a dozen, as they give up one after another), so none gets through."""
+    self.install()
+    self.silenced = True
+    logging.getLogger("absl").addFilter(self)
+    # The cancelled threads' coroutines, never started, are collected at exit with a warning each.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
 
   def _unraisable(self, unraisable):
     if not self._leftover(unraisable.exc_value, unraisable.exc_traceback):
@@ -225,11 +270,16 @@ class Checkpoints:
         self._ckpt.save_checkpointables(step, checkpointables, force=True)
         if jax.process_index() == 0:
           write_manifest(self.step_dir(step))
-      except (OSError, ValueError, RuntimeError) as e:
-        if workdir_lib.storage_errno(e, self.workdir) is None:
-          raise
+      except (OSError, ValueError, RuntimeError, concurrent.futures.CancelledError) as e:
+        # Storage that refuses writes, or a step dir removed while being written: either way the save is lost,
+        # the earlier checkpoints are intact, and the run stops with one line.
         held.drop = self._save_failed = True
-        raise workdir_lib.unwritable(self.workdir, e, doing=f"save checkpoint step {step} in") from None
+        _abandon_orbax_threads()
+        _ABANDONED.silence()
+        if workdir_lib.storage_errno(e, self.workdir) is not None:
+          raise workdir_lib.unwritable(self.workdir, e, doing=f"save checkpoint step {step} in") from None
+        raise SaveFailed(f"cannot save checkpoint step {step} in workdir {self.workdir}: {_first_line(e)}; "
+                         f"the earlier checkpoints are intact") from None
 
   def restore(self, step: int, abstract_state, data_iter):
     """Loads the state onto `abstract_state`'s shardings and rewinds `data_iter` in place."""
@@ -308,6 +358,13 @@ class Checkpoints:
     self._ckpt = self._open()
 
   def close(self):
+    if self._save_failed:
+      # orbax's close waits for the failed save's threads; they were cancelled, but a thread stuck in a file
+      # system call must not hold the exit, so the close gets a few seconds of its own thread.
+      closer = threading.Thread(target=self._close_quietly, name="hhh-checkpoint-close", daemon=True)
+      closer.start()
+      closer.join(timeout=_CLOSE_AFTER_FAILURE_S)
+      return
     with _HeldLogs(self.dir) as held:
       try:
         self._ckpt.close()
@@ -315,6 +372,12 @@ class Checkpoints:
         if not self._save_failed:
           raise
         held.drop = True  # orbax re-raises the failed save we already reported
+
+  def _close_quietly(self):
+    try:
+      self._ckpt.close()
+    except BaseException:  # noqa: BLE001 - the failed save was reported; this is its echo
+      pass
 
 
 def _resolve(path) -> pathlib.Path:
