@@ -48,9 +48,13 @@ def add_parsers(sub) -> None:
   msub = mine.add_subparsers(dest="miner", required=True)
   for name in MINERS:
     p = msub.add_parser(name, help=(miner(name).__doc__ or "").strip().splitlines()[0])
-    p.add_argument("path", help="the dump: file, folder or archive")
+    p.add_argument("path", help="the dump (file, folder or archive), or a folder of dumps mined into one dataset")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--binarize", action="store_true", help="store GOOD:/BAD: binary comparisons instead of rankings")
+    p.add_argument("--workers", type=int, default=1, help="inputs mined at once (processes, or Ray tasks)")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: a process pool; ray: Ray tasks (a local instance, or --address)")
+    p.add_argument("--address", default=None, help="with --backend ray: join this cluster (HOST:PORT or auto)")
     add_option_flags(p, miner(name).Options)
     p.set_defaults(func=mine_command)
   load = dsub.add_parser(
@@ -89,11 +93,13 @@ def add_parsers(sub) -> None:
 
 
 def mine_command(args) -> None:
-  mod = miner(args.miner)
-  options = _options(mod.Options, args)
-  stats = MineStats(source=args.miner)
-  _write(args, mod.mine(args.path, options, stats), stats, options, f"mine {args.miner}",
-         f"hhh comparisons mined from {args.miner}: {args.path}", {})
+  from hhh.data.mine import many
+  options = _options(miner(args.miner).Options, args)
+  items, stats, per_input = many.mine_many(args.miner, args.path, options, args.out, workers=args.workers,
+                                           backend=args.backend, address=args.address)
+  _write(args, items, stats, options, f"mine {args.miner}", f"hhh comparisons mined from {args.miner}: {args.path}",
+         {"inputs": many.per_input_summary(per_input)})
+  many.finish(args.out)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:

@@ -69,8 +69,8 @@ def split_of(key: str, fractions=(0.9, 0.05, 0.05)) -> str:
 
 
 def open_binary(path) -> IO[bytes]:
-  """Opens a possibly compressed regular file as a binary stream (.gz, .bz2, .xz, .lzma, .zst, .7z, plain);
-  ValueError for anything else (a FIFO, a device, a directory)."""
+  """Opens a possibly compressed regular file as a binary stream (.gz, .bz2, .xz, .lzma, .zst, plain, or the first
+  file of a .7z); ValueError for anything else (a FIFO, a device, a directory)."""
   path = pathlib.Path(path)
   # Opening a FIFO blocks and a device never ends: only regular files are read (symlinks to them are fine).
   mode = os.stat(path).st_mode
@@ -84,6 +84,10 @@ def open_binary(path) -> IO[bytes]:
     return bz2.open(path, "rb")
   if suffix in (".xz", ".lzma"):
     return lzma.open(path, "rb")
+  if suffix == ".7z":
+    # The archive's first file, streamed (a reader thread pulls from py7zr): never extracted whole.
+    from hhh.data.mine.wikipedia import _SevenZipStream
+    return io.BufferedReader(_SevenZipStream(path), buffer_size=1 << 20)
   if suffix == ".zst":
     import zstandard
     # Pushshift dumps use a long window; the default limit refuses them.

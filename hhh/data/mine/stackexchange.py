@@ -701,11 +701,13 @@ def _mine(dump: _Dump, options: Options, stats: MineStats) -> Iterator[tuple[str
     if dump.votes is not None and dump.votes_member is not None and options.use_votes:
       votes = _extract(dump.votes, dump.votes_member, pathlib.Path(tmp) / "votes", stats)
     if posts is not None:
-      yield from _mine_files(dump.site, posts, votes, options, stats)
+      # The archive, not the temporary folder it was extracted to, so that summary.json is the same every run.
+      votes_name = f"{dump.votes}:{dump.votes_member}" if votes is not None else None
+      yield from _mine_files(dump.site, posts, votes, options, stats, votes_name)
 
 
 def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | None, options: Options,
-                stats: MineStats) -> Iterator[tuple[str, Comparison]]:
+                stats: MineStats, votes_name: str | None = None) -> Iterator[tuple[str, Comparison]]:
   label = posts_path.name
   report = lambda reason, where: stats.skip(reason, where)
   # Pass 1: ids, parents, accepted ids and Score; every Posts.xml row is counted and classified here.
@@ -809,7 +811,7 @@ def _mine_files(site: str, posts_path: pathlib.Path, votes_path: pathlib.Path | 
   if use_votes:
     stats.notes["votes"] = {
         "scores_from": "Votes.xml" if not votes_damaged else "Votes.xml, Score where its counts disagree",
-        "votes_file": str(votes_path), "complete": not votes_damaged, "damage": dict(sorted(votes_damaged.items())),
+        "votes_file": votes_name or str(votes_path), "complete": not votes_damaged, "damage": dict(sorted(votes_damaged.items())),
         "questions_scored_from_score": from_score}
 
   # Pass 3: text for the kept posts only, each parsed again from its (offset, length).

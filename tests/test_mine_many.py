@@ -1,0 +1,223 @@
+"""Tests for `hhh data mine SOURCE FOLDER` (hhh.data.mine.many): many real dump inputs into one dataset, any
+worker count giving the same dataset, resume after a kill, --out safety; and the single-pass Stack Exchange miner
+against the output of the three-pass one it replaced."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from hhh.data import commands, store
+from hhh.data.mine import many, reddit
+from hhh.data.mine import stackexchange as se
+from hhh.data.mine.common import MineStats, open_binary
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+CARDANO = SHARED_DATA / "stackexchange" / "cardano.stackexchange.com"
+RC = SHARED_DATA / "reddit" / "RC_2005-12.ndjson"
+
+
+@pytest.fixture(scope="module")
+def shared():
+  if not CARDANO.is_dir() or not RC.is_file():
+    pytest.skip("../shared/data not found: the real dumps are only in the development checkout")
+  return SHARED_DATA
+
+
+def digest(path, options: se.Options) -> tuple[int, str, str]:
+  stats = MineStats(source="stackexchange")
+  h, n = hashlib.sha256(), 0
+  for key, c in se.mine(path, options, stats):
+    h.update(json.dumps([key, c.to_json()], sort_keys=True, ensure_ascii=False).encode())
+    n += 1
+  return n, h.hexdigest()[:16], hashlib.sha256(json.dumps(stats.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Digests of the three-pass miner's output (commit 8b75e70) on the real cardano dump: every comparison with its
+# key, in order, and the whole stats record (counts, first skip places, notes).
+@pytest.mark.parametrize("options,expected", [
+    (se.Options(), (323, "fd80bbe32482eccb", "f10f74507c42b975")),
+    (se.Options(use_votes=False, max_answers=2, min_score_gap=1), (300, "93e25d4e701183ac", "5a6d28e2eb4bac27")),
+])
+def test_single_pass_equals_the_three_pass_miner(shared, options, expected):
+  assert digest(CARDANO, options) == expected
+
+
+def test_simple_html_path_equals_html_parser(shared):
+  """Every real body the regex tokenizer takes gives html.parser's text; and it takes them all."""
+  import xml.etree.ElementTree as ET
+  bodies = [e.get("Body") for _, e in ET.iterparse(CARDANO / "Posts.xml") if e.get("Body")]
+  assert len(bodies) == 2597
+  assert sum(se._simple_events(b) is not None for b in bodies) == 2597
+  for body in bodies:
+    parser = se._HtmlToText()
+    parser.feed(body)
+    assert se.html_to_text(body) == (parser.text() or se._plain(body)), body[:200]
+  # What it refuses goes to html.parser: a comment, a stray "<", a raw-text element, a reference at the end.
+  for body in ("<p>a<!-- c --></p>", "<p>a < b</p>", "<script>x</script>", "<p>x</p>&amp", "<p a=x>y</p>"):
+    assert se._simple_events(body) is None
+
+
+def test_open_binary_reads_the_first_file_of_a_7z(shared, tmp_path):
+  py7zr = pytest.importorskip("py7zr")
+  with py7zr.SevenZipFile(tmp_path / "RC.7z", "w") as z:
+    z.write(RC, "RC_2005-12.ndjson")
+  with open_binary(tmp_path / "RC.7z") as f:
+    assert f.read() == RC.read_bytes()
+
+
+def cli(*argv: str) -> dict:
+  ap = argparse.ArgumentParser()
+  commands.add_parsers(ap.add_subparsers(dest="command"))
+  args = ap.parse_args(["data", "mine", *argv])
+  args.func(args)
+  out = pathlib.Path(argv[argv.index("--out") + 1])
+  return json.loads((out / "summary.json").read_text())
+
+
+def records(out: pathlib.Path) -> dict[str, list[dict]]:
+  return {s: [c.to_json() for c in store.DataSource(out, s)] for s in store.splits_of(out)}
+
+
+def untimed(summary: dict) -> dict:
+  return {**summary, "inputs": [{k: v for k, v in r.items() if k != "seconds"} for r in summary["inputs"]]}
+
+
+@pytest.fixture(scope="module")
+def sites(shared, tmp_path_factory):
+  """Three sites: two folders and one .7z (copies of cardano under other names), and a file that is no input."""
+  py7zr = pytest.importorskip("py7zr")
+  root = tmp_path_factory.mktemp("sites")
+  for name in ("a.stackexchange.com", "b.stackexchange.com"):
+    (root / name).mkdir()
+    for f in ("Posts.xml", "Votes.xml"):
+      shutil.copy(CARDANO / f, root / name / f)
+  with py7zr.SevenZipFile(root / "c.stackexchange.com.7z", "w") as z:
+    for f in ("Posts.xml", "Votes.xml"):
+      z.write(CARDANO / f, f)
+  (root / "README.txt").write_text("not a dump\n")
+  return root
+
+
+def test_inputs_of_a_folder(sites):
+  assert [p.name for p in many.inputs("stackexchange", sites)] == [
+      "a.stackexchange.com", "b.stackexchange.com", "c.stackexchange.com.7z"]
+  assert many.inputs("stackexchange", sites / "a.stackexchange.com") == [sites / "a.stackexchange.com"]
+  with pytest.raises(FileNotFoundError, match="no reddit dumps"):
+    many.inputs("reddit", sites)
+
+
+def test_many_sites_one_dataset_same_for_1_and_2_workers(sites, tmp_path):
+  one = cli("stackexchange", str(sites), "--out", str(tmp_path / "w1"))
+  two = cli("stackexchange", str(sites), "--out", str(tmp_path / "w2"), "--workers", "2")
+  assert one["records_read"] == 3 * 2630 and one["total_kept"] == 3 * 323
+  assert one["skipped"] == {"all_tied": 165, "community_wiki": 3, "other_post_type": 276, "question_dropped": 2037,
+                            "too_few_answers": 1992}
+  assert [(pathlib.Path(r["input"]).name, r["records_read"], r["comparisons"]) for r in one["inputs"]] == [
+      ("a.stackexchange.com", 2630, 323), ("b.stackexchange.com", 2630, 323), ("c.stackexchange.com.7z", 2630, 323)]
+  assert one["inputs"][2]["notes"]["votes"]["votes_file"] == f"{sites / 'c.stackexchange.com.7z'}:Votes.xml"
+  assert untimed(one) == untimed(two)
+  r1, r2 = records(tmp_path / "w1"), records(tmp_path / "w2")
+  assert r1 == r2
+  ids = [c["id"] for split in r1.values() for c in split]
+  assert len(ids) == len(set(ids)) == 969
+  assert {i.split("/")[1] for i in ids} == {"a.stackexchange.com", "b.stackexchange.com", "c.stackexchange.com"}
+  assert not many.work_dir(tmp_path / "w1").exists()
+
+
+def test_one_site_summary_equals_the_miners_own_counts(shared, tmp_path):
+  summary = cli("stackexchange", str(CARDANO), "--out", str(tmp_path / "one"))
+  stats = MineStats(source="stackexchange")
+  assert sum(1 for _ in se.mine(CARDANO, se.Options(), stats)) == 323
+  expected = stats.to_json()
+  assert {k: summary[k] for k in expected} == expected
+
+
+def test_reddit_parts_equal_the_folder_read_in_one_process(shared, tmp_path):
+  """A month split in two files: the pool's dataset equals what reddit.mine writes for the folder."""
+  lines = RC.read_bytes().splitlines(keepends=True)
+  assert len(lines) == 1075
+  dumps = tmp_path / "dumps"
+  dumps.mkdir()
+  (dumps / "RC_2005-12a.ndjson").write_bytes(b"".join(lines[:500]))
+  (dumps / "RC_2005-12b.ndjson").write_bytes(b"".join(lines[500:]))
+  summary = cli("reddit", str(dumps), "--out", str(tmp_path / "pool"), "--workers", "2")
+  stats = MineStats(source="reddit")
+  sequential = [c.to_json() for _, c in reddit.mine(dumps, reddit.Options(), stats)]
+  expected = stats.to_json()
+  assert {k: summary[k] for k in expected} == expected
+  assert [(r["records_read"], r["comparisons"]) for r in summary["inputs"]] == [(500, 9), (575, 7)]
+  pooled = sorted((c for split in records(tmp_path / "pool").values() for c in split), key=lambda c: c["id"])
+  assert pooled == sorted(sequential, key=lambda c: c["id"])
+
+
+def test_a_killed_mine_redoes_only_unfinished_inputs(sites, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  real = many.mine_one
+  calls = []
+
+  def dies_on_the_second(source, path, index, options, part):
+    calls.append(index)
+    if index == 1:
+      # What a kill mid-input leaves: a partial part file under its temporary name, no done marker.
+      pathlib.Path(part + ".tmp-99999").write_text('["1", {"context"')
+      raise KeyboardInterrupt
+    return real(source, path, index, options, part)
+
+  monkeypatch.setattr(many, "mine_one", dies_on_the_second)
+  with pytest.raises(KeyboardInterrupt):
+    cli("stackexchange", str(sites), "--out", str(out))
+  assert calls == [0, 1] and not out.exists()
+  work = many.work_dir(out)
+  assert sorted(p.name for p in work.iterdir()) == [".lock", "000000.done.json", "000000.jsonl",
+                                                    "000001.jsonl.tmp-99999", "plan.json"]
+  calls.clear()
+  monkeypatch.setattr(many, "mine_one", lambda *a: (calls.append(a[2]), real(*a))[1])
+  resumed = cli("stackexchange", str(sites), "--out", str(out))
+  assert calls == [1, 2]
+  clean = cli("stackexchange", str(sites), "--out", str(tmp_path / "clean"))
+  assert untimed(resumed) == untimed(clean)
+  assert records(out) == records(tmp_path / "clean")
+  assert not work.exists()
+
+
+def test_other_options_start_the_parts_anew(sites, tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  work = many.work_dir(out)
+  work.mkdir()
+  (work / "plan.json").write_text('{"source": "stackexchange", "inputs": [], "options": {}}')
+  (work / "000000.jsonl").write_text("stale\n")
+  (work / "000000.done.json").write_text("{}")
+  summary = cli("stackexchange", str(sites / "a.stackexchange.com"), "--out", str(out), "--max-answers", "2")
+  assert summary["total_kept"] == 301 and summary["skipped"]["over_max_answers"] == 175
+
+
+def test_out_safety(sites, tmp_path):
+  with pytest.raises(ValueError, match="overlaps the input"):
+    cli("stackexchange", str(sites), "--out", str(sites / "a.stackexchange.com" / "out"))
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "thesis.tex").write_text("user data\n")
+  with pytest.raises(ValueError, match="not an hhh dataset"):
+    cli("stackexchange", str(sites), "--out", str(mine))
+  assert (mine / "thesis.tex").read_text() == "user data\n" and not many.work_dir(mine).exists()
+  work = many.work_dir(tmp_path / "out")
+  work.mkdir()
+  (work / "keep.txt").write_text("x")
+  with pytest.raises(ValueError, match="did not write"):
+    cli("stackexchange", str(sites), "--out", str(tmp_path / "out"))
+  assert (work / "keep.txt").exists()
+
+
+@pytest.mark.slow
+def test_ray_backend_equals_the_pool(sites, tmp_path):
+  pytest.importorskip("ray")
+  pool = cli("stackexchange", str(sites), "--out", str(tmp_path / "pool"), "--workers", "2")
+  on_ray = cli("stackexchange", str(sites), "--out", str(tmp_path / "ray"), "--workers", "2", "--backend", "ray")
+  assert untimed(on_ray) == untimed(pool)
+  assert records(tmp_path / "ray") == records(tmp_path / "pool")
