@@ -4,9 +4,15 @@ Each measurement runs in a fresh subprocess so its peak RSS is its own. Beside e
 miner runs the bare scan of the same input (iterparse with clear() for XML,
 json.loads per line for ndjson): the floor any parser of that format pays.
 
-  python benchmarks/miners.py [--shared ../shared/data] [--out benchmarks/results/miners.json]
+  nice python benchmarks/miners.py [--shared ../shared/data] [--out benchmarks/results/miners.json]
 
 A flat peak RSS from 1x to 10x is the point: memory must not grow with the input.
+
+Then `hhh data mine` over several inputs (four copies of the 10x Stack Exchange site under other names, and the
+Reddit month split into four files, all generated in a temporary folder) with 1 and 2 workers: runs interleaved
+(1 2 1 2 ...), the median of each, and the load average before and after, since other work on the machine
+depresses the speedup. The time is the mining phase (every input mined into its part file); writing the
+dataset afterwards is one serial pass whatever the worker count.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import lzma
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +64,48 @@ dt = time.perf_counter() - t
 hwm_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"seconds": dt, "items": n, "peak_rss_mb": hwm_kb / 1024}))
 """
+
+
+_POOL_CHILD = r"""
+import json, sys, time, dataclasses
+from hhh.data.mine import many
+import importlib
+source, path, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+options = importlib.import_module(f"hhh.data.mine.{source}").Options()
+t = time.perf_counter()
+items, stats, per_input = many.mine_many(source, path, options, out, workers=workers, progress=False)
+dt = time.perf_counter() - t
+many.finish(out)
+print(json.dumps({"seconds": dt, "comparisons": stats.comparisons, "records_read": stats.records_read}))
+"""
+
+
+def _pool_run(source: str, path: pathlib.Path, out: pathlib.Path, workers: int) -> dict:
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", _POOL_CHILD, source, str(path), str(out), str(workers)], env=env,
+                        capture_output=True, text=True, check=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _parallel(source: str, inputs: pathlib.Path, mb: float, tmp: pathlib.Path, repeats: int) -> dict:
+  """1 and 2 workers over the same inputs, interleaved, medians."""
+  import statistics
+  load_before = os.getloadavg()
+  times: dict[int, list[float]] = {1: [], 2: []}
+  counts = set()
+  for r in range(repeats):
+    for workers in (1, 2):
+      m = _pool_run(source, inputs, tmp / f"pool-{source}-{workers}-{r}", workers)
+      times[workers].append(m["seconds"])
+      counts.add((m["records_read"], m["comparisons"]))
+  assert len(counts) == 1, counts  # every run mined the same
+  med = {w: statistics.median(t) for w, t in times.items()}
+  return {"miner": source, "inputs": len(list(inputs.iterdir())), "input_mb": round(mb, 2),
+          "records_read": counts.pop()[0], "runs": repeats, "seconds_1_worker": [round(t, 3) for t in times[1]],
+          "seconds_2_workers": [round(t, 3) for t in times[2]], "median_mb_per_s_1_worker": round(mb / med[1], 2),
+          "median_mb_per_s_2_workers": round(mb / med[2], 2), "speedup_2_over_1": round(med[1] / med[2], 2),
+          "load_average_before": [round(x, 2) for x in load_before],
+          "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _measure(kind: str, miner: str, path: pathlib.Path) -> dict:
@@ -119,6 +168,7 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
   ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "miners.json"))
+  ap.add_argument("--repeats", type=int, default=3, help="runs of each worker count in the parallel comparison")
   args = ap.parse_args()
   shared = pathlib.Path(args.shared)
   if not shared.is_dir():
@@ -148,10 +198,26 @@ def main() -> None:
         row[f"{kind}_items"] = m["items"]
       results.append(row)
       print(json.dumps(row), flush=True)
+    parallel = []
+    sites = tmp / "sites"
+    sites.mkdir()
+    for i in range(4):  # copies under other names: four inputs of one real site's size and make-up
+      shutil.copytree(se10, sites / f"site{i}.stackexchange.com")
+    months = tmp / "months"
+    months.mkdir()
+    lines = rd10.read_bytes().splitlines(keepends=True)
+    for i in range(4):
+      (months / f"RC_2005-12-part{i}.ndjson").write_bytes(b"".join(lines[i::4]))
+    for source, folder in (("stackexchange", sites), ("reddit", months)):
+      mb = sum(_size_mb(p) for p in folder.iterdir())
+      row = _parallel(source, folder, mb, tmp, args.repeats)
+      parallel.append(row)
+      print(json.dumps(row), flush=True)
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "python": sys.version.split()[0],
-                             "results": results}, indent=2) + "\n")
+                             "command": "nice python benchmarks/miners.py", "results": results,
+                             "parallel": parallel}, indent=2) + "\n")
   print(f"wrote {out}")
 
 

@@ -54,14 +54,15 @@ parses each tag's attributes itself, as an XML parser would (the five entities, 
 attribute-value normalisation; the result equals ElementTree's on the real dumps). A broken tag costs only
 itself, and the next "<" is the next row.
 
-Memory. Posts.xml is streamed three times, a 64 KB read at a time, holding one row at most, so the parse
-itself is constant memory for any file size; a row over 4 MB is dropped while scanning on to the next "<",
-so it never costs more than that. On top of the parse:
-  1. ids only: {question id: accepted id} and {answer id: [question id, Score, up, down]}, i.e. a few
-     small ints per question and answer (about 150 bytes each in CPython), no text;
+Memory. Posts.xml is parsed once, a 64 KB read at a time, holding one row at most, so the parse itself is
+constant memory for any file size; a row over 4 MB is dropped while scanning on to the next "<", so it never
+costs more than that. On top of the parse:
+  1. ids only: {question id: (accepted id, offset, length)} and {answer id: [question id, Score, up, down,
+     offset, length]}, i.e. a few small ints per question and answer (about 200 bytes each in CPython), no text;
   2. Votes.xml: tally up/down votes into (1) for answers only;
-  3. text: only the rows of comparisons that will be yielded are converted from HTML and held until their
-     question and all their kept answers have been seen; then the comparison is yielded and freed.
+  3. text: only the rows of comparisons that will be yielded are read again, by (offset, length) in file
+     order (a seek each; a zstd Posts.xml is read on instead), converted from HTML and held until their
+     question and all their kept answers have been read; then the comparison is yielded and freed.
 In the official dumps rows are sorted by Id (answers after their question), so (3) holds the text of the
 questions still open at that point of the file; the worst case (every question after its answers) is the
 text of the kept answers, O(answers kept) and never O(file). A .7z archive is extracted (only Posts.xml
@@ -695,7 +696,7 @@ def _mine(dump: _Dump, options: Options, stats: MineStats) -> Iterator[tuple[str
     yield from _mine_files(dump.site, dump.posts, dump.votes, options, stats)
     return
   with tempfile.TemporaryDirectory(prefix="hhh-stackexchange-") as tmp:
-    # Posts.xml is read three times, so it is extracted once rather than decompressed per pass.
+    # Pass 3 seeks into Posts.xml, so it is extracted once rather than decompressed as a stream.
     posts = _extract(dump.posts, dump.posts_member, pathlib.Path(tmp) / "posts", stats)
     votes = None
     if dump.votes is not None and dump.votes_member is not None and options.use_votes:
