@@ -249,3 +249,180 @@ def test_shipped_sweep_files_load(monkeypatch):
   monkeypatch.chdir(REPO)   # their experiment paths are relative to the repository, as the README runs them
   n = {p.name: len(spec_lib.load(p).trials) for p in sorted((REPO / "sweeps").glob("*.yaml"))}
   assert n == {"hhh_baselines.yaml": 3, "objectives.yaml": 1 + 2 + 30, "sample_efficiency.yaml": 9, "tiny.yaml": 4}
+
+
+# A command trial that exits 0: `none` writes nothing, `list` writes a JSON list, `dir` makes its result a
+# directory, `good` writes a proper result; `flaky` writes its result and then fails on its first attempt, and
+# writes nothing on the others.
+LIAR = textwrap.dedent('''
+  import json, os, pathlib, sys
+  wd, how = pathlib.Path(sys.argv[1]), sys.argv[2]
+  if how == "list":
+    (wd / "metrics.json").write_text("[1, 2]")
+  elif how == "dir":
+    (wd / "metrics.json").mkdir(exist_ok=True)
+  elif how == "good":
+    json.dump({"value": 1.0}, open(wd / "metrics.json", "w"))
+  elif how == "flaky" and not (wd / "once").exists():
+    (wd / "once").write_text("")
+    json.dump({"value": 9.0}, open(wd / "metrics.json", "w"))
+    sys.exit(3)
+''')
+
+
+def _liar_sweep(tmp_path, hows, retries=1):
+  (tmp_path / "liar.py").write_text(LIAR)
+  return _write(tmp_path, {"out": str(tmp_path / "out"), "retries": retries,
+                           "command": [sys.executable, str(tmp_path / "liar.py"), "{workdir}", "{how}"],
+                           "axes": {"how": list(hows)}})
+
+
+def test_exit_0_without_a_valid_result_is_a_failure_that_is_retried(tmp_path):
+  s = sweep.load(_liar_sweep(tmp_path, ["none", "list", "dir", "good", "flaky"], retries=2))
+  failed = {r["id"]: r for r in sweep.run_sweep(s, progress=False, device_kind="cpu")}
+  by = {t.labels["how"]: t for t in s.trials}
+  assert sorted(t.labels["how"] for t in s.trials if t.id in failed) == ["dir", "flaky", "list", "none"]
+  assert failed[by["none"].id]["error"] == "finished but no result: it wrote no metrics.json"
+  assert failed[by["list"].id]["error"] == "finished but no result: metrics.json: must hold a JSON object, not list"
+  assert failed[by["dir"].id]["error"] == "finished but no result: metrics.json: is a directory, not a regular file"
+  # Retried like any failure: one attempt and two retries each, and never recorded as done.
+  assert [trial_lib.attempts(s.trial_dir(by[h])) for h in ("none", "list", "dir")] == [3, 3, 3]
+  assert not any((s.trial_dir(by[h]) / "result.json").exists() for h in ("none", "list", "dir"))
+  # `flaky` wrote a result on its first attempt, then failed; its later attempts exit 0 and write nothing. The
+  # stale result is not theirs: removed before each attempt, it never passes for one.
+  assert failed[by["flaky"].id]["error"] == "finished but no result: it wrote no metrics.json"
+  assert trial_lib.attempts(s.trial_dir(by["flaky"])) == 3
+  st = {r["id"]: r["state"] for r in report.status(s)["trials"]}
+  assert [st[by[h].id] for h in ("none", "list", "dir", "good", "flaky")] == ["failed"] * 3 + ["done", "failed"]
+  assert [r["metrics"] for r in sweep.results(s)] == [{"value": 1.0}]
+  # A result.json that is not a valid record (cut short, or hand-edited) does not make a trial done.
+  (s.trial_dir(by["good"]) / "result.json").write_text('{"metrics": ')
+  assert report.state(s, by["good"]) == "pending"
+  sweep.run_sweep(s, progress=False, device_kind="cpu")
+  assert report.state(s, by["good"]) == "done" and trial_lib.attempts(s.trial_dir(by["good"])) == 2
+
+
+def test_grid_and_retries_caps_refuse_at_once(tmp_path, capsys):
+  # 100^3 = 1,000,000 trials: refused from the axis sizes, before any trial is built.
+  path = _write(tmp_path, {"out": str(tmp_path / "out"), "command": ["true", "{a}", "{b}", "{c}"],
+                           "axes": {k: list(range(100)) for k in "abc"}})
+  t0 = time.monotonic()
+  assert cli.main(["sweep", "run", str(path), "--device-kind", "cpu"]) == 1
+  assert time.monotonic() - t0 < 5
+  assert capsys.readouterr().err.splitlines() == [
+      f"hhh: error: {path}: the grid has 1,000,000 trials, over the limit of 10,000 (stage 0 alone: 1,000,000)"]
+  assert not (tmp_path / "out").exists()
+  # Stages add up: two stages of 6,000 are over the limit, one of 10,000 is not.
+  big = {"stages": [{"name": n, "command": ["true", "{a}", "{b}"], "axes": {"a": list(range(60)),
+                                                                        "b": list(range(100))}} for n in "xy"]}
+  with pytest.raises(spec_lib.SpecError, match=r"the grid has 12,000\+? trials, over the limit of 10,000 \(stage 1 "
+                                               r"alone: 6,000\)"):
+    spec_lib.load(_write(tmp_path, big, "big.yaml"))
+  assert spec_lib.MAX_TRIALS == 10_000 and spec_lib.MAX_RETRIES == 100
+  for where, doc in (("retries", {"command": ["true"], "retries": 1_000_000}),
+                     ("stage main.retries", {"stages": [{"name": "main", "command": ["true"], "retries": 101}]})):
+    with pytest.raises(spec_lib.SpecError) as e:
+      spec_lib.load(_write(tmp_path, doc, "r.yaml"))
+    assert str(e.value).endswith(f": {where}={doc.get('retries', 101)}: expected an integer from 0 to 100")
+  assert spec_lib.load(_write(tmp_path, {"command": ["true"], "retries": 100}, "r.yaml")).trials[0].retries == 100
+
+
+def test_parse_errors_are_one_line_naming_the_file_and_field(tmp_path, capsys):
+  cases = [
+      ({"command": ["true", "{seed}"], "axes": {"seed": [0]},
+        "report": [{"stage": "main", "metric": "m", "x": "seed", "over": 5}]},
+       "report[0].over=5: expected an axis name or a list of axis names"),
+      ({"command": ["true"], "out": [1, 2]}, "out=[1, 2]: expected a directory name"),
+      ({"command": ["true"], "report": "p"}, "report='p': expected a list of plots"),
+      ({"command": ["true", "{seed}"], "axes": {"seed": [0]},
+        "report": [{"stage": "main", "metric": "m", "x": "seed", "line": ["seed"]}]},
+       "report[0].line=['seed']: expected a string"),
+      ({"command": ["true", "{seed}"], "axes": {"seed": [0]},
+        "report": [{"stage": "main", "metric": "m", "x": "seed", "chance": "half"}]},
+       "report[0].chance='half': expected a number"),
+      ({"stages": [{"name": [1], "command": ["true"]}]}, "stages[0].name [1]: expected a unique name of letters, digits, '-' or '_'"),
+      ({"experiment": ["x.py"]}, "stage main.experiment=['x.py']: expected a file name"),
+      ({"command": ["true"], "result": {"a": 1}}, "stage main.result={'a': 1}: expected a file name"),
+      # Placeholders are plain names: no attribute, index or format spec (a width of 10^9 is 1 GB of text).
+      ({"command": ["true", "{out.__class__}"]}, "stage main.command: bad placeholder in '{out.__class__}'"),
+      ({"command": ["true", "{out:>999999999}"]}, "stage main.command: bad placeholder in '{out:>999999999}'"),
+      ({"command": ["true", "{out[0]}"]}, "stage main.command: bad placeholder in '{out[0]}'"),
+      ({"command": ["true", "{}"]}, "stage main.command: bad placeholder in '{}'"),
+  ]
+  for i, (doc, msg) in enumerate(cases):
+    path = _write(tmp_path, doc, f"c{i}.yaml")
+    assert cli.main(["sweep", "status", str(path)]) == 1, msg
+    assert capsys.readouterr().err.splitlines() == [f"hhh: error: {path}: {msg}" + (
+        " (only {NAME}; write {{ and }} for literal braces)" if "placeholder" in msg else "")], msg
+  # Files that are not sweep files: a directory, an oversized file, YAML aliases that expand to a huge tree.
+  (tmp_path / "d.yaml").mkdir()
+  (tmp_path / "huge.yaml").write_text("#" * (spec_lib.MAX_FILE_BYTES + 1))
+  laughs = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+      f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+  (tmp_path / "laughs.yaml").write_text(laughs)
+  for name, msg in (("d.yaml", "is a directory, not a regular file"),
+                    ("huge.yaml", f"is {spec_lib.MAX_FILE_BYTES + 1} bytes, over the limit of {spec_lib.MAX_FILE_BYTES}"),
+                    ("laughs.yaml", "more than 200,000 values once YAML aliases are expanded")):
+    assert cli.main(["sweep", "status", str(tmp_path / name)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"hhh: error: {tmp_path / name}: {msg}"]
+
+
+def test_an_unanswering_ray_address_is_one_line_within_seconds(tmp_path, capsys):
+  """Refused at once, or unanswered until the probe's timeout: either way one line, before Ray is imported,
+  even with every trial done."""
+  s = sweep.load(_command_sweep(tmp_path, labels=("a",)))
+  assert sweep.run_sweep(s, progress=False, device_kind="cpu") == []
+  capsys.readouterr()
+  path = str(tmp_path / "s.yaml")
+  t0 = time.monotonic()
+  assert cli.main(["sweep", "run", path, "--backend", "ray", "--address", "127.0.0.1:1"]) == 1
+  assert time.monotonic() - t0 < 5
+  assert capsys.readouterr().err.splitlines() == [
+      "hhh: error: ray: no Ray cluster answers at 127.0.0.1:1: Connection refused"]
+  # A listener whose accept queue is full drops new connection requests: the probe's timeout ends the wait.
+  import socket
+  from hhh.sweep import ray_backend
+  with socket.socket() as srv:
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    queued = [socket.socket() for _ in range(4)]
+    try:
+      for c in queued:
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+      time.sleep(0.2)
+      t0 = time.monotonic()
+      with pytest.raises(ValueError) as e:
+        ray_backend.probe(f"127.0.0.1:{port}", timeout=1.0)
+      assert 0.9 < time.monotonic() - t0 < 5
+    finally:
+      for c in queued:
+        c.close()
+  assert str(e.value) == f"ray: no Ray cluster answers at 127.0.0.1:{port}: no reply within 1 s"
+  with pytest.raises(ValueError, match=r"--address 'nowhere': expected HOST:PORT or auto"):
+    ray_backend.probe("nowhere")
+
+
+def test_a_local_ray_instance_is_started_on_loopback(tmp_path, monkeypatch):
+  """What ray.init is asked for, without starting Ray (test_sweep_ray.py checks the ports a real one opens)."""
+  from hhh.sweep import ray_backend
+  seen = {}
+
+  class FakeRay:
+    def init(self, **kw):
+      seen.update(kw, env=os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"))
+
+    def shutdown(self):
+      pass
+
+  monkeypatch.setattr(ray_backend, "_import_ray", FakeRay)
+  monkeypatch.setattr(ray_backend, "_run", lambda *a: [])
+  monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+  s = sweep.load(_command_sweep(tmp_path, labels=("a",)))
+  assert sweep.run_sweep(s, backend="ray", progress=False) == []
+  assert seen["_node_ip_address"] == "127.0.0.1" and seen["env"] == "0" and seen["include_dashboard"] is False
+  assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ   # restored after the run
+  seen.clear()
+  assert sweep.run_sweep(s, backend="ray", progress=False, ray_host="10.1.2.3") == []
+  assert seen["_node_ip_address"] == "10.1.2.3" and seen["env"] is None

@@ -19,7 +19,8 @@ class SweepFailed(ValueError):
 
 
 def run_sweep(spec: Spec, *, backend: str = "local", max_parallel: int | None = None, address: str | None = None,
-              devices: str | None = None, device_kind: str = "auto", progress: bool = True) -> list[dict]:
+              devices: str | None = None, device_kind: str = "auto", progress: bool = True,
+              ray_host: str = "127.0.0.1") -> list[dict]:
   """Runs every unfinished trial of `spec`; returns the records of the trials that failed."""
   if max_parallel is not None and max_parallel < 1:
     raise ValueError(f"--max-parallel {max_parallel} must be >= 1")
@@ -28,7 +29,7 @@ def run_sweep(spec: Spec, *, backend: str = "local", max_parallel: int | None = 
     return local.run(spec, max_parallel=max_parallel, pool=local.detect(device_kind, devices), progress=progress)
   if backend == "ray":
     from hhh.sweep import ray_backend
-    return ray_backend.run(spec, address=address, max_parallel=max_parallel, progress=progress)
+    return ray_backend.run(spec, address=address, max_parallel=max_parallel, progress=progress, ray_host=ray_host)
   raise ValueError(f"--backend {backend!r}: expected local or ray")
 
 
@@ -40,7 +41,7 @@ def results(spec: Spec) -> list[dict]:
 def _cli_run(args):
   spec = load(args.file, out=args.out)
   failed = run_sweep(spec, backend=args.backend, max_parallel=args.max_parallel, address=args.address,
-                     devices=args.devices, device_kind=args.device_kind)
+                     devices=args.devices, device_kind=args.device_kind, ray_host=args.ray_host)
   from hhh.sweep import report
   if spec.plots:
     print(f"hhh: report {report.write(spec)}")
@@ -75,5 +76,8 @@ def add_cli(sub) -> None:
       q.add_argument("--backend", choices=("local", "ray"), default="local")
       q.add_argument("--max-parallel", type=int, default=None, help="at most N trials at once")
       q.add_argument("--address", default=None, help="ray: an existing cluster (HOST:PORT or auto)")
+      q.add_argument("--ray-host", default="127.0.0.1",
+                     help="ray: the address a new local Ray instance binds its ports to (default 127.0.0.1, "
+                     "loopback only; give this machine's IP to let other nodes join)")
       q.add_argument("--devices", default=None, help="local: the device ids to use (default: all visible)")
       q.add_argument("--device-kind", choices=("auto", "cuda", "tpu", "cpu"), default="auto")

@@ -130,7 +130,7 @@ def run(spec: Spec, *, max_parallel: int | None = None, pool: Pool | None = None
     if why:
       raise ValueError(why)
   failed: dict[str, dict] = {}
-  done = {t.id for t in spec.trials if (spec.trial_dir(t) / "result.json").exists()}
+  done = {t.id for t in spec.trials if trial_lib.is_done(spec.trial_dir(t))}
   bar = tqdm(total=len(spec.trials), initial=len(done), desc=f"sweep {spec.path.stem}", unit="trial",
              dynamic_ncols=True, disable=None if progress else True)
   running: dict[str, trial_lib.Running] = {}
@@ -159,7 +159,7 @@ def run(spec: Spec, *, max_parallel: int | None = None, pool: Pool | None = None
           if fd is None:   # a process of an earlier launch still works here: wait for it
             pool.give(alloc)
             continue
-          if (d / "result.json").exists():
+          if trial_lib.is_done(d):
             os.close(fd)
             pool.give(alloc)
             queue.remove(t)

@@ -7,6 +7,11 @@ a parent-death signal, the trial's lock is taken on the worker's node, and resul
 atomically, so a driver killed mid-sweep and started again finishes with nothing lost or run twice. Ray's own
 task retries are off: failed attempts are retried here, each with its own log.
 
+A local instance binds every port to loopback (127.0.0.1) unless `ray_host` (`--ray-host`) names another address
+of this machine, for other nodes to join it. An `--address` is first probed with a plain TCP connection of at
+most ADDRESS_TIMEOUT_S seconds, so an address where nothing answers is one line at once, not a wait in Ray's
+reconnect loop.
+
 For long sweeps start the cluster once (`ray start --head`) and pass `--address`: a local instance that a driver
 starts dies with the driver's SIGKILL except for Ray's agent processes, which `ray stop` clears (the trials'
 processes die either way).
@@ -14,8 +19,11 @@ processes die either way).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import socket
+import sys
 
 from tqdm import tqdm
 
@@ -28,6 +36,13 @@ def _task(trial: Trial, trial_dir: str, cwd: str) -> dict:
   return trial_lib.run_blocking(trial, trial_dir, env_extra=env, cwd=cwd)
 
 
+ADDRESS_TIMEOUT_S = 10.0
+LOOPBACK = "127.0.0.1"
+# Ray picks the machine's outward address for a local instance's ports unless this is off (it is meant for
+# Windows and macOS, where Ray keeps to loopback); read when Ray is imported, in this process and in Ray's own.
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def _import_ray():
   try:
     import ray
@@ -36,24 +51,73 @@ def _import_ray():
   return ray
 
 
+def probe(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+  """Raises a one-line ValueError unless something accepts a TCP connection at `address` (HOST:PORT, with an
+  optional ray:// or similar scheme) within `timeout` seconds. `auto` (Ray's own lookup) is not probed."""
+  if address == "auto":
+    return
+  hostport = address.split("://", 1)[-1].rstrip("/")
+  host, sep, port = hostport.rpartition(":")
+  host = host.strip("[]")
+  if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    raise ValueError(f"ray: --address {address!r}: expected HOST:PORT or auto")
+  try:
+    with socket.create_connection((host, int(port)), timeout=timeout):
+      pass
+  except socket.timeout:
+    raise ValueError(f"ray: no Ray cluster answers at {address}: no reply within {timeout:g} s") from None
+  except OSError as e:
+    why = e.strerror or type(e).__name__
+    raise ValueError(f"ray: no Ray cluster answers at {address}: {why}") from None
+
+
+@contextlib.contextmanager
+def _local_instance_on(host: str):
+  """Keeps a local Ray instance started inside the block on `host`'s ports (loopback by default)."""
+  if host not in (LOOPBACK, "localhost", "::1"):
+    yield {"_node_ip_address": host}
+    return
+  old = os.environ.get(_LOOPBACK_ENV)
+  os.environ[_LOOPBACK_ENV] = "0"
+  consts = sys.modules.get("ray._private.ray_constants")   # already imported: the flag was read before
+  old_const = getattr(consts, "ENABLE_RAY_CLUSTER", None)
+  if consts is not None:
+    consts.ENABLE_RAY_CLUSTER = False
+  try:
+    yield {"_node_ip_address": LOOPBACK}
+  finally:
+    if old is None:
+      os.environ.pop(_LOOPBACK_ENV, None)
+    else:
+      os.environ[_LOOPBACK_ENV] = old
+    if consts is not None:
+      consts.ENABLE_RAY_CLUSTER = old_const
+
+
 def run(spec: Spec, *, address: str | None = None, max_parallel: int | None = None,
-        progress: bool = True) -> list[dict]:
+        progress: bool = True, ray_host: str = LOOPBACK) -> list[dict]:
   """Runs every unfinished trial on Ray, stage by stage; returns the records of the trials that failed."""
-  ray = _import_ray()
+  if address is not None:
+    probe(address)
+  out = pathlib.Path(spec.out).resolve()
+  if all(trial_lib.is_done(out / "trials" / t.id) for t in spec.trials):
+    return []
   # The workers' working directory is not ours: every path they get is absolute, and `cwd` is what relative
   # paths in a trial's config (experiment files, data) are read against.
   cwd = os.getcwd()
-  out = pathlib.Path(spec.out).resolve()
-  try:
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-             configure_logging=False)
-  except (ConnectionError, RuntimeError) as e:
-    raise ValueError(f"ray: cannot start or join a cluster at {address or 'a new local instance'}: "
-                     f"{str(e).strip().splitlines()[-1][:300]}") from None
-  try:
-    return _run(ray, spec, out, cwd, max_parallel, progress)
-  finally:
-    ray.shutdown()
+  with contextlib.ExitStack() as stack:
+    local = {} if address is not None else stack.enter_context(_local_instance_on(ray_host))
+    ray = _import_ray()
+    try:
+      ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+               configure_logging=False, **local)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+      raise ValueError(f"ray: cannot start or join a cluster at {address or 'a new local instance'}: "
+                       f"{(str(e).strip().splitlines() or [type(e).__name__])[-1][:300]}") from None
+    try:
+      return _run(ray, spec, out, cwd, max_parallel, progress)
+    finally:
+      ray.shutdown()
 
 
 def _run(ray, spec, out, cwd, max_parallel, progress) -> list[dict]:
@@ -65,7 +129,7 @@ def _run(ray, spec, out, cwd, max_parallel, progress) -> list[dict]:
                        f"{int(have.get(accel, 0))} {accel}")
   remote = ray.remote(_task)
   tdir = lambda t: str(out / "trials" / t.id)
-  done = {t.id for t in spec.trials if (out / "trials" / t.id / "result.json").exists()}
+  done = {t.id for t in spec.trials if trial_lib.is_done(out / "trials" / t.id)}
   failed: dict[str, dict] = {}
   bar = tqdm(total=len(spec.trials), initial=len(done), desc=f"sweep {spec.path.stem} (ray)", unit="trial",
              dynamic_ncols=True, disable=None if progress else True)

@@ -19,7 +19,7 @@ STATES = ("done", "running", "failed", "pending")
 
 def state(spec: Spec, t: Trial) -> str:
   d = spec.trial_dir(t)
-  if (d / "result.json").exists():
+  if trial_lib.is_done(d):
     return "done"
   if trial_lib.is_locked(d):
     return "running"
@@ -32,7 +32,7 @@ def results(spec: Spec) -> list[dict]:
   """The result records of the finished trials, in file order, each with its trial's stage and labels."""
   out = []
   for t in spec.trials:
-    rec = trial_lib.read_json(spec.trial_dir(t) / "result.json")
+    rec = trial_lib.read_result(spec.trial_dir(t))
     if rec is not None:
       out.append({**rec, "stage": t.stage, "labels": t.labels})
   return out

@@ -25,6 +25,9 @@ may write metrics.json, its result) and `{python}` (this Python); a value that
 is exactly `@STAGE` is the directory of the trial of STAGE whose labels agree with this trial's on their shared
 axes (e.g. a fine-tune's `init_from` pointing at its size's base LM).
 
+Limits: a sweep file is a regular file of at most 1 MiB; a sweep has at most MAX_TRIALS (10,000) trials, counted
+as the product of each stage's axis sizes before any is expanded; `retries` is at most MAX_RETRIES (100).
+
 A trial's id is a hash of its resolved config (the experiment's config with every `--set` applied, or the
 command's argv), so editing the file re-runs exactly the trials whose config changed.
 """
@@ -35,6 +38,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import pathlib
 import re
 from typing import Any
@@ -45,6 +49,11 @@ STAGE_KEYS = {"name", "experiment", "command", "set", "axes", "resources", "retr
 RESOURCE_KEYS = {"devices", "cpus"}
 REPORT_KEYS = {"name", "stage", "metric", "x", "line", "panel", "over", "xscale", "title", "chance"}
 ID_LEN = 12
+MAX_FILE_BYTES = 1 << 20
+MAX_TRIALS = 10_000
+MAX_RETRIES = 100
+# YAML aliases let a small file stand for a huge tree (a "billion laughs"): the parsed tree is walked with a cap.
+MAX_NODES = 200_000
 
 
 class SpecError(ValueError):
@@ -106,16 +115,39 @@ class Spec:
 def load(path, out: str | None = None) -> Spec:
   """Reads, validates and expands a sweep file (SpecError on the first problem)."""
   import yaml
+  from hhh import safeio
   path = pathlib.Path(path)
-  if not path.is_file():
+  if not path.exists():
     raise FileNotFoundError(f"sweep file {path} not found")
   try:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    text = safeio.read_text(path, MAX_FILE_BYTES)
+  except ValueError as e:
+    raise SpecError(str(e)) from None
+  try:
+    raw = yaml.safe_load(text)
   except yaml.YAMLError as e:
     mark = getattr(e, "problem_mark", None)
     where = f" line {mark.line + 1}" if mark else ""
-    raise SpecError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    problem = " ".join(str(getattr(e, "problem", None) or e).split())[:200]
+    raise SpecError(f"{path}:{where} not valid YAML ({problem})") from None
+  except RecursionError:
+    raise SpecError(f"{path}: not valid YAML (nested too deeply)") from None
+  _check_size(raw, path)
   return from_dict(raw, path, out=out)
+
+
+def _check_size(raw, path) -> None:
+  n, todo = 0, [raw]
+  while todo:
+    v = todo.pop()
+    n += 1
+    if n > MAX_NODES:
+      raise SpecError(f"{path}: more than {MAX_NODES:,} values once YAML aliases are expanded")
+    if isinstance(v, dict):
+      todo.extend(v.keys())
+      todo.extend(v.values())
+    elif isinstance(v, list):
+      todo.extend(v)
 
 
 def from_dict(raw: Any, path, out: str | None = None) -> Spec:
@@ -130,9 +162,14 @@ def from_dict(raw: Any, path, out: str | None = None) -> Spec:
   stages_raw = raw.get("stages") if "stages" in raw else [{k: raw[k] for k in single} | {"name": "main"}]
   if not isinstance(stages_raw, list) or not stages_raw:
     raise err("'stages' must be a non-empty list")
+  if raw.get("out") is not None and (not isinstance(raw["out"], str) or not raw["out"].strip()):
+    raise err(f"out={_short(raw['out'])}: expected a directory name")
+  if raw.get("report") is not None and not isinstance(raw["report"], list):
+    raise err(f"report={_short(raw['report'])}: expected a list of plots")
   out_dir = pathlib.Path(out or raw.get("out") or pathlib.Path("runs") / "sweeps" / path.stem)
   default_res = _resources(raw.get("resources", {}), "resources", err)
-  default_retries = _int(raw.get("retries", 1), "retries", err)
+  default_retries = _int(raw.get("retries", 1), "retries", err, maximum=MAX_RETRIES)
+  _count_trials(stages_raw, err)
   trials: list[Trial] = []
   names: list[str] = []
   experiments: dict[str, Any] = {}
@@ -141,15 +178,18 @@ def from_dict(raw: Any, path, out: str | None = None) -> Spec:
     if not isinstance(st, dict):
       raise err(f"{where}: expected a mapping")
     _check_keys(st, STAGE_KEYS, where + ".", err)
-    name = str(st.get("name", f"stage{i}"))
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in names:
-      raise err(f"{where}.name {name!r}: expected a unique name of letters, digits, '-' or '_'")
+    name = st.get("name", f"stage{i}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name in names:
+      raise err(f"{where}.name {_short(name)}: expected a unique name of letters, digits, '-' or '_'")
     names.append(name)
     where = f"stage {name}"
     if ("experiment" in st) == ("command" in st):
       raise err(f"{where}: give exactly one of 'experiment' or 'command'")
+    for k in ("experiment", "result"):
+      if k in st and (not isinstance(st[k], str) or not st[k]):
+        raise err(f"{where}.{k}={_short(st[k])}: expected a file name")
     res = _resources(st["resources"], f"{where}.resources", err) if "resources" in st else default_res
-    retries = _int(st.get("retries", default_retries), f"{where}.retries", err)
+    retries = _int(st.get("retries", default_retries), f"{where}.retries", err, maximum=MAX_RETRIES)
     base = st.get("set") or {}
     if not isinstance(base, dict):
       raise err(f"{where}.set: expected a mapping of config keys to values")
@@ -181,9 +221,30 @@ def _check_keys(d: dict, allowed: set[str], prefix: str, err):
       raise err(f"unknown key '{prefix}{k}' (valid: {', '.join(sorted(allowed))})")
 
 
-def _int(v, where, err, minimum: int = 0) -> int:
-  if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-    raise err(f"{where}={v!r}: expected an integer >= {minimum}")
+def _short(v) -> str:
+  text = repr(v)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count_trials(stages_raw, err) -> None:
+  """Refuses a grid over MAX_TRIALS from the sizes of its axes alone, before anything is expanded."""
+  total = 0
+  for i, st in enumerate(stages_raw):
+    axes = st.get("axes") if isinstance(st, dict) else None
+    n = 1
+    if isinstance(axes, dict):
+      for values in axes.values():
+        n *= max(1, len(values)) if isinstance(values, (list, dict)) else 1
+    total += n
+    if total > MAX_TRIALS:
+      raise err(f"the grid has {total:,}{'+' if i + 1 < len(stages_raw) else ''} trials, over the limit of "
+                f"{MAX_TRIALS:,} (stage {i} alone: {n:,})")
+
+
+def _int(v, where, err, minimum: int = 0, maximum: int | None = None) -> int:
+  if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
+    bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    raise err(f"{where}={_short(v)}: expected an integer {bound}")
   return v
 
 
@@ -257,12 +318,25 @@ def _resolve(v, ctx, done: list[Trial], labels, out_dir, needs: list[str], where
 
 
 def _format(s: str, ctx: dict, where, err) -> str:
+  import string
+  try:
+    fields = list(string.Formatter().parse(s))
+  except ValueError as e:
+    raise err(f"{where}: bad placeholder in {_short(s)} ({e}; write {{{{ and }}}} for literal braces)") from None
+  for _, field, spec, conv in fields:
+    if field is None:
+      continue
+    # `{out.__class__}`, `{seed:>999999999}`: only a plain name, with nothing after it, is a placeholder.
+    if spec or conv or not re.fullmatch(r"[A-Za-z0-9_-]+", field):
+      raise err(f"{where}: bad placeholder in {_short(s)} (only {{NAME}}; write {{{{ and }}}} for literal braces)")
+    if field not in ctx:
+      raise err(f"{where}: {{{field}}} is neither 'out' nor an axis of this stage ({', '.join(ctx)})")
   try:
     return s.format_map(ctx)
   except KeyError as e:
     raise err(f"{where}: {{{e.args[0]}}} is neither 'out' nor an axis of this stage ({', '.join(ctx)})") from None
-  except (ValueError, IndexError) as e:
-    raise err(f"{where}: bad placeholder in {s!r} ({e}; write {{{{ and }}}} for literal braces)") from None
+  except (ValueError, IndexError, AttributeError, TypeError) as e:
+    raise err(f"{where}: bad placeholder in {_short(s)} ({e}; write {{{{ and }}}} for literal braces)") from None
 
 
 def _reference(stage: str, done: list[Trial], labels, where, err) -> Trial:
@@ -323,16 +397,26 @@ def _plot(p, i, stages, trials, err) -> Plot:
   for k in ("stage", "metric", "x"):
     if k not in p:
       raise err(f"{where}: missing key '{k}'")
+  for k in ("stage", "metric", "x", "line", "panel", "xscale", "title", "name"):
+    if k in p and not isinstance(p[k], str):
+      raise err(f"{where}.{k}={_short(p[k])}: expected a string")
   if p["stage"] not in stages:
-    raise err(f"{where}.stage={p['stage']!r}: no such stage ({', '.join(stages)})")
+    raise err(f"{where}.stage={_short(p['stage'])}: no such stage ({', '.join(stages)})")
   axes = {a for t in trials if t.stage == p["stage"] for a in t.labels}
   for k in ("line", "panel"):
     if p.get(k) and p[k] not in axes:
-      raise err(f"{where}.{k}={p[k]!r}: not an axis of stage {p['stage']} ({', '.join(sorted(axes))})")
+      raise err(f"{where}.{k}={_short(p[k])}: not an axis of stage {p['stage']} ({', '.join(sorted(axes))})")
   over = p.get("over", ["seed"])
-  over = (over,) if isinstance(over, str) else tuple(over)
+  over = [over] if isinstance(over, str) else over
+  if not isinstance(over, list) or not all(isinstance(a, str) for a in over):
+    raise err(f"{where}.over={_short(p['over'])}: expected an axis name or a list of axis names")
+  over = tuple(over)
   if p.get("xscale", "linear") not in ("linear", "log"):
-    raise err(f"{where}.xscale={p['xscale']!r}: expected linear or log")
+    raise err(f"{where}.xscale={_short(p['xscale'])}: expected linear or log")
+  chance = p.get("chance")
+  if chance is not None and (isinstance(chance, bool) or not isinstance(chance, (int, float))
+                             or not math.isfinite(chance)):
+    raise err(f"{where}.chance={_short(chance)}: expected a number")
   return Plot(stage=p["stage"], metric=str(p["metric"]), x=str(p["x"]), line=str(p.get("line", "")),
               panel=str(p.get("panel", "")), over=over, xscale=p.get("xscale", "linear"),
               title=str(p.get("title", "")), chance=p.get("chance"), name=str(p.get("name", f"plot{i}")))

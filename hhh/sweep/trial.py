@@ -53,11 +53,30 @@ def write_json_atomic(path, obj) -> None:
   os.replace(tmp, path)
 
 
+# A trial's result (its metrics) and hhh's own records; a bigger file is not one of them.
+MAX_RESULT_BYTES = 16 << 20
+
+
 def read_json(path) -> dict | None:
+  """The JSON object in `path`, or None where it is missing, not a regular file, over MAX_RESULT_BYTES, not
+  JSON or not an object."""
+  from hhh import safeio
   try:
-    return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-  except (FileNotFoundError, json.JSONDecodeError):
+    obj = safeio.read_json(path, MAX_RESULT_BYTES)
+  except (OSError, ValueError):
     return None
+  return obj if isinstance(obj, dict) else None
+
+
+def read_result(trial_dir) -> dict | None:
+  """A finished trial's result.json, or None: a trial is done only when this file is present and valid (an
+  object with a `metrics` object), whatever else its directory holds."""
+  rec = read_json(pathlib.Path(trial_dir) / "result.json")
+  return rec if rec is not None and isinstance(rec.get("metrics"), dict) and "error" not in rec else None
+
+
+def is_done(trial_dir) -> bool:
+  return read_result(trial_dir) is not None
 
 
 def trial_record(trial: Trial) -> dict[str, Any]:
@@ -164,6 +183,13 @@ def start(trial: Trial, trial_dir, lock_fd: int, *, env: dict[str, str], cwd=Non
   """Starts the next attempt of a trial whose lock the caller holds."""
   d = pathlib.Path(trial_dir)
   attempt = attempts(d) + 1
+  if trial.kind == "command":
+    # The result must be this attempt's: one an earlier, failed attempt left would pass for it.
+    # (Only a file: anything else there is refused as a result anyway, and is not hhh's to remove.)
+    stale = d / trial.result
+    if stale.is_symlink() or stale.is_file():
+      with contextlib.suppress(FileNotFoundError):
+        stale.unlink()
   log = open(d / f"attempt-{attempt}.log", "w", encoding="utf-8")
   argv = command(trial, d)
   log.write("$ " + " ".join(argv) + "\n")
@@ -208,8 +234,15 @@ def collect(trial: Trial, trial_dir) -> dict[str, Any]:
   count, the scaling plots' x), or the JSON object a command wrote in its directory (`result`)."""
   d = pathlib.Path(trial_dir)
   if trial.kind == "command":
-    metrics = read_json(d / trial.result)
-    return {"metrics": metrics if isinstance(metrics, dict) else {}}
+    from hhh import safeio
+    # An exit 0 without a result is a failure (retried), never a trial done with no metrics.
+    try:
+      metrics = safeio.read_json(d / trial.result, MAX_RESULT_BYTES)
+    except FileNotFoundError:
+      raise RuntimeError(f"it wrote no {trial.result}") from None
+    except ValueError as e:
+      raise RuntimeError(str(e).replace(f"{d}/", "")) from None
+    return {"metrics": metrics}
   from hhh.sweep.grid import final_metrics
   m = final_metrics(d)
   out = {"step": m.pop("step", None), "metrics": {k: v for k, v in m.items() if k != "split"}}
@@ -236,7 +269,7 @@ def run_blocking(trial: Trial, trial_dir, *, env_extra: dict[str, str] | None = 
     time.sleep(0.5)
     fd = try_lock(d)
   try:
-    done = read_json(d / "result.json")
+    done = read_result(d)
     if done is not None:
       return done
     run = start(trial, d, fd, env=trial_env(trial, d, env_extra), cwd=cwd)
