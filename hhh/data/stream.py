@@ -42,6 +42,14 @@ INDEX_VERSION = 1
 _CHUNK = 4096  # records per index task: large enough to amortize a worker round trip, small enough to spread
 
 
+def _mp_prefetch(ds: grain.IterDataset, workers: int, buffer: int = 1) -> grain.IterDataset:
+  from absl import flags
+  # grain's worker pool reads absl flags; `hhh` parses its own command line, so mark absl's as parsed (defaults).
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer))
+
+
 def streamable(spec: str) -> bool:
   """Whether every source of a data spec is a stored dataset directory (the only kind read lazily)."""
   return all(store.is_dataset_dir(path) for path, _, _ in sources.parse_mixture(spec))
@@ -81,6 +89,10 @@ class SourceIndex:
     return len(self.seq_len)
 
 
+def _small(max_len: int):
+  return np.uint16 if max_len < 2**16 else np.uint32
+
+
 class _IndexChunk:
   """Encodes records [lo, hi) of a chunk and keeps their lengths (a grain map, run in worker processes)."""
 
@@ -108,10 +120,10 @@ class _IndexChunk:
         part.append(p)
         seq.append(row_s)
         start.append(row_t)
-    k = self.max_k
-    return {"record": np.asarray(rec, np.int64), "part": np.asarray(part, np.int64),
-            "seq_len": np.asarray(seq, np.int64).reshape(-1, k), "start": np.asarray(start, np.int64).reshape(-1, k),
-            "cuts": np.asarray(cuts, np.int64).reshape(-1, 3)}
+    k, small = self.max_k, _small(self.max_len)
+    return {"record": np.asarray(rec, np.uint32), "part": np.asarray(part, np.uint8),
+            "seq_len": np.asarray(seq, small).reshape(-1, k), "start": np.asarray(start, small).reshape(-1, k),
+            "cuts": np.minimum(np.asarray(cuts, np.int64).reshape(-1, 3), 255).astype(np.uint8)}
 
 
 def _cache_path(reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int) -> pathlib.Path:
@@ -158,18 +170,14 @@ def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, 
     ds = grain.MapDataset.range(-(-(hi - lo) // _CHUNK)).map(task).to_iter_dataset(
         grain.ReadOptions(num_threads=0 if workers else 1, prefetch_buffer_size=2))
     if workers:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+      ds = _mp_prefetch(ds, workers)
     chunks = list(ds)
-    arrays = {k: (np.concatenate([c[k] for c in chunks]) if chunks else np.zeros((0, max_k) if k in ("seq_len", "start")
-                                                                                  else (0,), np.int64))
-              for k in ("record", "part", "seq_len", "start")}
-    arrays["cuts"] = np.concatenate([c["cuts"] for c in chunks]) if chunks else np.zeros((0, 3), np.int64)
+    arrays = _IndexChunk(reader, binarize, tok_json, max_len, max_k, lo, lo)(0)  # empty arrays, the right dtypes
+    for k in arrays:
+      arrays[k] = np.concatenate([arrays[k]] + [c.pop(k) for c in chunks])
+    del chunks
     if process_count > 1:
       arrays = _allgather_concat(arrays)
-    small = np.uint16 if max_len < 2**16 else np.uint32
-    arrays = {"record": arrays["record"].astype(np.uint32), "part": arrays["part"].astype(np.uint8),
-              "seq_len": arrays["seq_len"].astype(small), "start": arrays["start"].astype(small),
-              "cuts": np.minimum(arrays["cuts"], 255).astype(np.uint8)}
     if cache and process_index == 0:
       _write_cache(path, arrays)
   if binarize:
@@ -437,7 +445,7 @@ class StreamBatchSource:
     ds = self.dataset(shuffle=True, epochs=None).to_iter_dataset(
         grain.ReadOptions(num_threads=0 if self.workers else 1, prefetch_buffer_size=4))
     if self.workers:
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2))
+      ds = _mp_prefetch(ds, self.workers, buffer=2)
     return iter(ds)
 
   def eval_batches(self):
