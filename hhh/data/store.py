@@ -20,6 +20,7 @@ import math
 import os
 import pathlib
 import shutil
+import threading
 import time
 from typing import Iterable, Iterator
 
@@ -222,6 +223,9 @@ class DataSource:
       raise ValueError(f"{path} has no split {split!r} (has: {', '.join(builder.info.splits)})")
     self._src = builder.as_data_source(split=split)
     self.info = builder.info
+    self._split = split
+    self._shards = None
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self._src)
@@ -230,8 +234,25 @@ class DataSource:
     return from_tfds(self._src[i])
 
   def read_many(self, indices) -> list[Comparison]:
-    """Records at `indices`, in that order; one batched ArrayRecord read, several times faster than one by one."""
-    return [from_tfds(d) for d in self._src.__getitems__([int(i) for i in indices])]
+    """Records at `indices`, in that order: the shards' ArrayRecord readers called directly and the tf.Example
+    protos parsed without TFDS's per-feature decoding, about 10x faster than `self[i]` (training reads a batch
+    at a time)."""
+    from array_record.python import array_record_module
+    indices = [int(i) for i in indices]
+    with self._lock:
+      if self._shards is None:
+        sp = self.info.splits[self._split]
+        # No readahead: a training batch reads scattered records.
+        self._shards = ([array_record_module.ArrayRecordReader(str(f), "readahead_buffer_size:0")
+                         for f in sp.filepaths], np.cumsum([0, *sp.shard_lengths]))
+      readers, starts = self._shards
+      shard = np.searchsorted(starts, indices, side="right") - 1
+      out: list = [None] * len(indices)
+      for s in np.unique(shard):
+        at = np.flatnonzero(shard == s)
+        for j, b in zip(at, readers[s].read([indices[j] - int(starts[s]) for j in at])):
+          out[j] = _from_example_bytes(b)
+    return out
 
   @property
   def version_dir(self) -> pathlib.Path:
@@ -239,6 +260,16 @@ class DataSource:
 
   def __iter__(self) -> Iterator[Comparison]:
     return (self[i] for i in range(len(self)))
+
+
+def _from_example_bytes(b: bytes) -> Comparison:
+  """`from_tfds` of one stored record's serialized tf.Example, read straight from the proto."""
+  from tensorflow_datasets.core.example_parser import tf_example_pb2
+  f = tf_example_pb2.Example.FromString(b).features.feature
+  text = lambda key: f[key].bytes_list.value[0].decode("utf-8") if f[key].bytes_list.value else ""
+  return Comparison(context=text("context"), responses=tuple(x.decode("utf-8") for x in f["responses"].bytes_list.value),
+                    scores=tuple(float(x) for x in f["scores"].float_list.value), source=text("source"),
+                    id=text("id"), meta=json.loads(text("meta") or "{}") if "meta" in f else {})
 
 
 def from_tfds(d: dict) -> Comparison:
