@@ -32,8 +32,9 @@ class ModelConfig:
   remat: bool = False
   # Attention without a cache: "dense" scores every query against every key under a [B, L, S] mask; "tiled"
   # runs query x key tiles with the mask computed per tile from segment ids and the probabilities recomputed
-  # in the backward (flash attention's scheme), so memory is O(L) per head; "auto" picks tiled for rows of
-  # 2048+ tokens on an accelerator and dense on CPU, where dense is as fast at the lengths hhh trains.
+  # in the backward (flash attention's scheme), so memory is O(L) per head, and on CPU each row skips the
+  # tiles where it sees no key (the other comparisons of a packed row). "auto": tiled for packed rows of 512+
+  # tokens on CPU, tiled for rows of 2048+ tokens on an accelerator, dense otherwise.
   attention: Literal["auto", "dense", "tiled"] = "auto"
 
   def __post_init__(self):

@@ -11,6 +11,7 @@ Attention activations and the KV cache are head-major ([B, K, S, Dh]).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -187,6 +188,27 @@ class SegmentIds(NamedTuple):
     return self.tile(0, self.seg_q.shape[1], 0, self.seg_k.shape[1])
 
 
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  tile: int
+  skip: bool
+
+
+class TiledMask(NamedTuple):
+  """What a layer needs for tiled attention: the ids (arrays) and the tiling (static)."""
+  ids: SegmentIds
+  static: _Static
+
+  @property
+  def tile(self) -> int:
+    return self.static.tile
+
+  @property
+  def skip(self) -> bool:
+    return self.static.skip
+
+
 def segment_mask(segments_RxL, contexts_RxL):
   """[R, L(query), L(key)] attention mask of packed rows (`hhh.data.packing`): a key is visible when it is real
   and in the query's own segment or its context's. The model intersects it with the causal mask."""
@@ -208,90 +230,197 @@ def _pv(p_BxKxGxTxU, v_BxKxUxDh, dtype):
                     preferred_element_type=jnp.float32).reshape(B, K, G, T, -1)
 
 
-def _tiled_fwd(q, k, v, ids, tile, dtype):
-  """Online softmax over key tiles (flash attention's forward in plain JAX): per query tile a running max,
-  normaliser and output; key tiles after the query tile are skipped (causal). Returns the output and the
-  log-sum-exp per query, all that the backward keeps."""
-  B, K, G, L, Dh = q.shape
-  qs = q * (1.0 / math.sqrt(Dh))
+def _fwd_tiles(qs, k, v, ids, tile, dtype):
+  """Online softmax over key tiles, every (query tile, key tile) pair at or below the diagonal, all rows at once."""
+  B, K, G, L, Dh = qs.shape
   outs, lses = [], []
   for i in range(L // tile):
     q0, q1 = i * tile, (i + 1) * tile
-    q_i = qs[:, :, :, q0:q1]
     m = jnp.full((B, K, G, tile), _NEG, jnp.float32)
     l = jnp.zeros((B, K, G, tile), jnp.float32)
     acc = jnp.zeros((B, K, G, tile, Dh), jnp.float32)
     for j in range(i + 1):
-      k0, k1 = j * tile, (j + 1) * tile
-      s = _tile_logits(q_i, k[:, :, k0:k1], ids.tile(q0, q1, k0, k1), dtype)
-      m_new = jnp.maximum(m, s.max(-1))
-      scale = jnp.exp(m - m_new)
-      p = jnp.exp(s - m_new[..., None])
-      l = l * scale + p.sum(-1)
-      acc = acc * scale[..., None] + _pv(p, v[:, :, k0:k1], dtype)
-      m = m_new
+      m, l, acc = _online(qs[:, :, :, q0:q1], k[:, :, j * tile:(j + 1) * tile], v[:, :, j * tile:(j + 1) * tile],
+                          ids.tile(q0, q1, j * tile, (j + 1) * tile), (m, l, acc), dtype)
     outs.append(acc / l[..., None])
     lses.append(m + jnp.log(l))
   return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _tiled(q, k, v, ids, tile, dtype):
-  return _tiled_fwd(q, k, v, ids, tile, dtype)[0]
+def _online(q_i, k_j, v_j, m_tile, carry, dtype):
+  m, l, acc = carry
+  s = _tile_logits(q_i, k_j, m_tile, dtype)
+  m_new = jnp.maximum(m, s.max(-1))
+  scale = jnp.exp(m - m_new)
+  p = jnp.exp(s - m_new[..., None])
+  return m_new, l * scale + p.sum(-1), acc * scale[..., None] + _pv(p, v_j, dtype)
 
 
-def _tiled_vjp_fwd(q, k, v, ids, tile, dtype):
-  out, lse = _tiled_fwd(q, k, v, ids, tile, dtype)
+def _pairs(ids: SegmentIds, tile: int):
+  """The (row, query tile, key tile) triples at or below the diagonal, [N, 3] int32, and whether each holds a
+  visible key: the work list of skipping tiled attention, in one loop whatever the row count."""
+  B, L = ids.seg_q.shape
+  n = L // tile
+  trip = np.array([(b, i, j) for b in range(B) for i in range(n) for j in range(i + 1)], np.int32)
+  sq = ids.seg_q.reshape(B, n, 1, tile, 1)
+  cq = ids.ctx_q.reshape(B, n, 1, tile, 1)
+  sk = ids.seg_k.reshape(B, 1, n, 1, tile)
+  # Per (row, i, j): any query of tile i that sees a key of tile j (causality only matters on the diagonal,
+  # where the query's own key is always visible, so it runs anyway).
+  vis_BxNxN = (((sk == sq) | (sk == cq)) & (sk >= 0)).any(axis=(3, 4)) | jnp.eye(n, dtype=bool)[None]
+  return jnp.asarray(trip), vis_BxNxN[trip[:, 0], trip[:, 1], trip[:, 2]]
+
+
+def _slice_tile(x, b, start, tile, axis):
+  """x[b:b+1] sliced to [start, start + tile) along `axis`."""
+  x = jax.lax.dynamic_slice_in_dim(x, b, 1, axis=0)
+  return jax.lax.dynamic_slice_in_dim(x, start, tile, axis=axis)
+
+
+def _tile_mask(ids: SegmentIds, b, q0, k0, tile: int):
+  sq = _slice_tile(ids.seg_q, b, q0, tile, 1)[:, :, None]
+  cq = _slice_tile(ids.ctx_q, b, q0, tile, 1)[:, :, None]
+  sk = _slice_tile(ids.seg_k, b, k0, tile, 1)[:, None, :]
+  causal = (q0 + jnp.arange(tile))[:, None] >= (k0 + jnp.arange(tile))[None, :]
+  return ((sk == sq) | (sk == cq)) & (sk >= 0) & causal[None]
+
+
+def _fwd_skip(qs, k, v, ids, tile, dtype):
+  """`_fwd_tiles` as one loop over every (row, query tile, key tile) triple, whose body runs only where the row
+  has a visible key in the tile (`lax.cond`, a real branch): packed rows skip the other comparisons' tiles, and
+  the program stays one loop body in size, whatever the row length."""
+  B, K, G, L, Dh = qs.shape
+  trip, vis = _pairs(ids, tile)
+
+  def body(n, carry):
+    b, i, j = trip[n, 0], trip[n, 1], trip[n, 2]
+
+    def run(carry):
+      m_all, l_all, acc_all = carry
+      q0, k0 = i * tile, j * tile
+      part = (_slice_tile(m_all, b, q0, tile, 3), _slice_tile(l_all, b, q0, tile, 3),
+              _slice_tile(acc_all, b, q0, tile, 3))
+      m, l, acc = _online(_slice_tile(qs, b, q0, tile, 3), _slice_tile(k, b, k0, tile, 2),
+                          _slice_tile(v, b, k0, tile, 2), _tile_mask(ids, b, q0, k0, tile), part, dtype)
+      at = (b, 0, 0, q0)
+      return (jax.lax.dynamic_update_slice(m_all, m, at), jax.lax.dynamic_update_slice(l_all, l, at),
+              jax.lax.dynamic_update_slice(acc_all, acc, at + (0,)))
+    return jax.lax.cond(vis[n], run, lambda c: c, carry)
+  init = (jnp.full((B, K, G, L), _NEG, jnp.float32), jnp.zeros((B, K, G, L), jnp.float32),
+          jnp.zeros((B, K, G, L, Dh), jnp.float32))
+  m, l, acc = jax.lax.fori_loop(0, trip.shape[0], body, init)
+  return acc / l[..., None], m + jnp.log(l)
+
+
+def _bwd_skip(qs, k, v, ids, do, lse, row, tile, dtype):
+  """The backward of `_fwd_skip`: the same loop, each visited tile's dq, dk and dv added in place."""
+  B, K, G, L, Dh = qs.shape
+  trip, vis = _pairs(ids, tile)
+
+  def body(n, carry):
+    b, i, j = trip[n, 0], trip[n, 1], trip[n, 2]
+
+    def run(carry):
+      dq_all, dk_all, dv_all = carry
+      q0, k0 = i * tile, j * tile
+      q_flat = _slice_tile(qs, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
+      do_flat = _slice_tile(do, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
+      lse_i = _slice_tile(lse, b, q0, tile, 3)[..., None]
+      row_i = _slice_tile(row, b, q0, tile, 3).reshape(1, K, G * tile, 1)
+      acc = (_slice_tile(dq_all, b, q0, tile, 3).reshape(1, K, G * tile, Dh), _slice_tile(dk_all, b, k0, tile, 2),
+             _slice_tile(dv_all, b, k0, tile, 2))
+      dq, dk, dv = _tile_grads(q_flat, _slice_tile(k, b, k0, tile, 2), _slice_tile(v, b, k0, tile, 2), do_flat,
+                               lse_i, row_i, _tile_mask(ids, b, q0, k0, tile), acc, dtype)
+      return (jax.lax.dynamic_update_slice(dq_all, dq.reshape(1, K, G, tile, Dh), (b, 0, 0, q0, 0)),
+              jax.lax.dynamic_update_slice(dk_all, dk, (b, 0, k0, 0)),
+              jax.lax.dynamic_update_slice(dv_all, dv, (b, 0, k0, 0)))
+    return jax.lax.cond(vis[n], run, lambda c: c, carry)
+  init = (jnp.zeros((B, K, G, L, Dh), jnp.float32), jnp.zeros((B, K, L, Dh), jnp.float32),
+          jnp.zeros((B, K, L, Dh), jnp.float32))
+  return jax.lax.fori_loop(0, trip.shape[0], body, init)
+
+
+def _tiled_fwd(q, k, v, ids, tile, dtype, skip):
+  """Flash attention's forward in plain JAX: per query tile a running max, normaliser and output over key tiles
+  at or below the diagonal (causal), and with `skip` only those where a row has a visible key. Returns the
+  output and the log-sum-exp per query, all that the backward keeps."""
+  qs = q * (1.0 / math.sqrt(q.shape[-1]))
+  return (_fwd_skip if skip else _fwd_tiles)(qs, k, v, ids, tile, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _tiled(q, k, v, ids, tile, dtype, skip):
+  return _tiled_fwd(q, k, v, ids, tile, dtype, skip)[0]
+
+
+def _tiled_vjp_fwd(q, k, v, ids, tile, dtype, skip):
+  out, lse = _tiled_fwd(q, k, v, ids, tile, dtype, skip)
   return out, (q, k, v, ids, out, lse)
 
 
-def _tiled_vjp_bwd(tile, dtype, saved, do):
+def _tile_grads(q_flat, k_j, v_j, do_flat, lse_i, row_i, m_tile, acc, dtype):
+  """One (query tile, key tile) pair's share of dq, dk, dv, its probabilities recomputed from the log-sum-exp."""
+  dq_a, dk_a, dv_a = acc
+  nb, K, GT, Dh = q_flat.shape
+  T = k_j.shape[2]
+  s = _tile_logits(q_flat.reshape(nb, K, GT // lse_i.shape[3], lse_i.shape[3], Dh), k_j, m_tile, dtype)
+  p_flat = jnp.exp(s - lse_i).reshape(nb, K, GT, T)
+  dv_a = dv_a + jnp.einsum("bkqs,bkqd->bksd", p_flat.astype(dtype), do_flat, preferred_element_type=jnp.float32)
+  dp = jnp.einsum("bkqd,bksd->bkqs", do_flat, v_j.astype(dtype), preferred_element_type=jnp.float32)
+  ds = (p_flat * (dp - row_i)).astype(dtype)
+  dq_a = dq_a + jnp.einsum("bkqs,bksd->bkqd", ds, k_j.astype(dtype), preferred_element_type=jnp.float32)
+  dk_a = dk_a + jnp.einsum("bkqs,bkqd->bksd", ds, q_flat, preferred_element_type=jnp.float32)
+  return dq_a, dk_a, dv_a
+
+
+def _tiled_vjp_bwd(tile, dtype, skip, saved, do):
   """Flash attention's backward: each (query tile, key tile) pair's probabilities are recomputed from the saved
-  log-sum-exp, so nothing of size L x S is kept between the passes."""
+  log-sum-exp, so nothing of size L x S is kept between the passes; with `skip`, the forward's skipped tiles are
+  skipped here too."""
   q, k, v, ids, out, lse = saved
   B, K, G, L, Dh = q.shape
   c = 1.0 / math.sqrt(Dh)
   qs = q * c
   row = jnp.sum(do * out, axis=-1)          # [B, K, G, L]
-  dq_tiles = []
-  dk = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
-  dv = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
-  for i in range(L // tile):
-    q0, q1 = i * tile, (i + 1) * tile
-    q_i, do_i = qs[:, :, :, q0:q1], do[:, :, :, q0:q1]
-    do_flat = do_i.reshape(B, K, G * tile, Dh).astype(dtype)
-    dq_i = jnp.zeros((B, K, G, tile, Dh), jnp.float32)
-    for j in range(i + 1):
-      k0, k1 = j * tile, (j + 1) * tile
-      s = _tile_logits(q_i, k[:, :, k0:k1], ids.tile(q0, q1, k0, k1), dtype)
-      p = jnp.exp(s - lse[:, :, :, q0:q1, None])
-      p_flat = p.reshape(B, K, G * tile, tile)
-      dv[j] = dv[j] + jnp.einsum("bkqs,bkqd->bksd", p_flat.astype(dtype), do_flat, preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bkqd,bksd->bkqs", do_flat, v[:, :, k0:k1].astype(dtype), preferred_element_type=jnp.float32)
-      ds = (p_flat * (dp - row[:, :, :, q0:q1].reshape(B, K, G * tile, 1))).astype(dtype)
-      dq_i = dq_i + jnp.einsum("bkqs,bksd->bkqd", ds, k[:, :, k0:k1].astype(dtype),
-                               preferred_element_type=jnp.float32).reshape(B, K, G, tile, Dh)
-      dk[j] = dk[j] + jnp.einsum("bkqs,bkqd->bksd", ds, q_i.reshape(B, K, G * tile, Dh).astype(dtype),
-                                 preferred_element_type=jnp.float32)
-    dq_tiles.append(dq_i)
-  dq = jnp.concatenate(dq_tiles, axis=3) * c
-  dk, dv = jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2)
+  if skip:
+    dq, dk, dv = _bwd_skip(qs, k, v, ids, do, lse, row, tile, dtype)
+  else:
+    dq_tiles = []
+    dk = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
+    dv = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
+    for i in range(L // tile):
+      q0, q1 = i * tile, (i + 1) * tile
+      q_flat = qs[:, :, :, q0:q1].reshape(B, K, G * tile, Dh).astype(dtype)
+      do_flat = do[:, :, :, q0:q1].reshape(B, K, G * tile, Dh).astype(dtype)
+      lse_i = lse[:, :, :, q0:q1, None]
+      row_i = row[:, :, :, q0:q1].reshape(B, K, G * tile, 1)
+      dq_i = jnp.zeros((B, K, G * tile, Dh), jnp.float32)
+      for j in range(i + 1):
+        k0, k1 = j * tile, (j + 1) * tile
+        dq_i, dk[j], dv[j] = _tile_grads(q_flat, k[:, :, k0:k1], v[:, :, k0:k1], do_flat, lse_i, row_i,
+                                         ids.tile(q0, q1, k0, k1), (dq_i, dk[j], dv[j]), dtype)
+      dq_tiles.append(dq_i.reshape(B, K, G, tile, Dh))
+    dq = jnp.concatenate(dq_tiles, axis=3)
+    dk, dv = jnp.concatenate(dk, axis=2), jnp.concatenate(dv, axis=2)
   zeros = jax.tree.map(lambda x: np.zeros(x.shape, jax.dtypes.float0), ids)
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), zeros
+  return (dq * c).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), zeros
 
 
 _tiled.defvjp(_tiled_vjp_fwd, _tiled_vjp_bwd)
 
 
-def tiled_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids: SegmentIds, tile: int = 512, dtype=jnp.float32):
+def tiled_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids: SegmentIds, tile: int = 512, dtype=jnp.float32,
+                    skip: bool = False):
   """`attention_core` with the mask given as `SegmentIds`, in query x key tiles: no [B, L, S] mask or
   probability array exists at any point, and activations kept for the backward are O(L) per head (flash
-  attention's scheme, in plain JAX so one code path serves GPU, TPU and CPU). Needs S == L, a multiple of
-  `tile`. Same result as `attention_core` on `ids.dense()` for every query with a valid key."""
+  attention's scheme, in plain JAX so one code path serves GPU, TPU and CPU). With `skip`, each row runs its
+  tiles on its own and a tile where the row has no visible key is skipped with a real branch (`lax.cond`): a
+  packed row of several comparisons then computes about the blocks of its comparisons only. Needs S == L, a
+  multiple of `tile`. Same result as `attention_core` on `ids.dense()` for every query with a valid key."""
   L = q_BxKxGxLxDh.shape[3]
   if k_BxKxSxDh.shape[2] != L or L % tile:
     raise ValueError(f"tiled attention needs S == L divisible by tile={tile}")
-  return _tiled(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids, tile, jnp.dtype(dtype))
+  return _tiled(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids, tile, jnp.dtype(dtype), bool(skip))
 
 
 def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh, pv_KxPxDh, pvalid_P,
@@ -331,12 +460,21 @@ def prefix_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS, pk_KxPxDh
   return (to_b_major(op_KxNxDh, Dh) + oo_BxKxGxLxDh) / denom_BxKxGxL[..., None]
 
 
-def attention_tile(cfg: ModelConfig, L: int) -> int:
-  """The tile of tiled attention for rows of L tokens, or 0 for dense attention (`ModelConfig.attention`)."""
-  tile = math.gcd(L, 512)
-  if cfg.attention == "dense" or (cfg.attention == "auto" and (L < 2048 or jax.default_backend() == "cpu")):
-    return 0
-  return tile if tile >= 64 else L
+def attention_tiles(cfg: ModelConfig, L: int, packed: bool) -> tuple[int, bool]:
+  """(tile, skip) of tiled attention for rows of L tokens, or (0, False) for dense attention
+  (`ModelConfig.attention`). On CPU tiles of 64 skip what a row does not see: in packed rows of several
+  comparisons that is most of the L x L square (benchmarks/attention_tiles.py). On accelerators tiles of up to
+  512 for rows of 2048+ tokens, to keep L x L arrays out of memory, computing every tile."""
+  cpu = jax.default_backend() == "cpu"
+  if cfg.attention == "dense":
+    return 0, False
+  if cfg.attention == "auto":
+    if cpu and not (packed and L >= 512 and L % 64 == 0):
+      return 0, False
+    if not cpu and L < 2048:
+      return 0, False
+  tile = 64 if cpu and L % 64 == 0 else math.gcd(L, 512)
+  return (tile if tile >= 64 else L), cpu
 
 
 class Attention(nnx.Module):
@@ -386,9 +524,9 @@ class Attention(nnx.Module):
       out_BxKxGxLxDh = prefix_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
                                         prefix_kv["k"][0], prefix_kv["v"][0], prefix_kv["valid"], cfg.dtype)
       return self._out(out_BxKxGxLxDh), kv_cache
-    if isinstance(mask_BxLxS, SegmentIds):
-      out_BxKxGxLxDh = tiled_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh, mask_BxLxS,
-                                       attention_tile(cfg, L), cfg.dtype)
+    if isinstance(mask_BxLxS, TiledMask):
+      out_BxKxGxLxDh = tiled_attention(q_BxHxLxDh.reshape(B, K, G, L, Dh), k_BxKxSxDh, v_BxKxSxDh,
+                                       mask_BxLxS.ids, mask_BxLxS.tile, cfg.dtype, mask_BxLxS.skip)
       return self._out(out_BxKxGxLxDh), kv_cache
     # Without a cache every mask is causal (row_layout, packed_mask), so query block i needs only the keys up to
     # its own end: blocks skip the upper triangle of the L x S square (3/8 of its matmuls and softmax at 4 blocks).
@@ -536,12 +674,13 @@ class Transformer(nnx.Module):
       positions_BxL, mask_BxLxS = row_layout(valid_BxL, positions_BxL)
       cache_index, layer_caches = 0, [None] * cfg.n_layers
     elif cache is None:
-      if mask_BxLxL is None and attention_tile(cfg, L):
+      tile, skip = attention_tiles(cfg, L, packed=segments_BxL is not None)
+      if mask_BxLxL is None and tile:
         if positions_BxL is None:
           positions_BxL = jnp.maximum(jnp.cumsum(valid_BxL, axis=-1) - 1, 0)
         if segments_BxL is None:
           segments_BxL, contexts_BxL = jnp.where(valid_BxL, 0, -1), jnp.full((B, L), -2)
-        mask_BxLxS = SegmentIds(segments_BxL, contexts_BxL, segments_BxL)
+        mask_BxLxS = TiledMask(SegmentIds(segments_BxL, contexts_BxL, segments_BxL), _Static(tile, skip))
       else:
         if segments_BxL is not None:
           mask_BxLxL = segment_mask(segments_BxL, contexts_BxL) if mask_BxLxL is None else mask_BxLxL
