@@ -3,7 +3,7 @@
 `data.stream=true` trains on dataset directories (`hhh data mine` / `hhh data load`) without loading them:
 
 - **A length index** per (store split, tokenizer, max_len, max_k, binarize): each example's sequence lengths and
-  response starts, uint16 (a few bytes per example, not per token), plus for a `:binarize` source the record and
+  context length, uint16 (a few bytes per example, not per token), plus for a `:binarize` source the record and
   part each binarized comparison comes from. It is built once, in grain worker processes, each process of a
   multi-process run indexing its own share of the records, and cached as `DIR/index/*.npz` (no pickle).
 - **The plan** (which comparisons form each batch, in which order) is computed from the index exactly as the
@@ -38,7 +38,7 @@ from hhh.data import binarize as binarize_lib
 from hhh.data import packing, pipeline, sources, store
 from hhh.data import tokenizer as tokenizer_lib
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _CHUNK = 4096  # records per index task: large enough to amortize a worker round trip, small enough to spread
 
 
@@ -80,10 +80,11 @@ class _Reader:
 class SourceIndex:
   """Per example of one source (a binarized source: per binarized comparison): what planning needs."""
   seq_len: np.ndarray          # [E, max_k] tokens of each kept response's sequence; 0 = no response
-  start: np.ndarray            # [E, max_k] index of each response's first token
+  start: np.ndarray            # [E] the first response's first token (its context's length)
+  same: np.ndarray             # [E] whether every response follows that same context (the comparison packs)
   record: np.ndarray | None    # [E] the store record (binarized sources; otherwise the example is the record)
   part: np.ndarray | None      # [E] which of the record's binarized comparisons
-  cuts: np.ndarray             # [E, 3] responses dropped, contexts truncated, responses truncated (encode stats)
+  cuts: np.ndarray | None      # [E, 3] responses dropped, contexts truncated, responses truncated (encode stats)
 
   def __len__(self) -> int:
     return len(self.seq_len)
@@ -107,22 +108,23 @@ class _IndexChunk:
   def __call__(self, chunk: int) -> dict[str, np.ndarray]:
     lo = self.lo + chunk * _CHUNK
     records = np.arange(lo, min(lo + _CHUNK, self.hi))
-    rec, part, seq, start, cuts = [], [], [], [], []
+    rec, part, seq, start, same, cuts = [], [], [], [], [], []
     for r, c in zip(records, self.reader.read(records)):
       for p, ci in enumerate(binarize_lib.binarize(c) if self.binarize else [c]):
         st = pipeline.EncodeStats()
         ex = pipeline.encode_comparison(ci, self.tok, self.max_len, self.max_k, st)
         cuts.append((st.responses_dropped, st.contexts_truncated, st.responses_truncated))
-        row_s, row_t = np.zeros(self.max_k, np.int64), np.zeros(self.max_k, np.int64)
+        row_s = np.zeros(self.max_k, np.int64)
         row_s[:len(ex.seqs)] = [len(s) for s in ex.seqs]
-        row_t[:len(ex.starts)] = ex.starts
         rec.append(r)
         part.append(p)
         seq.append(row_s)
-        start.append(row_t)
+        start.append(ex.starts[0])
+        same.append(packing.packable(ex))
     k, small = self.max_k, _small(self.max_len)
     return {"record": np.asarray(rec, np.uint32), "part": np.asarray(part, np.uint8),
-            "seq_len": np.asarray(seq, small).reshape(-1, k), "start": np.asarray(start, small).reshape(-1, k),
+            "seq_len": np.asarray(seq, small).reshape(-1, k), "start": np.asarray(start, small),
+            "same": np.asarray(same, bool),
             "cuts": np.minimum(np.asarray(cuts, np.int64).reshape(-1, 3), 255).astype(np.uint8)}
 
 
@@ -181,8 +183,9 @@ def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, 
     if cache and process_index == 0:
       _write_cache(path, arrays)
   if binarize:
-    return SourceIndex(arrays["seq_len"], arrays["start"], arrays["record"], arrays["part"], arrays["cuts"])
-  return SourceIndex(arrays["seq_len"], arrays["start"], None, None, arrays["cuts"])
+    return SourceIndex(arrays["seq_len"], arrays["start"], arrays["same"], arrays["record"], arrays["part"],
+                       arrays["cuts"])
+  return SourceIndex(arrays["seq_len"], arrays["start"], arrays["same"], None, None, arrays["cuts"])
 
 
 def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
@@ -197,14 +200,13 @@ def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
     print(f"hhh: note: length index not cached ({path.parent}: {e.strerror}); it is rebuilt on every run")
 
 
-def piece_lengths(seq_len: np.ndarray, start: np.ndarray, row_len: int) -> list[int]:
+def piece_lengths(seq_len: np.ndarray, start: int, same: bool, row_len: int) -> list[int]:
   """`[len(p) for p in packing.pieces_of(ex, row_len)[0]]` from one example's lengths alone."""
-  valid = seq_len > 0
-  seq, st = seq_len[valid].astype(np.int64), start[valid].astype(np.int64)
-  # Encoding cuts a context from the left only, so equal starts mean equal contexts: the comparison packs.
-  if (st != st[0]).any():
+  seq = seq_len[seq_len > 0].astype(np.int64)
+  if not same:
     return seq.tolist()
-  c, resp = int(st[0]), (seq - st).tolist()
+  c = int(start)
+  resp = (seq - c).tolist()
   if c + sum(resp) <= row_len:
     return [c + sum(resp)]
   out, filled = [c], False
@@ -219,12 +221,13 @@ def piece_lengths(seq_len: np.ndarray, start: np.ndarray, row_len: int) -> list[
 
 def pack_kinds(index: SourceIndex, row_len: int) -> np.ndarray:
   """0 packed, 1 split, 2 fallback per example (`packing.pieces_of`'s kinds), vectorized."""
-  valid = index.seq_len > 0
-  st = index.start.astype(np.int64)
-  first = st[:, :1]
-  packable = ((st == first) | ~valid).all(1)
-  total = first[:, 0] + np.where(valid, index.seq_len.astype(np.int64) - st, 0).sum(1)
-  return np.where(~packable, 2, np.where(total <= row_len, 0, 1)).astype(np.uint8)
+  out = np.empty(len(index), np.uint8)
+  for lo in range(0, len(index), 1 << 18):  # in slices: int64 copies of the whole index would dwarf it
+    seq = index.seq_len[lo:lo + (1 << 18)].astype(np.int64)
+    c = index.start[lo:lo + (1 << 18)].astype(np.int64)
+    total = c + np.where(seq > 0, seq - c[:, None], 0).sum(1)
+    out[lo:lo + len(seq)] = np.where(~index.same[lo:lo + len(seq)], 2, np.where(total <= row_len, 0, 1))
+  return out
 
 
 class Examples:
@@ -239,6 +242,13 @@ class Examples:
     sizes = [len(o) if o is not None else len(indexes[j]) for j, o in segments]
     self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     self.tok_json, self.max_len, self.max_k = tok_json, max_len, max_k
+    total = np.zeros(3, np.int64)
+    for j, o in zip(self.seg_source, self.seg_order):
+      cuts = indexes[j].cuts
+      total += (cuts[o] if o is not None else cuts).sum(0, dtype=np.int64)
+    self._stats = pipeline.EncodeStats(len(self), *(int(x) for x in total))
+    for ix in indexes:
+      ix.cuts = None  # counted; not needed again
 
   def __len__(self) -> int:
     return int(self.offsets[-1])
@@ -268,7 +278,8 @@ class Examples:
 
   def pieces(self, i: int, row_len: int) -> list[int]:
     j, e = self.locate(i)
-    return piece_lengths(self.indexes[j].seq_len[e], self.indexes[j].start[e], row_len)
+    ix = self.indexes[j]
+    return piece_lengths(ix.seq_len[e], ix.start[e], ix.same[e], row_len)
 
   def pack_summary(self, row_len: int) -> packing.PackStats:
     kinds = self._per_segment([pack_kinds(ix, row_len) for ix in self.indexes])
@@ -277,10 +288,7 @@ class Examples:
 
   def stats(self) -> pipeline.EncodeStats:
     """Encoding counts as `encode_all` reports them over this list (a resampled example counted each time)."""
-    cuts = [ix.cuts.astype(np.int64) for ix in self.indexes]
-    total = sum((c[o].sum(0) if o is not None else c.sum(0) for c, o in
-                 ((cuts[j], o) for j, o in zip(self.seg_source, self.seg_order))), np.zeros(3, np.int64))
-    return pipeline.EncodeStats(len(self), *(int(x) for x in total))
+    return self._stats
 
   def encoded(self, ix: Sequence[int]) -> list[pipeline.Encoded]:
     """Reads and encodes examples `ix` (in that order): one batched store read per source."""
@@ -319,8 +327,8 @@ def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, p
       indexes.append(build_index(reader, binarize, tok, dcfg.max_len, dcfg.max_k, workers=workers,
                                  process_index=process_index, process_count=process_count, cache=cache))
     else:
-      z = np.zeros((0, dcfg.max_k), np.uint16)
-      indexes.append(SourceIndex(z, z, None, None, np.zeros((0, 3), np.uint8)))
+      indexes.append(SourceIndex(np.zeros((0, dcfg.max_k), np.uint16), np.zeros(0, np.uint16), np.zeros(0, bool),
+                                 None, None, np.zeros((0, 3), np.uint8)))
   if len(mix) == 1 or split != "train":
     segments = [(j, None) for j in range(len(mix))]
   else:
@@ -343,12 +351,15 @@ class _Plan:
   def __init__(self, lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int, shuffle: bool,
                epochs: int | None):
     self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
-    buckets = np.asarray(sorted(buckets))
-    lengths = np.asarray(lengths, np.int64)
-    if len(lengths) and lengths.max() > buckets[-1]:
-      raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the largest bucket {int(buckets[-1])}")
-    which = np.searchsorted(buckets, lengths, side="left")
-    self.by_bucket = {int(buckets[b]): np.flatnonzero(which == b).astype(np.uint32) for b in np.unique(which)}
+    buckets = sorted(buckets)
+    lengths = np.asarray(lengths)
+    if len(lengths) and int(lengths.max()) > buckets[-1]:
+      raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the largest bucket {buckets[-1]}")
+    self.by_bucket = {}
+    for lo, b in zip([0, *buckets], buckets):  # bucket_of: the smallest bucket that holds the length
+      ix = np.flatnonzero((lengths > lo) & (lengths <= b)).astype(np.uint32)
+      if len(ix):
+        self.by_bucket[b] = ix
     self.per_epoch = sum(-(-len(ix) // batch_size) for ix in self.by_bucket.values())
     if self.per_epoch == 0:
       raise ValueError("no examples to batch")
