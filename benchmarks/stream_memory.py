@@ -13,6 +13,9 @@
 3. Steps/s at the quickstart's sizes (its model "20k", max_len 64, batch 16, a PMP-sized store), in memory vs
    streamed, runs interleaved; steps/s from metrics.jsonl's wall clock after the first logged step (compile).
 
+4. `--pmp STEPS` (after 1-3, on their stores): a PMP-stage run at this machine's scale instead, the mixture
+   "large:1,small:1:binarize" streamed with the quickstart model, added to the JSON as "pmp_run".
+
 Load averages are recorded before and after each run: the machine is shared.
 Writes benchmarks/results/stream_memory.json.
 """
@@ -134,6 +137,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--workers", type=int, default=1)
   ap.add_argument("--tmp", default="/tmp/hhh_stream_bench")
+  ap.add_argument("--pmp", type=int, default=0, help="steps of a PMP mixture run on the stores already written")
   args = ap.parse_args()
   tmp = pathlib.Path(args.tmp)
   tmp.mkdir(parents=True, exist_ok=True)
@@ -143,6 +147,20 @@ def main():
   small_model = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.max_len=64", "data.max_len=64",
                  "data.buckets=64", "data.max_k=4", "batch_size=16", "log_every=10", "eval_every=100000",
                  "progress=false", f"data.stream_workers={args.workers}", "optim.warmup_steps=5"]
+  if args.pmp:
+    result = json.loads(OUT.read_text())
+    mix = f"{tmp / 'store_large'}:1,{tmp / 'store_small'}:1:binarize"
+    r = run_train(tmp / "run_pmp", small_model + [f"data.train={mix}", f"data.validation={tmp / 'store_quickstart'}",
+                                                  f"steps={args.pmp}", f"checkpoint_every={args.pmp // 2}"])
+    lines = [json.loads(x) for x in (tmp / "run_pmp" / "metrics.jsonl").read_text().splitlines()]
+    r["held_out"] = next((x for x in reversed(lines) if x["split"] == "validation"), None)
+    r["data_train"] = "store_large:1,store_small:1:binarize"
+    r["steps"] = args.pmp
+    r["command"] = "python " + " ".join(sys.argv)
+    result["pmp_run"] = r
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(r, indent=1))
+    return
   sizes = {"small": args.small, "large": args.small * args.scale, "quickstart": args.quickstart_n}
   for name, n in sizes.items():
     path = tmp / f"store_{name}"

@@ -3,7 +3,7 @@
 `data.stream=true` trains on dataset directories (`hhh data mine` / `hhh data load`) without loading them:
 
 - **A length index** per (store split, tokenizer, max_len, max_k, binarize): each example's sequence lengths and
-  context length, uint16 (a few bytes per example, not per token), plus for a `:binarize` source the record and
+  context length, in the narrowest type that holds max_len (a few bytes per example, not per token), plus for a `:binarize` source the record and
   part each binarized comparison comes from. It is built once, in grain worker processes, each process of a
   multi-process run indexing its own share of the records, and cached as `DIR/index/*.npz` (no pickle).
 - **The plan** (which comparisons form each batch, in which order) is computed from the index exactly as the
@@ -38,7 +38,7 @@ from hhh.data import binarize as binarize_lib
 from hhh.data import packing, pipeline, sources, store
 from hhh.data import tokenizer as tokenizer_lib
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 _CHUNK = 4096  # records per index task: large enough to amortize a worker round trip, small enough to spread
 
 
@@ -91,7 +91,8 @@ class SourceIndex:
 
 
 def _small(max_len: int):
-  return np.uint16 if max_len < 2**16 else np.uint32
+  """The narrowest unsigned type that holds a sequence length: the index is mostly these."""
+  return np.uint8 if max_len < 2**8 else np.uint16 if max_len < 2**16 else np.uint32
 
 
 class _IndexChunk:
