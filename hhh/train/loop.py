@@ -176,6 +176,9 @@ def _train(cfg, workdir) -> dict[str, float]:
   latest, resume_meta = ckpts.newest_intact()  # checked against its manifest; corrupt newer ones set aside
   init_meta = ckpt_lib.load_meta(cfg.init_from) if cfg.init_from and latest is None else None
   streamed = _streamed(cfg, "train")
+  if cfg.data.stream and not streamed and lead:
+    print("hhh: note: data.stream reads dataset directories only (and not for objective lm); this run's training "
+          "data is read into memory", flush=True)
   raw_train = None if streamed else _load_raw(cfg, "train")
   raw_valid = None if _streamed(cfg, "validation") else _load_raw(cfg, "validation")
   tok = _tokenizer(cfg, resume_meta, init_meta, raw_train)
