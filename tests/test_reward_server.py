@@ -468,3 +468,97 @@ def test_serve_prints_its_url_and_stops_on_interrupt(bundle_path):
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+
+
+# A server in its own process under a low descriptor limit, with a model that needs no JAX. With `hog` the
+# process then opens files of its own until only that many descriptors are left, so accept() itself fails.
+_FD_SERVER = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+import numpy as np
+from hhh.reward import server
+
+class Model:
+  info = {"objective": "ranked", "normalization": {"mean": 0.0, "std": 1.0}}
+  max_len, mean, std, truncated = 64, 0.0, 1.0, 0
+
+  def score(self, contexts, responses, normalize=False):
+    return np.zeros(len(contexts), np.float32)
+
+srv, url = server.make_server(Model(), read_timeout_s=120.0, keep_alive_s=120.0)
+hog = []
+if len(sys.argv) > 1:
+  try:
+    while True:
+      hog.append(os.open("/dev/null", os.O_RDONLY))
+  except OSError:
+    for fd in hog[-int(sys.argv[1]):]:
+      os.close(fd)
+print(url, srv.connections.max, flush=True)
+try:
+  srv.serve_forever()
+except KeyboardInterrupt:  # the test's SIGINT, which uvicorn re-raises after its graceful stop
+  pass
+"""
+
+
+def _fd_starved_server(*args):
+  proc = subprocess.Popen([sys.executable, "-c", _FD_SERVER, *args], env=hhh_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  url, cap = proc.stdout.readline().split()
+  return proc, url, int(cap)
+
+
+def _idle_sockets(url, n):
+  host, port = url.removeprefix("http://").split(":")
+  socks = []
+  for _ in range(n):
+    s = socket.socket()
+    s.settimeout(TIMEOUT)
+    s.connect((host, int(port)))   # the kernel's backlog completes the handshake whether or not it is accepted
+    socks.append(s)
+  return socks
+
+
+def _stop_proc(proc) -> str:
+  proc.send_signal(signal.SIGINT)
+  try:
+    proc.wait(30)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+  return proc.stderr.read()
+
+
+@pytest.mark.parametrize("hog", [None, "8"], ids=["capped", "emfile"])
+def test_health_answers_with_idle_sockets_past_the_fd_limit(hog):
+  """`ulimit -n 128` and 200 idle connections (which would hold their descriptors for the 120 s read
+  timeout): /health still answers, and the pressure is logged once, not per connection."""
+  proc, url, cap = _fd_starved_server(*([hog] if hog else []))
+  socks = []
+  t0 = time.monotonic()
+  try:
+    assert 1 <= cap <= 128 - server_lib.FD_RESERVE
+    socks = _idle_sockets(url, 200)
+    time.sleep(0.5)
+    for _ in range(3):
+      t1 = time.monotonic()
+      status, body = _request(url, "/health")
+      assert status == 200 and body["status"] == "ok"
+      assert time.monotonic() - t1 < 10
+  finally:
+    for s in socks:
+      s.close()
+    stderr = _stop_proc(proc)
+  bursts = 1 + (time.monotonic() - t0) / server_lib.LOG_EVERY_S   # one line per LOG_EVERY_S at most
+  lines = [line for line in stderr.splitlines() if line.startswith("hhh serve: ")]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert 1 <= len(lines) <= bursts, stderr[-3000:]
+  if hog is None:
+    # The cap is below the limit: accept() never fails; the oldest idle connections make room.
+    assert all(line.startswith(f"hhh serve: {cap} connections open, at the cap of {cap} (file descriptor "
+                               "limit 128): ") for line in lines), lines
+  else:
+    # 8 descriptors were left: accept() runs out far below the cap, and that is logged.
+    assert all(line.startswith("hhh serve: accept() failed: Too many open files (") for line in lines), lines
+  assert lines[0].endswith("none idle to close, accepting again in 1 s")   # the first burst: none idle yet

@@ -42,14 +42,24 @@ reading) or more than `max_items` pairs, 422 wrong types, missing fields, mismat
 model rejects. An internal failure (a non-finite reward included: the answer is always valid JSON) is a JSON
 500 and the server keeps serving; 503 means it is shutting down or scoring timed out. The server listens on
 127.0.0.1 unless told otherwise: it has no authentication, so expose it only on a trusted network.
+
+File descriptors: the server keeps at most `max_connections` connections open (default: the process's
+RLIMIT_NOFILE soft limit less the descriptors open at start and a reserve of FD_RESERVE). A new connection past
+that closes the oldest idle one (a connection between requests, or that has sent nothing yet), so idle
+sockets cannot lock out `/health` or anyone else. Should accept() still run out of descriptors (EMFILE: the
+process opened files of its own), the oldest idle connections are closed as well, or, with none idle, accepting
+pauses for a second. Both are logged to stderr, once per burst (at most every LOG_EVERY_S seconds, with a
+count); queued connections wait in the kernel's backlog meanwhile, none is reset.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import os
 import queue
 import socket
 import sys
@@ -451,6 +461,121 @@ def _raw_answer(status: int, reason: str, message: str) -> bytes:
           "Connection: close\r\n\r\n").encode() + body
 
 
+FD_RESERVE = 32     # descriptors left for the model, logs and the batcher when connections are capped
+LOG_EVERY_S = 10.0  # a burst of fd pressure is logged once per this many seconds
+_fd_log = logging.getLogger(__name__ + ".fd")   # its own stderr handler: these lines show without --verbose
+
+
+def _fd_limit() -> int | None:
+  try:
+    import resource
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+  except (ImportError, OSError, ValueError):
+    return None
+  return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _fds_open() -> int:
+  for d in ("/proc/self/fd", "/dev/fd"):
+    try:
+      return len(os.listdir(d))
+    except OSError:
+      continue
+  return 0
+
+
+def default_max_connections() -> int | None:
+  """RLIMIT_NOFILE less what is open now and FD_RESERVE (at least 1); None where there is no limit."""
+  limit = _fd_limit()
+  return None if limit is None else max(1, limit - _fds_open() - FD_RESERVE)
+
+
+class _Connections:
+  """The open connections of one server, oldest first, and the rate-limited log of descriptor pressure."""
+
+  def __init__(self, max_connections: int | None):
+    self.max = max_connections
+    self.live: dict[Any, None] = {}   # insertion-ordered: the oldest first
+    self.accepted = 0                 # accepted, their protocol not yet made (asyncio makes it in a task)
+    self._counts = {"cap": 0, "emfile": 0}
+    self._last_log = {"cap": -LOG_EVERY_S, "emfile": -LOG_EVERY_S}
+
+  def add(self, proto) -> None:
+    self.accepted = max(0, self.accepted - 1)
+    self.live[proto] = None
+
+  def discard(self, proto) -> None:
+    self.live.pop(proto, None)
+
+  def close_idle(self, n: int) -> int:
+    """Closes up to n of the oldest connections that have no request in progress; returns how many."""
+    closed = 0
+    for proto in list(self.live):
+      if closed >= n:
+        break
+      if proto.idle():
+        proto.transport.abort()   # its descriptor is closed in the loop's next iteration, not after a goodbye
+        self.live.pop(proto, None)
+        closed += 1
+    return closed
+
+  def note(self, kind: str, what: str) -> None:
+    self._counts[kind] += 1
+    now = time.monotonic()
+    if now - self._last_log[kind] >= LOG_EVERY_S:
+      n, self._counts[kind] = self._counts[kind], 0
+      self._last_log[kind] = now
+      _fd_log.warning("%s%s", what, f" ({n} times since the last such line)" if n > 1 else "")
+
+
+def _relief(closed: int) -> str:
+  return f"closed the {closed} oldest idle" if closed else "none idle to close, accepting again in 1 s"
+
+
+class _Listener(socket.socket):
+  """The listening socket, whose accept() keeps the server under its connection cap and its descriptor limit.
+
+  asyncio calls accept() in a loop while connections are queued. At the cap, the oldest idle connections are
+  closed and accept() says "nothing queued" (BlockingIOError) until the next loop iteration, which frees their
+  descriptors. With nothing idle to close, or on EMFILE, one EMFILE goes to asyncio, which stops accepting
+  for a second (its other calls in the same pass say "nothing queued": asyncio would otherwise schedule a
+  retry per call, a thousand a second).
+  """
+
+  connections: _Connections
+
+  def accept(self):
+    c = self.connections
+    if self._paused_at is not None:
+      if time.monotonic() - self._paused_at < 0.5:
+        raise BlockingIOError(errno.EAGAIN, "accepting paused")
+      self._paused_at = None
+    if c.max is not None and len(c.live) + c.accepted >= c.max:
+      closed = c.close_idle(len(c.live) + c.accepted - c.max + 1)
+      c.note("cap", f"{len(c.live) + c.accepted + closed} connections open, at the cap of {c.max} (file "
+             f"descriptor limit {_fd_limit()}): {_relief(closed)}")
+      if closed:
+        raise BlockingIOError(errno.EAGAIN, "making room")
+      return self._pause(OSError(errno.EMFILE, "connection cap reached"))
+    try:
+      conn, addr = super().accept()
+    except OSError as e:
+      if e.errno not in (errno.EMFILE, errno.ENFILE):
+        raise
+      closed = c.close_idle(max(1, len(c.live) // 10))
+      c.note("emfile", f"accept() failed: {e.strerror} ({len(c.live) + closed} connections open, file "
+             f"descriptor limit {_fd_limit()}): {_relief(closed)}")
+      if closed:
+        raise BlockingIOError(errno.EAGAIN, "making room") from None
+      return self._pause(e)
+    c.accepted += 1
+    return conn, addr
+
+  def _pause(self, exc: OSError):
+    self._paused_at = time.monotonic()
+    raise exc
+
+
 class _Protocol(H11Protocol):
   """uvicorn's h11 protocol, plus a deadline on the request head, and JSON for requests h11 cannot parse.
 
@@ -459,12 +584,19 @@ class _Protocol(H11Protocol):
   arrive within `head_timeout_s` of the connection opening (or of the previous answer).
   """
   head_timeout_s = 30.0  # set per server, on a subclass
+  hhh_connections: _Connections = _Connections(None)   # likewise (uvicorn's own `connections` is a set)
 
   def connection_made(self, transport) -> None:
     super().connection_made(transport)
     self._head_timer: asyncio.TimerHandle | None = None
     self._head_started = False
     self._arm_head_timer()
+    self.hhh_connections.add(self)
+
+  def idle(self) -> bool:
+    """Between requests (or before the first): closing it loses no request."""
+    return (not self.transport.is_closing() and self.conn.their_state is h11.IDLE and not self._head_started
+            and (self.cycle is None or self.cycle.response_complete))
 
   def data_received(self, data: bytes) -> None:
     super().data_received(data)
@@ -482,6 +614,7 @@ class _Protocol(H11Protocol):
 
   def connection_lost(self, exc) -> None:
     self._cancel_head_timer()
+    self.hhh_connections.discard(self)
     super().connection_lost(exc)
 
   def _arm_head_timer(self) -> None:
@@ -519,7 +652,8 @@ class RewardServer:
 
   def __init__(self, model, host: str, port: int, *, max_body_bytes: int, max_items: int, max_batch: int,
                max_wait_ms: float, score_timeout_s: float = 600.0, read_timeout_s: float = 30.0,
-               keep_alive_s: float = 5.0, backlog: int = 1024, verbose: bool = False):
+               keep_alive_s: float = 5.0, backlog: int = 1024, max_connections: int | None = None,
+               verbose: bool = False):
     for name, value in (("max_body_bytes", max_body_bytes), ("max_items", max_items), ("max_batch", max_batch),
                         ("backlog", backlog)):
       if int(value) < 1:
@@ -533,7 +667,8 @@ class RewardServer:
     self.score_timeout_s, self.read_timeout_s = float(score_timeout_s), float(read_timeout_s)
     self.batcher = Batcher(model, int(max_batch), max_wait_ms)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    self.socket = socket.socket(family, socket.SOCK_STREAM)
+    self.socket = _Listener(family, socket.SOCK_STREAM)
+    self.socket._paused_at = None
     try:
       self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
       self.socket.bind((host, port))
@@ -543,14 +678,22 @@ class RewardServer:
       self.socket.close()
       raise
     self.server_address = self.socket.getsockname()[:2]
-    protocol = type("_ServerProtocol", (_Protocol,), {"head_timeout_s": self.read_timeout_s})
+    if max_connections is not None and int(max_connections) < 1:
+      raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+    self.connections = _Connections(default_max_connections() if max_connections is None else int(max_connections))
+    self.socket.connections = self.connections
+    protocol = type("_ServerProtocol", (_Protocol,), {"head_timeout_s": self.read_timeout_s,
+                                                      "hhh_connections": self.connections})
     if verbose:
       _log_to_stderr()
-    config = uvicorn.Config(_App(self).asgi, http=protocol, ws="none", lifespan="off", log_config=None,
+    # asyncio's loop, not uvloop: asyncio accepts through _Listener.accept (uvloop calls accept in C, and meets
+    # EMFILE by silently resetting every queued connection).
+    config = uvicorn.Config(_App(self).asgi, http=protocol, ws="none", lifespan="off", log_config=None, loop="asyncio",
                             log_level="info" if verbose else "warning", access_log=verbose,
                             timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=5, backlog=int(backlog),
                             server_header=False, headers=[("server", "hhh-reward/1")])
-    self._uvicorn = uvicorn.Server(config)
+    _log_to_stderr(_fd_log)
+    self._uvicorn = _Uvicorn(config)
     self._serving = threading.Event()
     self._finished = threading.Event()
     self.batcher.start()
@@ -583,20 +726,38 @@ class RewardServer:
     self.batcher.stop()
 
 
-def _log_to_stderr() -> None:
+class _Uvicorn(uvicorn.Server):
+  """uvicorn's server; its loop leaves the accept() pauses of `_Listener` (already logged, once per burst)
+  unlogged, where asyncio would log a traceback for each."""
+
+  async def serve(self, sockets=None) -> None:
+    loop = asyncio.get_running_loop()
+
+    def handler(loop, context):
+      exc = context.get("exception")
+      if not (context.get("message") == "socket.accept() out of system resource" and isinstance(exc, OSError)
+              and exc.errno in (errno.EMFILE, errno.ENFILE)):
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    await super().serve(sockets)
+
+
+def _log_to_stderr(*loggers) -> None:
   handler = logging.StreamHandler(sys.stderr)
   handler.setFormatter(logging.Formatter("hhh serve: %(message)s"))
-  for name in ("uvicorn.error", "uvicorn.access"):
-    logger = logging.getLogger(name)
+  for logger in loggers or [logging.getLogger(n) for n in ("uvicorn.error", "uvicorn.access")]:
     if not logger.handlers:
       logger.addHandler(handler)
       logger.propagate = False
+      logger.setLevel(logging.INFO)
 
 
 def make_server(model, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes: int = 8 << 20,
                 max_items: int = 1024, max_batch: int = 256, max_wait_ms: float = 5.0,
                 score_timeout_s: float = 600.0, read_timeout_s: float = 30.0, keep_alive_s: float = 5.0,
-                backlog: int = 1024, verbose: bool = False) -> tuple[RewardServer, str]:
+                backlog: int = 1024, max_connections: int | None = None,
+                verbose: bool = False) -> tuple[RewardServer, str]:
   """A bound (not yet serving) server for `model` and its URL; port 0 picks a free port.
 
   Run it with `server.serve_forever()` (e.g. in a thread); stop it with `server.shutdown()` from another
@@ -605,7 +766,7 @@ def make_server(model, host: str = "127.0.0.1", port: int = 0, *, max_body_bytes
   server = RewardServer(model, host, port, max_body_bytes=max_body_bytes, max_items=max_items,
                         max_batch=max_batch, max_wait_ms=max_wait_ms, score_timeout_s=score_timeout_s,
                         read_timeout_s=read_timeout_s, keep_alive_s=keep_alive_s, backlog=backlog,
-                        verbose=verbose)
+                        max_connections=max_connections, verbose=verbose)
   return server, server.url
 
 
@@ -641,8 +802,12 @@ def add_cli(sub) -> None:
   p.add_argument("--read-timeout", type=float, default=30.0,
                  help="seconds a client has to send a request's head, and again its body (then 408)")
   p.add_argument("--backlog", type=int, default=1024, help="connections the kernel queues before accepting")
+  p.add_argument("--max-connections", type=int, default=None,
+                 help="open connections at most; past it the oldest idle one is closed (default: the file "
+                 f"descriptor limit less those open at start and {FD_RESERVE})")
   p.add_argument("--verbose", action="store_true", help="log one line per request to stderr")
   p.set_defaults(func=lambda args: serve(args.bundle, args.host, args.port, max_batch=args.max_batch,
                                          max_wait_ms=args.max_wait_ms, max_body_bytes=args.max_body_bytes,
                                          max_items=args.max_items, read_timeout_s=args.read_timeout,
-                                         backlog=args.backlog, verbose=args.verbose))
+                                         backlog=args.backlog, max_connections=args.max_connections,
+                                         verbose=args.verbose))
