@@ -154,6 +154,8 @@ def spawn(argv: Sequence[str], log, *, env: dict[str, str], cwd=None, cpus: Sequ
 
 
 def kill_group(proc: subprocess.Popen) -> None:
+  if proc.pid is None:
+    return
   with contextlib.suppress(ProcessLookupError, PermissionError):
     os.killpg(proc.pid, signal.SIGKILL)
   with contextlib.suppress(Exception):
@@ -194,8 +196,25 @@ def start(trial: Trial, trial_dir, lock_fd: int, *, env: dict[str, str], cwd=Non
   argv = command(trial, d)
   log.write("$ " + " ".join(argv) + "\n")
   log.flush()
-  proc = spawn(argv, log, env=env, cwd=cwd, cpus=cpus, pass_fds=(lock_fd,))
+  try:
+    proc = spawn(argv, log, env=env, cwd=cwd, cpus=cpus, pass_fds=(lock_fd,))
+  except OSError as e:   # not executable, not found: a failed attempt, like a command that exits 127
+    log.write(f"hhh: cannot start {argv[0]}: {e.strerror or e}\n")
+    log.flush()
+    proc = _NotStarted()
   return Running(trial, d, proc, lock_fd, log, attempt, time.time())
+
+
+class _NotStarted:
+  """The process of an attempt whose command could not be started (exit status 127, as a shell gives)."""
+  pid = None
+  returncode = 127
+
+  def poll(self):
+    return 127
+
+  def wait(self, timeout=None):
+    return 127
 
 
 def finish(run: Running, returncode: int) -> dict[str, Any]:
