@@ -132,3 +132,43 @@ def test_ray_backend_reports_a_missing_ray_or_too_few_devices(tmp_path, ray_addr
   monkeypatch.setitem(sys.modules, "ray", None)
   with pytest.raises(ValueError, match=r'needs Ray: pip install -e "\.\[ray\]"'):
     sweep.run_sweep(sweep.load(tmp_path / "g.yaml"), backend="ray", progress=False)
+
+
+def test_a_local_ray_instance_listens_on_loopback_only(tmp_path, monkeypatch):
+  """The sweep starts its own Ray instance (no --address): while its trial runs, every listening port of Ray's
+  processes (this driver's children) is on 127.0.0.1."""
+  import threading
+  psutil = pytest.importorskip("psutil")
+  (tmp_path / "trial.py").write_text(TRIAL)
+  doc = {"out": str(tmp_path / "out"), "resources": {"devices": 0, "cpus": 1},
+         "command": [sys.executable, str(tmp_path / "trial.py"), "{workdir}", "{label}", str(tmp_path / "done.log"),
+                     str(tmp_path / "gate"), "0", "0.5"],
+         "axes": {"label": ["hold"]}}
+  (tmp_path / "local.yaml").write_text(yaml.safe_dump(doc))
+  s = sweep.load(tmp_path / "local.yaml")
+  monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+  monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+  seen: dict = {}
+
+  def inspect():
+    try:
+      _wait_for(lambda: (s.trial_dir(s.trials[0]) / "pid").exists(), "the trial to start on Ray", timeout=300)
+      addrs = set()
+      for p in psutil.Process().children(recursive=True):
+        try:
+          addrs |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+          pass
+      seen["addrs"] = addrs
+    finally:
+      (tmp_path / "gate").write_text("")
+
+  watcher = threading.Thread(target=inspect)
+  watcher.start()
+  try:
+    assert sweep.run_sweep(s, backend="ray", progress=False) == []
+  finally:
+    (tmp_path / "gate").write_text("")
+    watcher.join(60)
+  assert seen["addrs"] and seen["addrs"] <= {"127.0.0.1", "::ffff:127.0.0.1"}, seen
+  assert _completions(tmp_path) == ["hold"]
