@@ -108,3 +108,23 @@ def test_removing_the_checkpoint_being_written_exits_fast_in_one_line(tiny_exper
   _one_line(stderr, f"hhh: error: cannot save checkpoint step {removed} in workdir {wd.absolute()}: ")
   assert stderr.rstrip().endswith("the earlier checkpoints are intact")
   _intact(wd, range(3, removed, 3))
+
+
+def test_abandoned_orbax_threads_stop_waiting_at_once():
+  """What made the exit take 300 s: an orbax save thread waiting for a signal from a thread that failed. Once
+  abandoned, it returns within a second without running its work."""
+  import threading
+  from orbax.checkpoint._src.futures import future as ocp_future
+  from orbax.checkpoint._src.futures import synchronization
+  ran = []
+  waiter = ocp_future._SignalingThread(
+      target=lambda: ran.append(True), send_signals=[], operation_id="hhh-test-abandon",
+      receive_signals=[synchronization.HandlerAwaitableSignal.STEP_DIRECTORY_CREATION])
+  waiter.start()
+  time.sleep(0.3)
+  assert waiter.is_alive()   # waiting for a signal nobody will send (for up to 300 s)
+  t0 = time.monotonic()
+  ckpt_lib._abandon_orbax_threads()
+  threading.Thread.join(waiter, 10)   # orbax's own join re-raises the cancellation
+  assert not waiter.is_alive() and time.monotonic() - t0 < 2
+  assert ran == []
