@@ -136,7 +136,7 @@ def test_ray_backend_reports_a_missing_ray_or_too_few_devices(tmp_path, ray_addr
 
 def test_a_local_ray_instance_listens_on_loopback_only(tmp_path, monkeypatch):
   """The sweep starts its own Ray instance (no --address): while its trial runs, every listening port of Ray's
-  processes (this driver's children) is on 127.0.0.1."""
+  processes (this driver's new children) is on 127.0.0.1."""
   import threading
   psutil = pytest.importorskip("psutil")
   (tmp_path / "trial.py").write_text(TRIAL)
@@ -155,6 +155,8 @@ def test_a_local_ray_instance_listens_on_loopback_only(tmp_path, monkeypatch):
       _wait_for(lambda: (s.trial_dir(s.trials[0]) / "pid").exists(), "the trial to start on Ray", timeout=300)
       addrs = set()
       for p in psutil.Process().children(recursive=True):
+        if p.pid in others:
+          continue
         try:
           addrs |= {c.laddr.ip for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -163,6 +165,8 @@ def test_a_local_ray_instance_listens_on_loopback_only(tmp_path, monkeypatch):
     finally:
       (tmp_path / "gate").write_text("")
 
+  # Not the Ray processes another test of this module started (its head node, also our child).
+  others = {p.pid for p in psutil.Process().children(recursive=True)}
   watcher = threading.Thread(target=inspect)
   watcher.start()
   try:
