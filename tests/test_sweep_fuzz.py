@@ -81,10 +81,10 @@ def _text(base_text: str, base_doc, rng: random.Random) -> str:
   return yaml.safe_dump(_mutate(base_doc, rng), sort_keys=False, allow_unicode=True)
 
 
-def _snapshot(root: pathlib.Path, skip: pathlib.Path) -> dict[str, str]:
+def _snapshot(root: pathlib.Path, *skip: pathlib.Path) -> dict[str, str]:
   out = {}
   for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = [d for d in dirnames if pathlib.Path(dirpath, d) != skip]
+    dirnames[:] = [d for d in dirnames if pathlib.Path(dirpath, d) not in skip]
     for f in filenames:
       p = pathlib.Path(dirpath, f)
       out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
@@ -107,8 +107,10 @@ def _run_case(argv) -> tuple[int, str, float]:
   return rc, err.getvalue(), time.monotonic() - t0
 
 
-def _fuzz(tmp_path, base_text: str, commands, monkeypatch, cases: int = CASES):
-  monkeypatch.chdir(REPO)   # the shipped sweep's experiment paths are relative to the repository
+def _fuzz(tmp_path, base_text: str, commands, monkeypatch, cases: int = CASES, cwd=REPO):
+  # The shipped sweep's experiment paths are relative to the repository; a command sweep runs in a folder of its
+  # own, since a mutated command may write where its trial runs (the user's program, not hhh, writing there).
+  monkeypatch.chdir(cwd)
   base_doc = yaml.safe_load(base_text)
   rng = random.Random(SEED)
   sentinel = tmp_path / "outside"
@@ -122,7 +124,7 @@ def _fuzz(tmp_path, base_text: str, commands, monkeypatch, cases: int = CASES):
     path = case / "s.yaml"
     path.write_text(_text(base_text, base_doc, rng), encoding="utf-8")
     out = case / "out"
-    before = _snapshot(tmp_path, out)
+    before = _snapshot(tmp_path, out, pathlib.Path(cwd))
     for cmd in commands:
       if cmd == "run" and _trial_count(path, out) > MAX_RUN_TRIALS:
         continue   # a mutated grid may hold hundreds of trials; status covers it, running them is not the point
@@ -137,7 +139,7 @@ def _fuzz(tmp_path, base_text: str, commands, monkeypatch, cases: int = CASES):
         errors += 1
         break
       ran += cmd == "run"
-    after = _snapshot(tmp_path, out)
+    after = _snapshot(tmp_path, out, pathlib.Path(cwd))
     assert after == before, (i, sorted(set(after.items()) ^ set(before.items()))[:5])
   assert (sentinel / "keep.txt").read_text() == "must survive"
   return ran, errors, worst
@@ -160,5 +162,7 @@ def test_fuzz_a_command_sweep_that_runs(tmp_path, monkeypatch):
            "set": {"init": "@a"}, "axes": {"seed": [0, 1]}}],
       "report": [{"stage": "b", "metric": "value", "x": "seed"}]}, sort_keys=False)
   # Fewer cases: each that loads runs its trials (about 1 s).
-  ran, errors, worst = _fuzz(tmp_path, base, ["run", "status"], monkeypatch, cases=24)
+  (tmp_path / "cwd").mkdir()
+  ran, errors, worst = _fuzz(tmp_path, base, ["run", "status"], monkeypatch, cases=24, cwd=tmp_path / "cwd")
+  assert not (REPO / "metrics.json").exists()
   assert ran > 0 and errors > 0
