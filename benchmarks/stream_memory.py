@@ -91,6 +91,11 @@ def make_store(path: pathlib.Path, n_train: int, n_valid: int = 2000, shards: in
   return time.perf_counter() - t0
 
 
+def _train_len(path: pathlib.Path) -> int:
+  from hhh.data import store
+  return len(store.DataSource(path, "train"))
+
+
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
@@ -137,6 +142,7 @@ def main():
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--workers", type=int, default=1)
   ap.add_argument("--tmp", default="/tmp/hhh_stream_bench")
+  ap.add_argument("--reuse", action="store_true", help="keep stores of the right size already under --tmp")
   ap.add_argument("--pmp", type=int, default=0, help="steps of a PMP mixture run on the stores already written")
   args = ap.parse_args()
   tmp = pathlib.Path(args.tmp)
@@ -164,6 +170,9 @@ def main():
   sizes = {"small": args.small, "large": args.small * args.scale, "quickstart": args.quickstart_n}
   for name, n in sizes.items():
     path = tmp / f"store_{name}"
+    if args.reuse and (path / "summary.json").exists() and _train_len(path) == n:
+      result["stores"][name] = {"train_records": n, "reused": True}
+      continue
     secs = make_store(path, n)
     result["stores"][name] = {"train_records": n, "seconds_to_write": round(secs, 1)}
     print(f"store {name}: {n} records in {secs:.0f}s", flush=True)

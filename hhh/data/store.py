@@ -248,10 +248,11 @@ class DataSource:
       readers, starts = self._shards
       shard = np.searchsorted(starts, indices, side="right") - 1
       out: list = [None] * len(indices)
-      for s in np.unique(shard):
-        at = np.flatnonzero(shard == s)
-        for j, b in zip(at, readers[s].read([indices[j] - int(starts[s]) for j in at])):
-          out[j] = _from_example_bytes(b)
+      for j, (s, i) in enumerate(zip(shard, indices)):
+        # A one-record range read: the reader's read(list) costs time in proportion to the shard's record count
+        # (28 ms for any 16 of 2.5M records), a range read does not (0.1 ms a record).
+        pos = i - int(starts[s])
+        out[j] = _from_example_bytes(readers[s].read(pos, pos + 1)[0])
     return out
 
   @property

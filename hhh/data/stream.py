@@ -39,6 +39,7 @@ from hhh.data import packing, pipeline, sources, store
 from hhh.data import tokenizer as tokenizer_lib
 
 INDEX_VERSION = 3
+_SLICE = 1 << 20  # examples per slice where a whole-index pass would otherwise make a wide temporary
 _CHUNK = 4096  # records per index task: large enough to amortize a worker round trip, small enough to spread
 
 
@@ -165,7 +166,7 @@ def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, 
   path = _cache_path(reader, binarize, tok_json, max_len, max_k)
   if _all_processes(cache and path.exists(), process_count):
     with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files}
+      arrays = {k: z[k] for k in z.files if binarize or k not in ("record", "part")}
   else:
     n = len(reader)
     lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
@@ -284,8 +285,8 @@ class Examples:
 
   def pack_summary(self, row_len: int) -> packing.PackStats:
     kinds = self._per_segment([pack_kinds(ix, row_len) for ix in self.indexes])
-    n = np.bincount(kinds.astype(np.int64), minlength=3)
-    return packing.PackStats(comparisons=int(n.sum()), packed=int(n[0]), split=int(n[1]), fallback=int(n[2]))
+    n = [int(np.count_nonzero(kinds == v)) for v in range(3)]
+    return packing.PackStats(comparisons=sum(n), packed=n[0], split=n[1], fallback=n[2])
 
   def stats(self) -> pipeline.EncodeStats:
     """Encoding counts as `encode_all` reports them over this list (a resampled example counted each time)."""
@@ -358,7 +359,10 @@ class _Plan:
       raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the largest bucket {buckets[-1]}")
     self.by_bucket = {}
     for lo, b in zip([0, *buckets], buckets):  # bucket_of: the smallest bucket that holds the length
-      ix = np.flatnonzero((lengths > lo) & (lengths <= b)).astype(np.uint32)
+      # In slices, so that no int64 array of every example is ever made.
+      ix = np.concatenate([np.flatnonzero((lengths[at:at + _SLICE] > lo) & (lengths[at:at + _SLICE] <= b))
+                           .astype(np.uint32) + np.uint32(at) for at in range(0, len(lengths), _SLICE)] +
+                          [np.zeros(0, np.uint32)])
       if len(ix):
         self.by_bucket[b] = ix
     self.per_epoch = sum(-(-len(ix) // batch_size) for ix in self.by_bucket.values())
@@ -377,14 +381,14 @@ class _Plan:
     for L, ix in self.by_bucket.items():
       ix = rng.permutation(ix) if self.shuffle else ix
       flat.append(ix)
-      for i in range(0, len(ix), self.batch_size):
-        starts.append(at + i)
-        sizes.append(min(self.batch_size, len(ix) - i))
-        Ls.append(L)
+      first = np.arange(0, len(ix), self.batch_size, dtype=np.int64)
+      starts.append(at + first)
+      sizes.append(np.minimum(self.batch_size, len(ix) - first))
+      Ls.append(np.full(len(first), L, np.int64))
       at += len(ix)
+    starts, sizes, Ls = np.concatenate(starts), np.concatenate(sizes), np.concatenate(Ls)
     order = rng.permutation(len(starts)) if self.shuffle else np.arange(len(starts))
-    return (np.concatenate(flat), np.asarray(starts, np.int64)[order], np.asarray(sizes, np.int64)[order],
-            np.asarray(Ls, np.int64)[order])
+    return (flat[0] if len(flat) == 1 else np.concatenate(flat), starts[order], sizes[order], Ls[order])
 
   def __getitem__(self, i: int):
     flat, starts, sizes, Ls = self.epoch_plan(i // self.per_epoch)
