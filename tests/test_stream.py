@@ -72,7 +72,7 @@ def test_plan_is_the_batch_plan():
   lengths = np.random.default_rng(0).integers(1, 97, 1000)
   for shuffle in (True, False):
     old = pipeline._BatchPlan(lengths.tolist(), 16, (48, 96), 5, shuffle, None)
-    new = stream._Plan(lengths, 16, (48, 96), 5, shuffle, None)
+    new = stream._Plan(lambda: lengths, 16, (48, 96), 5, shuffle, None)
     assert len(old) == len(new)
     for i in [0, 1, 30, 63, 64, 65, 200]:
       (L0, ix0), (L1, ix1) = old[i], new[i]
@@ -136,6 +136,21 @@ def test_index_is_cached_beside_the_store_and_read_once(stores, reads):
   # Another max_len is another index.
   stream.examples(spec, DataConfig(max_len=64, max_k=2, buckets=(64,)), "validation", 0, TOK)
   assert len(list((stores / "b" / "index").glob("validation-*.npz"))) == 2
+
+
+def test_workers_get_the_cached_index_by_path(stores):
+  """What travels to a grain worker names the cached index file; unpickled, it makes the same batches."""
+  import pickle
+  lazy = stream.examples(str(stores / "a"), DCFG, "train", 0, TOK)
+  src = stream.StreamBatchSource(lazy, seed=1, packed=True, row_len=96, **KW)
+  ds = src.dataset(shuffle=True, epochs=None)
+  blob = pickle.dumps(ds)
+  assert lazy.indexes[0].cache.endswith(".npz") and lazy.indexes[0].cache.encode() in blob
+  assert lazy.indexes[0].seq_len.tobytes() not in blob
+  again = pickle.loads(blob)
+  for i in (0, 5, 40):
+    for k, v in ds[i].items():
+      np.testing.assert_array_equal(again[i][k], v)
 
 
 def _train_args(stores, workdir, *extra):

@@ -86,9 +86,22 @@ class SourceIndex:
   record: np.ndarray | None    # [E] the store record (binarized sources; otherwise the example is the record)
   part: np.ndarray | None      # [E] which of the record's binarized comparisons
   cuts: np.ndarray | None      # [E, 3] responses dropped, contexts truncated, responses truncated (encode stats)
+  cache: str | None = None     # the cache file these arrays are in
 
   def __len__(self) -> int:
     return len(self.seq_len)
+
+  def __getstate__(self):
+    # Workers load a cached index from its file rather than from a pickle of it the training process would build.
+    if self.cache is None:
+      return self.__dict__
+    return {"cache": self.cache, "binarized": self.record is not None}
+
+  def __setstate__(self, state):
+    if "binarized" in state:
+      state = dataclasses.asdict(_load_index(pathlib.Path(state["cache"]), state["binarized"]))
+      state["cuts"] = None
+    self.__dict__.update(state)
 
 
 def _small(max_len: int):
@@ -165,8 +178,7 @@ def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, 
   tok_json = tok.to_json()
   path = _cache_path(reader, binarize, tok_json, max_len, max_k)
   if _all_processes(cache and path.exists(), process_count):
-    with np.load(path, allow_pickle=False) as z:
-      arrays = {k: z[k] for k in z.files if binarize or k not in ("record", "part")}
+    return _load_index(path, binarize)
   else:
     n = len(reader)
     lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
@@ -182,24 +194,36 @@ def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, 
     del chunks
     if process_count > 1:
       arrays = _allgather_concat(arrays)
-    if cache and process_index == 0:
-      _write_cache(path, arrays)
-  if binarize:
-    return SourceIndex(arrays["seq_len"], arrays["start"], arrays["same"], arrays["record"], arrays["part"],
-                       arrays["cuts"])
-  return SourceIndex(arrays["seq_len"], arrays["start"], arrays["same"], None, None, arrays["cuts"])
+    written = cache and process_index == 0 and _write_cache(path, arrays)
+    # Other processes learn whether process 0 wrote the file, so all of them pickle the index the same way.
+    cached = bool(written) if process_count == 1 else _any_process(bool(written))
+  return SourceIndex(arrays["seq_len"], arrays["start"], arrays["same"], arrays["record"] if binarize else None,
+                     arrays["part"] if binarize else None, arrays["cuts"], str(path) if cached else None)
 
 
-def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+def _any_process(flag: bool) -> bool:
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)]))).max())
+
+
+def _load_index(path: pathlib.Path, binarize: bool) -> SourceIndex:
+  with np.load(path, allow_pickle=False) as z:
+    a = {k: z[k] for k in z.files if binarize or k not in ("record", "part")}
+  return SourceIndex(a["seq_len"], a["start"], a["same"], a.get("record"), a.get("part"), a["cuts"], str(path))
+
+
+def _write_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> bool:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
     path.parent.mkdir(exist_ok=True)
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)
+    return True
   except OSError as e:
     tmp.unlink(missing_ok=True)
     print(f"hhh: note: length index not cached ({path.parent}: {e.strerror}); it is rebuilt on every run")
+    return False
 
 
 def piece_lengths(seq_len: np.ndarray, start: int, same: bool, row_len: int) -> list[int]:
@@ -224,9 +248,9 @@ def piece_lengths(seq_len: np.ndarray, start: int, same: bool, row_len: int) -> 
 def pack_kinds(index: SourceIndex, row_len: int) -> np.ndarray:
   """0 packed, 1 split, 2 fallback per example (`packing.pieces_of`'s kinds), vectorized."""
   out = np.empty(len(index), np.uint8)
-  for lo in range(0, len(index), 1 << 18):  # in slices: int64 copies of the whole index would dwarf it
-    seq = index.seq_len[lo:lo + (1 << 18)].astype(np.int64)
-    c = index.start[lo:lo + (1 << 18)].astype(np.int64)
+  for lo in range(0, len(index), 1 << 16):  # small slices: wide copies of the whole index would dwarf it
+    seq = index.seq_len[lo:lo + (1 << 16)].astype(np.int32)
+    c = index.start[lo:lo + (1 << 16)].astype(np.int32)
     total = c + np.where(seq > 0, seq - c[:, None], 0).sum(1)
     out[lo:lo + len(seq)] = np.where(~index.same[lo:lo + len(seq)], 2, np.where(total <= row_len, 0, 1))
   return out
@@ -350,24 +374,42 @@ def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, p
 class _Plan:
   """`pipeline._BatchPlan` in flat arrays (4 bytes per example rather than a tuple per batch): the same batches."""
 
-  def __init__(self, lengths: np.ndarray, batch_size: int, buckets: Sequence[int], seed: int, shuffle: bool,
+  def __init__(self, lengths, batch_size: int, buckets: Sequence[int], seed: int, shuffle: bool,
                epochs: int | None):
-    self.batch_size, self.seed, self.shuffle, self.epochs = batch_size, seed, shuffle, epochs
-    buckets = sorted(buckets)
-    lengths = np.asarray(lengths)
+    """`lengths`: a function returning each example's length, called again where the plan is used (a grain
+    worker), so what travels to a worker is not the per-example arrays."""
+    self.lengths, self.batch_size, self.seed, self.shuffle, self.epochs = lengths, batch_size, seed, shuffle, epochs
+    self.buckets = sorted(buckets)
+    # Batches per epoch from bucket counts; the buckets' index arrays are built where batches are made (with
+    # grain workers, not in the training process).
+    self.per_epoch = sum(-(-n // batch_size) for n in self._counts().values())
+    if self.per_epoch == 0:
+      raise ValueError("no examples to batch")
+
+  def _counts(self) -> dict[int, int]:
+    lengths, buckets = np.asarray(self.lengths()), self.buckets
     if len(lengths) and int(lengths.max()) > buckets[-1]:
       raise ValueError(f"sequence of {int(lengths.max())} tokens exceeds the largest bucket {buckets[-1]}")
-    self.by_bucket = {}
+    return {b: sum(int(np.count_nonzero((lengths[at:at + _SLICE] > lo) & (lengths[at:at + _SLICE] <= b)))
+                   for at in range(0, len(lengths), _SLICE)) for lo, b in zip([0, *buckets], buckets)}
+
+  def __getstate__(self):
+    d = dict(self.__dict__)
+    d.pop("by_bucket", None)
+    return d
+
+  @functools.cached_property
+  def by_bucket(self) -> dict[int, np.ndarray]:
+    lengths, buckets = np.asarray(self.lengths()), self.buckets
+    out = {}
     for lo, b in zip([0, *buckets], buckets):  # bucket_of: the smallest bucket that holds the length
       # In slices, so that no int64 array of every example is ever made.
       ix = np.concatenate([np.flatnonzero((lengths[at:at + _SLICE] > lo) & (lengths[at:at + _SLICE] <= b))
                            .astype(np.uint32) + np.uint32(at) for at in range(0, len(lengths), _SLICE)] +
                           [np.zeros(0, np.uint32)])
       if len(ix):
-        self.by_bucket[b] = ix
-    self.per_epoch = sum(-(-len(ix) // batch_size) for ix in self.by_bucket.values())
-    if self.per_epoch == 0:
-      raise ValueError("no examples to batch")
+        out[b] = ix
+    return out
 
   def __len__(self):
     return self.per_epoch * (self.epochs if self.epochs is not None else 1_000_000)
@@ -423,7 +465,7 @@ class StreamBatchSource:
       pieces = [self.examples.pieces(i, self.row_len) for i in range(len(self.examples))]
       return packing.TokenPlan(pieces, row_len=self.row_len, rows=self.budget_rows, max_comparisons=self.batch_size,
                                seed=self.seed, n_shards=self.n_shards)
-    return _Plan(self.examples.lengths(), self.batch_size, self.buckets, self.seed, shuffle, epochs)
+    return _Plan(self.examples.lengths, self.batch_size, self.buckets, self.seed, shuffle, epochs)
 
   def _collate(self, item, rows=None, budget=False):
     L, ix = item
