@@ -157,7 +157,8 @@ def main():
     result = json.loads(OUT.read_text())
     mix = f"{tmp / 'store_large'}:1,{tmp / 'store_small'}:1:binarize"
     r = run_train(tmp / "run_pmp", small_model + [f"data.train={mix}", f"data.validation={tmp / 'store_quickstart'}",
-                                                  f"steps={args.pmp}", f"checkpoint_every={args.pmp // 2}"])
+                                                  f"steps={args.pmp}", f"checkpoint_every={args.pmp // 2}",
+                                                  "data.stream=true"])
     lines = [json.loads(x) for x in (tmp / "run_pmp" / "metrics.jsonl").read_text().splitlines()]
     r["held_out"] = next((x for x in reversed(lines) if x["split"] == "validation"), None)
     r["data_train"] = "store_large:1,store_small:1:binarize"
