@@ -1,5 +1,6 @@
 """The GPU checks of the real-training work, in one short run: bf16 train-step MFU at the ~1B `800m` shape, and
-packed HH-RLHF PM training throughput at SmolLM2-135M's shape (bf16), packed against unpacked.
+packed HH-RLHF PM training throughput at SmolLM2-135M's shape (bf16), packed against unpacked, and at rows of
+2048 tokens, dense attention against tiled (`model.attention`).
 
     bash benchmarks/device_check.sh            # writes $OUT/device_check.json (or benchmarks/results/)
 
@@ -107,11 +108,51 @@ def hh_packed(hh: str, n_batches: int, reps: int) -> dict:
   return out
 
 
+def attention_2048(hh: str, n_batches: int, reps: int, smoke: bool = False) -> dict:
+  """Packed HH-RLHF rows of 2048 tokens (16 comparisons a step), bf16, SmolLM2's shape: model.attention dense
+  ([B, L, L] mask and probabilities per layer) against tiled (mask from segment ids per tile, probabilities
+  recomputed in the backward). Step time and the device's peak memory where it reports one."""
+  import dataclasses
+  import jax
+  from hhh import config as config_lib
+  from hhh.data import packing, pipeline, sources, tokenizer as tokenizer_lib
+  from hhh.model import family, sharding as shd
+  from hhh.model.config import ModelConfig
+  from hhh.train.step import Steps, abstract_params
+  tok = tokenizer_lib.ByteTokenizer()
+  base = (family.get("13m", vocab_size=tok.vocab_size, max_len=2048) if smoke else
+          ModelConfig(vocab_size=tok.vocab_size, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
+                      max_len=2048, rope_theta=100000.0))
+  dcfg = config_lib.DataConfig(train=hh, max_len=1024, buckets=(1024,), pack_len=2048)
+  comps = sources.load_comparisons(hh, dcfg, "train", 0)[:16 * n_batches]
+  examples, _ = pipeline.encode_all(comps, tok, 1024, 2)
+  batches = [packing.collate_rows(examples[16 * j:16 * j + 16], K=2, pad_id=tok.pad_id, buckets=(2048,))
+             for j in range(n_batches)]
+  out = {"rows": [list(b["tokens"].shape) for b in batches]}
+  for attention in ("dense", "tiled"):
+    model_cfg = dataclasses.replace(base, dtype="bfloat16", attention=attention)
+    cfg = config_lib.TrainConfig(model=model_cfg, batch_size=16, steps=10**6, data=dcfg)
+    mesh = shd.make_mesh(cfg.mesh)
+    graphdef, pa = abstract_params(model_cfg)
+    steps = Steps(cfg, mesh, graphdef, pa, cfg.steps, packed=True)
+    try:
+      s, _ = _timed(steps, _state(steps, model_cfg), batches, reps)
+      stats = jax.devices()[0].memory_stats() or {}
+      out[attention] = {"s_per_step": s, "comparisons_per_s": 16 / s, "peak_bytes": stats.get("peak_bytes_in_use")}
+    except Exception as e:  # dense can run out of memory where tiled does not: that is a result too
+      out[attention] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+  if "s_per_step" in out["dense"] and "s_per_step" in out["tiled"]:
+    out["tiled_over_dense_speed"] = out["dense"]["s_per_step"] / out["tiled"]["s_per_step"]
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--hh", default="runs/hh_rlhf_conv", help="HH-RLHF comparisons (dataset dir or .jsonl)")
   ap.add_argument("--batches", type=int, default=12)
   ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--smoke", action="store_true", help="13m shape for the 2048-token attention part (a CPU check "
+                  "of the script)")
   ap.add_argument("--out", default=os.path.join(os.environ.get("OUT") or "benchmarks/results", "device_check.json"))
   a = ap.parse_args()
   import jax
@@ -124,6 +165,9 @@ def main():
     print(json.dumps(res["hh_rlhf_smollm2_bf16"]), flush=True)
   else:
     res["hh_rlhf_smollm2_bf16"] = f"skipped: {a.hh} not found (make it with `hhh data load hh_rlhf ... --out` and carry it)"
+  if pathlib.Path(a.hh).exists():
+    res["attention_2048_smollm2_bf16"] = attention_2048(a.hh, max(1, a.batches // 4), a.reps, a.smoke)
+    print(json.dumps(res["attention_2048_smollm2_bf16"]), flush=True)
   res["wall_s"] = time.perf_counter() - t
   pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(a.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -15,6 +15,11 @@ length-grouped megabatches, as `group_by_length` does. With --kway, the cardano 
 Shapes, random init (speed does not depend on the values): `smollm2-135m` (SmolLM2-135M's architecture) and `13m`
 (hhh's family member with SmolLM2's vocabulary). All fp32, AdamW, clipping at 1.0, no dropout.
 
+With --batch-tokens N, a fifth side, hhh budget, trains the same comparisons in token-budget steps
+(`data.batch_tokens=N`: N / 1024 rows of 1024 tokens, as many comparisons as fit): each round, the comparisons
+the other sides take in their `--steps` steps, in order (hhh.data.packing.TokenPlan with a 16-comparison
+look-ahead, no shuffle), the last step of a round partly empty.
+
 Each side is a persistent worker that warms up first (hhh compiles every row shape the measured batches use, TRL
 runs its warm-up steps), then rounds interleave (A B C D A B C D ...), each round timing `--steps` steps of every
 side on the same batches. Figures are medians over rounds; the load average is recorded with every round. A
@@ -44,6 +49,7 @@ sys.path.insert(0, str(HERE))
 BATCH = 8
 MAX_LEN = 1024
 BUCKETS = (128, 256, 512, 1024)
+BUDGET_MAX_COMPARISONS = 32   # batch_size of the token-budget side: the most comparisons one of its steps holds
 
 
 def _emit(obj):
@@ -73,6 +79,23 @@ def _batches(examples, start: int, n: int, K: int, pack: bool, pad_id: int):
     else:
       L = pipeline.bucket_of(max(e.length for e in exs), BUCKETS)
       out.append(pipeline.collate(exs, L, K, pad_id))
+  return out
+
+
+def _budget_batches(examples, lo: int, hi: int, K: int, pad_id: int, batch_tokens: int):
+  """Token-budget steps (`data.batch_tokens`) over comparisons [lo, hi) of the fixed order: hhh.data.packing's
+  TokenPlan without the shuffle, so the side computes exactly the comparisons the other sides get in their
+  hi - lo comparisons' steps. Returns (host batch, comparison indices) per step."""
+  from hhh.data import packing
+  rows = batch_tokens // MAX_LEN
+  window = examples[lo:hi]
+  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, MAX_LEN)[0]] for e in window], row_len=MAX_LEN,
+                           rows=rows, max_comparisons=BUDGET_MAX_COMPARISONS, seed=0, shuffle=False)
+  out = []
+  for ix in plan.epoch_plan(0):
+    exs = [window[i] if i >= 0 else None for i in ix.tolist()]
+    out.append((packing.collate_rows(exs, K=K, pad_id=pad_id, buckets=(MAX_LEN,), rows=rows),
+                [lo + i for i in ix.tolist() if i >= 0]))
   return out
 
 
@@ -116,6 +139,12 @@ def hhh_worker(a):
     return sum(packing.packed_length(e) for e in examples[j * BATCH:(j + 1) * BATCH])
 
   t0 = time.perf_counter()
+  if a.batch_tokens:
+    # One shape: a step of the warm-up comparisons compiles it.
+    step(_budget_batches(examples, 0, BATCH * a.warmup, a.max_k, tok.pad_id, a.batch_tokens)[0][0])
+    _emit({"ready": True, "warmup_s": time.perf_counter() - t0, "shapes": [[a.batch_tokens // MAX_LEN, MAX_LEN]],
+           "batch_tokens": a.batch_tokens, "versions": {"jax": jax.__version__}})
+    return _budget_rounds(a, examples, step, tok.pad_id)
   for host in _batches(examples, 0, a.warmup, a.max_k, a.pack, tok.pad_id):
     step(host)
   # Every row shape the measured batches use is compiled now, so no round pays for a compile.
@@ -150,6 +179,32 @@ def hhh_worker(a):
            "loadavg": os.getloadavg()})
 
 
+def _budget_rounds(a, examples, step, pad_id):
+  """`run N` on the token-budget side: the comparisons of the other sides' N steps, in token-budget steps."""
+  import numpy as np
+  from hhh.data import packing
+  j = a.warmup
+  for line in sys.stdin:
+    line = line.strip()
+    if not line or line == "quit":
+      return
+    if line == "rewind":
+      j = a.warmup
+      continue
+    n = int(line.split()[1])
+    times, processed, need, comps = [], [], [], []
+    for host, ix in _budget_batches(examples, BATCH * j, BATCH * (j + n), a.max_k, pad_id, a.batch_tokens):
+      t = time.perf_counter()
+      step(host)
+      times.append(time.perf_counter() - t)
+      processed.append(int(np.prod(host["tokens"].shape)))
+      need.append(sum(packing.packed_length(examples[i]) for i in ix))
+      comps.append(len(ix))
+    j += n
+    _emit({"times": times, "comparisons": comps, "processed_tokens": processed, "needed_tokens": need,
+           "loadavg": os.getloadavg()})
+
+
 def _read_comparisons(path):
   from hhh.data.schema import Comparison
   with open(path) as f:
@@ -160,10 +215,11 @@ def _read_comparisons(path):
 class HHHWorker:
   """An hhh worker process, the same protocol as trl_side.TRLWorker."""
 
-  def __init__(self, name, shape, data, pack, max_k, warmup, total):
+  def __init__(self, name, shape, data, pack, max_k, warmup, total, batch_tokens=0):
     self.name, self.info, self.proc = name, {}, None
     self.cmd = [sys.executable, __file__, "--worker", "--shape", shape, "--data", str(data), "--pack",
-                "1" if pack else "0", "--max-k", str(max_k), "--warmup", str(warmup), "--total", str(total)]
+                "1" if pack else "0", "--max-k", str(max_k), "--warmup", str(warmup), "--total", str(total),
+                "--batch-tokens", str(batch_tokens)]
 
   def start(self):
     import subprocess
@@ -278,6 +334,8 @@ def bench(shape: str, args, workload: str) -> dict:
   if args.restart_trl:
     total = args.warmup + args.steps  # every round runs the same measured batches
   workers = [HHHWorker("hhh_packed", shape, data, True, max_k, args.warmup, total)]
+  if args.batch_tokens:
+    workers.append(HHHWorker("hhh_budget", shape, data, True, max_k, args.warmup, total, args.batch_tokens))
   if not args.no_unpacked:
     workers.append(HHHWorker("hhh_unpacked", shape, data, False, max_k, args.warmup, total))
   for mode in ("default", "best"):
@@ -327,8 +385,16 @@ def bench(shape: str, args, workload: str) -> dict:
       "token_bound_over_trl_default": sides[d]["processed_over_needed"] / p["processed_over_needed"],
       "token_bound_over_trl_best": sides[b]["processed_over_needed"] / p["processed_over_needed"],
       "trl_default_side": d, "trl_best_side": b}
+  if "hhh_budget" in sides:
+    t = sides["hhh_budget"]
+    ratios.update({
+        "hhh_budget_over_trl_default": t["comparisons_per_s"] / sides[d]["comparisons_per_s"],
+        "hhh_budget_over_trl_best": t["comparisons_per_s"] / sides[b]["comparisons_per_s"],
+        "hhh_budget_over_hhh_packed": t["comparisons_per_s"] / p["comparisons_per_s"],
+        "budget_token_bound_over_trl_default": sides[d]["processed_over_needed"] / t["processed_over_needed"],
+        "budget_token_bound_over_trl_best": sides[b]["processed_over_needed"] / t["processed_over_needed"]})
   return {"workload": workload, "shape": shape, "comparisons_in_window": len(comps), "batch": BATCH,
-          "restart_trl": args.restart_trl, "trl_grad_accum": args.trl_grad_accum,
+          "restart_trl": args.restart_trl, "trl_grad_accum": args.trl_grad_accum, "batch_tokens": args.batch_tokens,
           "needed_over_unpadded_pairs": need_over_real,
           "max_len": MAX_LEN, "warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
           "needed_tokens_per_comparison": need_per_comp, "sides": sides, "ratios": ratios, "raw_rounds": got}
@@ -355,6 +421,9 @@ def main():
   ap.add_argument("--no-unpacked", action="store_true", help="leave out the hhh unpacked side")
   ap.add_argument("--trl-grad-accum", type=int, default=1,
                   help="TRL steps as N micro-batches of 8/N pairs (what fits a 24 GB host at SmolLM2's shape)")
+  ap.add_argument("--batch-tokens", type=int, default=0,
+                  help="also an hhh side with data.batch_tokens=N (a multiple of 1024): token-budget steps over "
+                       "the same comparisons")
   ap.add_argument("--work", default="/tmp/hhh-train-real")
   ap.add_argument("--out", default=str(HERE / "results" / "train_real.json"))
   a = ap.parse_args()
