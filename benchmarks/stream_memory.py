@@ -97,7 +97,8 @@ def _train_len(path: pathlib.Path) -> int:
 
 
 def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+              XLA_FLAGS="--xla_force_host_platform_device_count=1")
 
 
 def run_train(workdir: pathlib.Path, sets: list[str]) -> dict:

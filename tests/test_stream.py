@@ -4,6 +4,7 @@ own rows, the length index cached, and `hhh train` with data.stream giving the i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -203,6 +204,11 @@ def test_streamed_run_killed_resumes_to_the_in_memory_losses(stores, tmp_path):
 
 
 def test_two_processes_streamed_equal_one_in_memory(stores, tmp_path):
+  """Fresh stores, so the two processes also build the length index, each over half of the records."""
+  fresh = tmp_path / "stores"
+  for name in ("a", "b"):
+    shutil.copytree(stores / name, fresh / name, ignore=shutil.ignore_patterns("index"))
+  stores = fresh
   args = ["--set", "steps=4", "--set", "checkpoint_every=2"]
   run_hhh(*_train_args(stores, tmp_path / "single", *args))
   port = free_port()
@@ -219,3 +225,6 @@ def test_two_processes_streamed_equal_one_in_memory(stores, tmp_path):
   one, two = _losses(tmp_path / "single"), _losses(multi)
   assert [s for s, _ in two] == [1, 2, 3, 4]
   np.testing.assert_allclose([x for _, x in two], [x for _, x in one], rtol=1e-5)
+  # Process 0 wrote each index it built; a, unbinarized, and b, binarized, for train and validation each.
+  for name in ("a", "b"):
+    assert len(list((stores / name / "index").glob("*.npz"))) == 2

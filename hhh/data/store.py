@@ -268,7 +268,8 @@ def _from_example_bytes(b: bytes) -> Comparison:
   from tensorflow_datasets.core.example_parser import tf_example_pb2
   f = tf_example_pb2.Example.FromString(b).features.feature
   text = lambda key: f[key].bytes_list.value[0].decode("utf-8") if f[key].bytes_list.value else ""
-  return Comparison(context=text("context"), responses=tuple(x.decode("utf-8") for x in f["responses"].bytes_list.value),
+  return Comparison(context=text("context"),
+                    responses=tuple(x.decode("utf-8") for x in f["responses"].bytes_list.value),
                     scores=tuple(float(x) for x in f["scores"].float_list.value), source=text("source"),
                     id=text("id"), meta=json.loads(text("meta") or "{}") if "meta" in f else {})
 

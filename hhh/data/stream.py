@@ -3,9 +3,10 @@
 `data.stream=true` trains on dataset directories (`hhh data mine` / `hhh data load`) without loading them:
 
 - **A length index** per (store split, tokenizer, max_len, max_k, binarize): each example's sequence lengths and
-  context length, in the narrowest type that holds max_len (a few bytes per example, not per token), plus for a `:binarize` source the record and
-  part each binarized comparison comes from. It is built once, in grain worker processes, each process of a
-  multi-process run indexing its own share of the records, and cached as `DIR/index/*.npz` (no pickle).
+  context length, in the narrowest type that holds max_len (a few bytes per example, not per token), plus for a
+  `:binarize` source the record and part each binarized comparison comes from. It is built once, in grain worker
+  processes, each process of a multi-process run indexing its own share of the records, and cached as
+  `DIR/index/*.npz` (no pickle). Workers load it from that file rather than from the training process.
 - **The plan** (which comparisons form each batch, in which order) is computed from the index exactly as the
   in-memory path computes it from encoded examples: `_Plan` is `pipeline._BatchPlan` in flat arrays,
   `packing.TokenPlan` is used as is, and a mixture's weighted resampling repeats `sources.load_comparisons`'
