@@ -228,7 +228,8 @@ class HHHWorker:
     lib = cpu_malloc.find_jemalloc()
     if lib:  # what the `hhh` command runs under on CPU (hhh/cpu_malloc.py)
       # background_thread: an idle worker hands its step buffers back, so a TRL worker beside it has the memory.
-      env.update(LD_PRELOAD=lib, MALLOC_CONF=cpu_malloc.MALLOC_CONF + ",background_thread:true")
+      # dirty_decay_ms: within a second, so a TRL worker started next finds the memory free (one was OOM-killed).
+      env.update(LD_PRELOAD=lib, MALLOC_CONF=cpu_malloc.MALLOC_CONF + ",background_thread:true,dirty_decay_ms:1000")
     self.info["allocator"] = "jemalloc" if lib else "glibc"
     self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                                  env=env)
@@ -345,29 +346,39 @@ def bench(shape: str, args, workload: str) -> dict:
   got = {w.name: [] for w in workers}
   log = lambda s: print(f"[{shape} {workload}] {s}", file=sys.stderr, flush=True)
   trl = lambda w: isinstance(w, trl_side.TRLWorker)
+  stopped = None
   try:
     for w in workers:
       if not (args.restart_trl and trl(w)):
         log(f"starting {w.name}")
         w.start()
     for r in range(args.rounds):
-      for w in workers:
-        if args.restart_trl and trl(w):
-          # Memory for one SmolLM2-shape TRL worker at a time: each round starts it afresh (its warm-up steps
-          # are the same batches every time), runs the measured steps, and stops it.
-          w.start()
-        elif args.restart_trl:
-          w.rewind()
-        res = w.run(args.steps)
-        if args.restart_trl and trl(w):
-          w.stop()
-        res.setdefault("loadavg", os.getloadavg())
-        got[w.name].append(res)
-        log(f"round {r + 1}/{args.rounds} {w.name}: {statistics.median(res['times']):.2f} s/step, "
-            f"load {res['loadavg'][0]:.2f}")
+      try:
+        for w in workers:
+          if args.restart_trl and trl(w):
+            # Memory for one SmolLM2-shape TRL worker at a time: each round starts it afresh (its warm-up steps
+            # are the same batches every time), runs the measured steps, and stops it.
+            w.start()
+          elif args.restart_trl:
+            w.rewind()
+          res = w.run(args.steps)
+          if args.restart_trl and trl(w):
+            w.stop()
+          res.setdefault("loadavg", os.getloadavg())
+          got[w.name].append(res)
+          log(f"round {r + 1}/{args.rounds} {w.name}: {statistics.median(res['times']):.2f} s/step, "
+              f"load {res['loadavg'][0]:.2f}")
+      except RuntimeError as e:  # a worker died (OOM): keep the rounds every side completed
+        if r == 0:
+          raise
+        stopped = f"round {r + 1}: {e}"
+        log(f"stopped: {stopped}")
+        break
   finally:
     for w in workers:
       w.stop()
+  done = min(len(v) for v in got.values())
+  got = {k: v[:done] for k, v in got.items()}
   sides = {}
   for w in workers:
     # TRL rows carry the pairs' token counts; its comparisons are rankings (fractional for K-way).
@@ -396,7 +407,8 @@ def bench(shape: str, args, workload: str) -> dict:
   return {"workload": workload, "shape": shape, "comparisons_in_window": len(comps), "batch": BATCH,
           "restart_trl": args.restart_trl, "trl_grad_accum": args.trl_grad_accum, "batch_tokens": args.batch_tokens,
           "needed_over_unpadded_pairs": need_over_real,
-          "max_len": MAX_LEN, "warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
+          "max_len": MAX_LEN, "warmup_steps": args.warmup, "rounds": done, "rounds_asked": args.rounds,
+          "stopped": stopped, "steps_per_round": args.steps,
           "needed_tokens_per_comparison": need_per_comp, "sides": sides, "ratios": ratios, "raw_rounds": got}
 
 
