@@ -69,3 +69,19 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def random_bundle_and_hf(root: pathlib.Path) -> pathlib.Path:
+  """A random one-layer byte-level reward bundle at ROOT/bundle and its `hhh export --format hf` directory at
+  ROOT/hf: the untrusted-input tests mutate copies of both."""
+  import jax
+  from hhh.model.config import ModelConfig
+  from hhh.reward import bundle as bundle_lib
+  from hhh.reward import hf_export
+  from hhh.train.step import graphdef_and_params
+  cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64, tie_embeddings=False)
+  _, params = graphdef_and_params(cfg, jax.random.key(0))
+  bundle_lib.write(root / "bundle", cfg, params, {"kind": "byte"}, objective="ranked", max_len=64,
+                   normalization={"mean": 0.5, "std": 2.0, "n": 10, "reference": "made up"})
+  hf_export.export_hf(root / "bundle", root / "hf")
+  return root

@@ -11,14 +11,9 @@ import json
 import subprocess
 import sys
 
-import jax
 import pytest
 
-from hhh.model.config import ModelConfig
-from hhh.reward import bundle as bundle_lib
-from hhh.reward import hf_export
-from hhh.train.step import graphdef_and_params
-from tests.conftest import REPO, hhh_env
+from tests.conftest import REPO, hhh_env, random_bundle_and_hf
 
 CASE_S = 30  # a clean case takes well under a second once JAX is up
 MAX_RSS_MB = 2500  # the child's peak; a clean run peaks under 1 GB, /dev/zero read whole passed 2.3 GB in 5 s
@@ -168,16 +163,9 @@ def fuzz(surface: str, src, work, n: int, seed: int) -> list[dict]:
   return results
 
 
-CFG = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64, tie_embeddings=False)
-
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-  root = tmp_path_factory.mktemp("fuzz_src")
-  _, params = graphdef_and_params(CFG, jax.random.key(0))
-  bundle_lib.write(root / "bundle", CFG, params, {"kind": "byte"}, objective="ranked", max_len=64,
-                   normalization={"mean": 0.5, "std": 2.0, "n": 10, "reference": "made up"})
-  hf_export.export_hf(root / "bundle", root / "hf")
+  root = random_bundle_and_hf(tmp_path_factory.mktemp("fuzz_src"))
   import zstandard
   # Enough rows for several zstd blocks, so a cut or a flipped byte leaves some of them readable.
   rows = [json.dumps({"chosen": f"\n\nHuman: q{i}\n\nAssistant: good {i * 7919 % 10007}",

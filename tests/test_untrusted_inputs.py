@@ -11,33 +11,19 @@ import shutil
 import threading
 import tracemalloc
 
-import jax
-import numpy as np
 import pytest
 
 from hhh import cli
-from hhh.data import tokenizer as tk
 from hhh.data.mine import common
 from hhh.data.mine.common import MineStats
-from hhh.model.config import ModelConfig
 from hhh.pretrained import hf
-from hhh.reward import bundle as bundle_lib
 from hhh.reward import hf_export
-from hhh.train.step import graphdef_and_params
-from tests.test_pretrained_hf import random_lm
-
-CFG = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64, tie_embeddings=False)
-
+from tests.conftest import random_bundle_and_hf
 
 @pytest.fixture(scope="module")
 def pristine_hf(tmp_path_factory):
   """An HF reward-model directory as `hhh export --format hf` writes it, from a random bundle."""
-  root = tmp_path_factory.mktemp("hf")
-  _, params = graphdef_and_params(CFG, jax.random.key(0))
-  bundle_lib.write(root / "bundle", CFG, params, {"kind": "byte"}, objective="ranked", max_len=64,
-                   normalization={"mean": 0.5, "std": 2.0, "n": 10, "reference": "made up"})
-  hf_export.export_hf(root / "bundle", root / "hf")
-  return root / "hf"
+  return random_bundle_and_hf(tmp_path_factory.mktemp("hf")) / "hf"
 
 
 @pytest.fixture

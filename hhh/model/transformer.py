@@ -285,59 +285,57 @@ def _tile_mask(ids: SegmentIds, b, q0, k0, tile: int):
   return ((sk == sq) | (sk == cq)) & (sk >= 0) & causal[None]
 
 
-def _fwd_skip(qs, k, v, ids, tile, dtype):
-  """`_fwd_tiles` as one loop over every (row, query tile, key tile) triple, whose body runs only where the row
-  has a visible key in the tile (`lax.cond`, a real branch): packed rows skip the other comparisons' tiles, and
-  the program stays one loop body in size, whatever the row length."""
-  B, K, G, L, Dh = qs.shape
+def _over_tiles(ids: SegmentIds, tile: int, step, init):
+  """fori_loop over every (row, query tile, key tile) triple at or below the diagonal: `step(b, q0, k0, carry)`
+  runs only where the row has a visible key in the tile (`lax.cond`, a real branch), so packed rows skip the other
+  comparisons' tiles, and the program stays one loop body in size, whatever the row length."""
   trip, vis = _pairs(ids, tile)
 
   def body(n, carry):
-    b, i, j = trip[n, 0], trip[n, 1], trip[n, 2]
+    b, q0, k0 = trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile
+    return jax.lax.cond(vis[n], lambda c: step(b, q0, k0, c), lambda c: c, carry)
+  return jax.lax.fori_loop(0, trip.shape[0], body, init)
 
-    def run(carry):
-      m_all, l_all, acc_all = carry
-      q0, k0 = i * tile, j * tile
-      part = (_slice_tile(m_all, b, q0, tile, 3), _slice_tile(l_all, b, q0, tile, 3),
-              _slice_tile(acc_all, b, q0, tile, 3))
-      m, l, acc = _online(_slice_tile(qs, b, q0, tile, 3), _slice_tile(k, b, k0, tile, 2),
-                          _slice_tile(v, b, k0, tile, 2), _tile_mask(ids, b, q0, k0, tile), part, dtype)
-      at = (b, 0, 0, q0)
-      return (jax.lax.dynamic_update_slice(m_all, m, at), jax.lax.dynamic_update_slice(l_all, l, at),
-              jax.lax.dynamic_update_slice(acc_all, acc, at + (0,)))
-    return jax.lax.cond(vis[n], run, lambda c: c, carry)
+
+def _fwd_skip(qs, k, v, ids, tile, dtype):
+  """`_fwd_tiles` over `_over_tiles`: the running max, normaliser and output of every query, updated per tile."""
+  B, K, G, L, Dh = qs.shape
+
+  def step(b, q0, k0, carry):
+    m_all, l_all, acc_all = carry
+    part = (_slice_tile(m_all, b, q0, tile, 3), _slice_tile(l_all, b, q0, tile, 3),
+            _slice_tile(acc_all, b, q0, tile, 3))
+    m, l, acc = _online(_slice_tile(qs, b, q0, tile, 3), _slice_tile(k, b, k0, tile, 2),
+                        _slice_tile(v, b, k0, tile, 2), _tile_mask(ids, b, q0, k0, tile), part, dtype)
+    at = (b, 0, 0, q0)
+    return (jax.lax.dynamic_update_slice(m_all, m, at), jax.lax.dynamic_update_slice(l_all, l, at),
+            jax.lax.dynamic_update_slice(acc_all, acc, at + (0,)))
   init = (jnp.full((B, K, G, L), _NEG, jnp.float32), jnp.zeros((B, K, G, L), jnp.float32),
           jnp.zeros((B, K, G, L, Dh), jnp.float32))
-  m, l, acc = jax.lax.fori_loop(0, trip.shape[0], body, init)
+  m, l, acc = _over_tiles(ids, tile, step, init)
   return acc / l[..., None], m + jnp.log(l)
 
 
 def _bwd_skip(qs, k, v, ids, do, lse, row, tile, dtype):
   """The backward of `_fwd_skip`: the same loop, each visited tile's dq, dk and dv added in place."""
   B, K, G, L, Dh = qs.shape
-  trip, vis = _pairs(ids, tile)
 
-  def body(n, carry):
-    b, i, j = trip[n, 0], trip[n, 1], trip[n, 2]
-
-    def run(carry):
-      dq_all, dk_all, dv_all = carry
-      q0, k0 = i * tile, j * tile
-      q_flat = _slice_tile(qs, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
-      do_flat = _slice_tile(do, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
-      lse_i = _slice_tile(lse, b, q0, tile, 3)[..., None]
-      row_i = _slice_tile(row, b, q0, tile, 3).reshape(1, K, G * tile, 1)
-      acc = (_slice_tile(dq_all, b, q0, tile, 3).reshape(1, K, G * tile, Dh), _slice_tile(dk_all, b, k0, tile, 2),
-             _slice_tile(dv_all, b, k0, tile, 2))
-      dq, dk, dv = _tile_grads(q_flat, _slice_tile(k, b, k0, tile, 2), _slice_tile(v, b, k0, tile, 2), do_flat,
-                               lse_i, row_i, _tile_mask(ids, b, q0, k0, tile), acc, dtype)
-      return (jax.lax.dynamic_update_slice(dq_all, dq.reshape(1, K, G, tile, Dh), (b, 0, 0, q0, 0)),
-              jax.lax.dynamic_update_slice(dk_all, dk, (b, 0, k0, 0)),
-              jax.lax.dynamic_update_slice(dv_all, dv, (b, 0, k0, 0)))
-    return jax.lax.cond(vis[n], run, lambda c: c, carry)
+  def step(b, q0, k0, carry):
+    dq_all, dk_all, dv_all = carry
+    q_flat = _slice_tile(qs, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
+    do_flat = _slice_tile(do, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
+    lse_i = _slice_tile(lse, b, q0, tile, 3)[..., None]
+    row_i = _slice_tile(row, b, q0, tile, 3).reshape(1, K, G * tile, 1)
+    acc = (_slice_tile(dq_all, b, q0, tile, 3).reshape(1, K, G * tile, Dh), _slice_tile(dk_all, b, k0, tile, 2),
+           _slice_tile(dv_all, b, k0, tile, 2))
+    dq, dk, dv = _tile_grads(q_flat, _slice_tile(k, b, k0, tile, 2), _slice_tile(v, b, k0, tile, 2), do_flat,
+                             lse_i, row_i, _tile_mask(ids, b, q0, k0, tile), acc, dtype)
+    return (jax.lax.dynamic_update_slice(dq_all, dq.reshape(1, K, G, tile, Dh), (b, 0, 0, q0, 0)),
+            jax.lax.dynamic_update_slice(dk_all, dk, (b, 0, k0, 0)),
+            jax.lax.dynamic_update_slice(dv_all, dv, (b, 0, k0, 0)))
   init = (jnp.zeros((B, K, G, L, Dh), jnp.float32), jnp.zeros((B, K, L, Dh), jnp.float32),
           jnp.zeros((B, K, L, Dh), jnp.float32))
-  return jax.lax.fori_loop(0, trip.shape[0], body, init)
+  return _over_tiles(ids, tile, step, init)
 
 
 def _tiled_fwd(q, k, v, ids, tile, dtype, skip):
