@@ -322,13 +322,13 @@ def _bwd_skip(qs, k, v, ids, do, lse, row, tile, dtype):
 
   def step(b, q0, k0, carry):
     dq_all, dk_all, dv_all = carry
-    q_flat = _slice_tile(qs, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
+    q_i = _slice_tile(qs, b, q0, tile, 3)
     do_flat = _slice_tile(do, b, q0, tile, 3).reshape(1, K, G * tile, Dh).astype(dtype)
     lse_i = _slice_tile(lse, b, q0, tile, 3)[..., None]
     row_i = _slice_tile(row, b, q0, tile, 3).reshape(1, K, G * tile, 1)
     acc = (_slice_tile(dq_all, b, q0, tile, 3).reshape(1, K, G * tile, Dh), _slice_tile(dk_all, b, k0, tile, 2),
            _slice_tile(dv_all, b, k0, tile, 2))
-    dq, dk, dv = _tile_grads(q_flat, _slice_tile(k, b, k0, tile, 2), _slice_tile(v, b, k0, tile, 2), do_flat,
+    dq, dk, dv = _tile_grads(q_i, _slice_tile(k, b, k0, tile, 2), _slice_tile(v, b, k0, tile, 2), do_flat,
                              lse_i, row_i, _tile_mask(ids, b, q0, k0, tile), acc, dtype)
     return (jax.lax.dynamic_update_slice(dq_all, dq.reshape(1, K, G, tile, Dh), (b, 0, 0, q0, 0)),
             jax.lax.dynamic_update_slice(dk_all, dk, (b, 0, k0, 0)),
@@ -356,13 +356,13 @@ def _tiled_vjp_fwd(q, k, v, ids, tile, dtype, skip):
   return out, (q, k, v, ids, out, lse)
 
 
-def _tile_grads(q_flat, k_j, v_j, do_flat, lse_i, row_i, m_tile, acc, dtype):
-  """One (query tile, key tile) pair's share of dq, dk, dv, its probabilities recomputed from the log-sum-exp."""
+def _tile_grads(q_i, k_j, v_j, do_flat, lse_i, row_i, m_tile, acc, dtype):
+  """One (query tile, key tile) pair's share of dq, dk, dv, its probabilities recomputed from the log-sum-exp.
+  q_i is the scaled query tile [nb, K, G, T, Dh]; dq comes back flat, [nb, K, G * T, Dh]."""
   dq_a, dk_a, dv_a = acc
-  nb, K, GT, Dh = q_flat.shape
-  T = k_j.shape[2]
-  s = _tile_logits(q_flat.reshape(nb, K, GT // lse_i.shape[3], lse_i.shape[3], Dh), k_j, m_tile, dtype)
-  p_flat = jnp.exp(s - lse_i).reshape(nb, K, GT, T)
+  nb, K, G, T, Dh = q_i.shape
+  q_flat = q_i.reshape(nb, K, G * T, Dh).astype(dtype)
+  p_flat = jnp.exp(_tile_logits(q_i, k_j, m_tile, dtype) - lse_i).reshape(nb, K, G * T, -1)
   dv_a = dv_a + jnp.einsum("bkqs,bkqd->bksd", p_flat.astype(dtype), do_flat, preferred_element_type=jnp.float32)
   dp = jnp.einsum("bkqd,bksd->bkqs", do_flat, v_j.astype(dtype), preferred_element_type=jnp.float32)
   ds = (p_flat * (dp - row_i)).astype(dtype)
@@ -388,14 +388,14 @@ def _tiled_vjp_bwd(tile, dtype, skip, saved, do):
     dv = [jnp.zeros((B, K, tile, Dh), jnp.float32) for _ in range(L // tile)]
     for i in range(L // tile):
       q0, q1 = i * tile, (i + 1) * tile
-      q_flat = qs[:, :, :, q0:q1].reshape(B, K, G * tile, Dh).astype(dtype)
+      q_i = qs[:, :, :, q0:q1]
       do_flat = do[:, :, :, q0:q1].reshape(B, K, G * tile, Dh).astype(dtype)
       lse_i = lse[:, :, :, q0:q1, None]
       row_i = row[:, :, :, q0:q1].reshape(B, K, G * tile, 1)
       dq_i = jnp.zeros((B, K, G * tile, Dh), jnp.float32)
       for j in range(i + 1):
         k0, k1 = j * tile, (j + 1) * tile
-        dq_i, dk[j], dv[j] = _tile_grads(q_flat, k[:, :, k0:k1], v[:, :, k0:k1], do_flat, lse_i, row_i,
+        dq_i, dk[j], dv[j] = _tile_grads(q_i, k[:, :, k0:k1], v[:, :, k0:k1], do_flat, lse_i, row_i,
                                          ids.tile(q0, q1, k0, k1), (dq_i, dk[j], dv[j]), dtype)
       dq_tiles.append(dq_i.reshape(B, K, G, tile, Dh))
     dq = jnp.concatenate(dq_tiles, axis=3)
