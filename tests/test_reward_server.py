@@ -6,6 +6,7 @@ import concurrent.futures
 import http.client
 import json
 import random
+import re
 import select
 import signal
 import socket
@@ -561,4 +562,7 @@ def test_health_answers_with_idle_sockets_past_the_fd_limit(hog):
   else:
     # 8 descriptors were left: accept() runs out far below the cap, and that is logged.
     assert all(line.startswith("hhh serve: accept() failed: Too many open files (") for line in lines), lines
-  assert lines[0].endswith("none idle to close, accepting again in 1 s")   # the first burst: none idle yet
+  # Whether the first burst finds idle connections depends on how many accept() calls asyncio makes before
+  # their connection_made runs (a loaded machine interleaves them): either relief is right, each said in full.
+  assert re.search(r": (none idle to close, accepting again in 1 s|closed the \d+ oldest idle)"
+                   r"( \(\d+ times since the last such line\))?$", lines[0]), lines[0]
