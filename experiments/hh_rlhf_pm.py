@@ -32,10 +32,11 @@ def config() -> TrainConfig:
       # and at 1024 tokens the run was killed for memory on a 24 GB host.
       data=DataConfig(train=DATA, validation=DATA, tokenizer="byte", max_len=512, buckets=(128, 256, 512),
                       max_k=2),
-      optim=OptimConfig(lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
+      optim=OptimConfig(lr=2e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
+      # The converted checkpoint has no reward head: training draws a fresh one (hhh/train/loop.py).
       init_from=INIT,
-      # 8 comparisons a step, as TRL's default batch; 400 steps see about half the training conversations once.
-      batch_size=8, steps=400, log_every=5, eval_every=400, checkpoint_every=10, keep_checkpoints=2)
+      # 8 comparisons a step, as TRL's default batch; 450 steps see about half the training conversations once.
+      batch_size=8, steps=450, log_every=5, eval_every=450, checkpoint_every=10, keep_checkpoints=2)
 
 
 def main(argv=None) -> int:

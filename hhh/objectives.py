@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 OBJECTIVES = ("lm", "imitation", "binary", "ranked")
+PM_OBJECTIVES = ("ranked", "binary")  # the objectives that train a reward head
 
 
 def _safe_div(a, b):

@@ -71,6 +71,29 @@ def test_init_from_lm_checkpoint(tiny_experiment, tmp_path):
   assert pm_meta["objective"] == "ranked"
 
 
+def test_pm_from_a_headless_lm_starts_with_a_fresh_head():
+  """A converted LM has an all-zero reward head: a PM run draws a fresh one (normal, std 0.02, as transformers
+  draws a new `score`); a trained head, and every other parameter, are kept as they are."""
+  import jax
+  import jax.numpy as jnp
+  from hhh import config as config_lib
+  from hhh.train import loop
+  trunk = jnp.arange(6.0)
+  params = {"reward_head": {"kernel": jnp.zeros((4096, 1)), "bias": jnp.zeros((1,))}, "trunk": trunk}
+  cfg = config_lib.TrainConfig(objective="ranked", init_from="lm")
+  out = loop._fresh_reward_head(cfg, params, jax.random.key(0), lead=False)
+  kernel = np.asarray(out["reward_head"]["kernel"])
+  assert kernel.shape == (4096, 1) and abs(kernel.std() - 0.02) < 0.001 and abs(kernel.mean()) < 0.001
+  np.testing.assert_array_equal(out["trunk"], trunk)
+  np.testing.assert_array_equal(out["reward_head"]["bias"], 0.0)
+  # The same key draws the same head: a run stays a pure function of its seed.
+  again = loop._fresh_reward_head(cfg, params, jax.random.key(0), lead=False)
+  np.testing.assert_array_equal(again["reward_head"]["kernel"], kernel)
+  assert loop._fresh_reward_head(cfg, out, jax.random.key(1), lead=False) is out   # a trained head is kept
+  lm_cfg = config_lib.TrainConfig(objective="lm", init_from="lm")
+  assert loop._fresh_reward_head(lm_cfg, params, jax.random.key(0), lead=False) is params
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_experiment, tmp_path):
   wd = tmp_path / "nan"
   # An absurd learning rate overflows the parameters within a few steps.

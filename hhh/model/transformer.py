@@ -24,10 +24,10 @@ from flax import nnx
 from hhh.model.config import ModelConfig
 
 Cache = dict[str, Any]
-_INIT_STD = 0.02
+INIT_STD = 0.02
 
 
-def _param(rngs: nnx.Rngs, shape, std=_INIT_STD) -> nnx.Param:
+def _param(rngs: nnx.Rngs, shape, std=INIT_STD) -> nnx.Param:
   return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
 
 
@@ -484,7 +484,7 @@ class Attention(nnx.Module):
     self.wk = _param(rngs, (D, K * Dh))
     self.wv = _param(rngs, (D, K * Dh))
     # Scaled init on the residual projections keeps the residual stream's variance flat with depth (GPT-2).
-    self.wo = _param(rngs, (H * Dh, D), _INIT_STD / math.sqrt(2 * cfg.n_layers))
+    self.wo = _param(rngs, (H * Dh, D), INIT_STD / math.sqrt(2 * cfg.n_layers))
     if cfg.attn_bias:
       self.bq, self.bk, self.bv, self.bo = _zeros((H * Dh,)), _zeros((K * Dh,)), _zeros((K * Dh,)), _zeros((D,))
     else:
@@ -549,7 +549,7 @@ class MLP(nnx.Module):
     D, F = cfg.d_model, cfg.ff_dim
     self.w_gate = _param(rngs, (D, F)) if cfg.mlp == "swiglu" else None
     self.w_up = _param(rngs, (D, F))
-    self.w_down = _param(rngs, (F, D), _INIT_STD / math.sqrt(2 * cfg.n_layers))
+    self.w_down = _param(rngs, (F, D), INIT_STD / math.sqrt(2 * cfg.n_layers))
     bias = cfg.mlp_bias
     self.b_gate = _zeros((F,)) if bias and cfg.mlp == "swiglu" else None
     self.b_up = _zeros((F,)) if bias else None

@@ -24,6 +24,7 @@ from hhh.data import tokenizer as tokenizer_lib
 from hhh.model import family
 from hhh.model import sharding as shd
 from hhh.model.config import ModelConfig
+from hhh.model.transformer import INIT_STD
 from hhh.train import checkpoint as ckpt_lib
 from hhh.train import workdir as workdir_lib
 from hhh.train.logger import MetricsWriter, measure_matmul_peak
@@ -45,6 +46,23 @@ def init_distributed(dcfg):
     jax.distributed.initialize()
   else:
     jax.distributed.initialize(dcfg.coordinator, dcfg.num_processes, dcfg.process_id)
+
+
+def _fresh_reward_head(cfg: config_lib.TrainConfig, params, key, lead: bool):
+  """A language model's checkpoint has no preference head (it is all zeros): a PM trained from it starts with a
+  fresh one, drawn as the model draws it from scratch and as transformers draws a new sequence-classification
+  `score` (normal, std 0.02). With a zero head the trunk gets no gradient until the head has grown, and a run
+  at a fine-tuning learning rate barely moves (HH-RLHF from SmolLM2 stayed at loss 0.69 for 325 steps)."""
+  kernel = params["reward_head"]["kernel"]
+  # Reduced on the devices: the answer is a replicated scalar that every process can read.
+  if cfg.objective not in obj.PM_OBJECTIVES or bool(jax.jit(lambda k: jnp.any(k != 0))(kernel)):
+    return params
+  fresh = jax.jit(lambda k: INIT_STD * jax.random.normal(k, kernel.shape, kernel.dtype),
+                  out_shardings=kernel.sharding)(jax.random.fold_in(key, 1))
+  if lead:
+    print(f"hhh: {cfg.init_from} has no reward head; starting from a fresh one (normal, std {INIT_STD})",
+          flush=True)
+  return {**params, "reward_head": {**params["reward_head"], "kernel": fresh}}
 
 
 def _named_keys(seed: int):
@@ -226,6 +244,7 @@ def _train(cfg, workdir) -> dict[str, float]:
       abs_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_abs,
                             steps.param_sh)
       params, _ = ckpt_lib.load_params(cfg.init_from, abs_sh)
+      params = _fresh_reward_head(cfg, params, keys["model"], lead)
     else:
       params = jax.jit(lambda k: graphdef_and_params(model_cfg, k)[1], out_shardings=steps.param_sh)(keys["model"])
     state = {"params": params, "opt_state": steps.init_opt(params),
