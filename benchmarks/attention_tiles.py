@@ -45,7 +45,8 @@ def main():
   from hhh.data.pipeline import encode_all
   from hhh.model import sharding as shd
   from hhh.pretrained import load_lm
-  from hhh.train.step import Steps, abstract_params, graphdef_and_params
+  from hhh.model.params import abstract_params, graphdef_and_params
+  from hhh.train.step import Steps
 
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = trl_side.load_comparisons(str(SHARED / "hh_rlhf"))

@@ -25,7 +25,7 @@ import time
 def _state(steps, model_cfg):
   import jax
   import jax.numpy as jnp
-  from hhh.train.step import graphdef_and_params
+  from hhh.model.params import graphdef_and_params
   params = jax.jit(lambda k: graphdef_and_params(model_cfg, k)[1], out_shardings=steps.param_sh)(jax.random.key(0))
   return {"params": params, "opt_state": steps.init_opt(params),
           "step": jax.device_put(jnp.int32(0), steps.state_sh["step"]),
@@ -49,7 +49,8 @@ def mfu(shape: str, B: int, L: int, reps: int) -> dict:
   from hhh import config as config_lib
   from hhh.model import family, sharding as shd
   from hhh.train.logger import measure_matmul_peak
-  from hhh.train.step import Steps, abstract_params
+  from hhh.model.params import abstract_params
+  from hhh.train.step import Steps
   model_cfg = family.get(shape, dtype="bfloat16", max_len=L)
   cfg = config_lib.TrainConfig(model=model_cfg, batch_size=B, steps=10**6,
                                data=config_lib.DataConfig(max_len=L, buckets=(L,)))
@@ -72,7 +73,8 @@ def hh_packed(hh: str, n_batches: int, reps: int) -> dict:
   from hhh import config as config_lib
   from hhh.data import packing, pipeline, sources, tokenizer as tokenizer_lib
   from hhh.model import sharding as shd
-  from hhh.train.step import Steps, abstract_params
+  from hhh.model.params import abstract_params
+  from hhh.train.step import Steps
   try:
     from hhh.pretrained import load_lm
     lm_cfg, tok = (lambda lm: (lm.cfg, lm.tokenizer))(load_lm("smollm2-135m-instruct"))
@@ -118,7 +120,8 @@ def attention_2048(hh: str, n_batches: int, reps: int, smoke: bool = False) -> d
   from hhh.data import packing, pipeline, sources, tokenizer as tokenizer_lib
   from hhh.model import family, sharding as shd
   from hhh.model.config import ModelConfig
-  from hhh.train.step import Steps, abstract_params
+  from hhh.model.params import abstract_params
+  from hhh.train.step import Steps
   tok = tokenizer_lib.ByteTokenizer()
   base = (family.get("13m", vocab_size=tok.vocab_size, max_len=2048) if smoke else
           ModelConfig(vocab_size=tok.vocab_size, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,

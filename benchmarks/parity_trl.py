@@ -91,7 +91,7 @@ def write_weights(out: pathlib.Path, size: str, tok, max_len: int, seed: int):
   from hhh.pretrained import LM
   from hhh.pretrained.convert import save_checkpoint
   from hhh.reward import hf_export
-  from hhh.train.step import graphdef_and_params
+  from hhh.model.params import graphdef_and_params
   import shutil
   for d in ("init", "bundle", "hf"):
     shutil.rmtree(out / d, ignore_errors=True)  # this script's own earlier outputs

@@ -54,7 +54,7 @@ def random_lm(max_len: int):
   from hhh.data.tokenizer import ByteTokenizer
   from hhh.model.config import ModelConfig
   from hhh.pretrained import LM
-  from hhh.train.step import graphdef_and_params
+  from hhh.model.params import graphdef_and_params
   cfg = ModelConfig(d_model=128, n_layers=4, n_heads=4, max_len=max_len)
   _, params = graphdef_and_params(cfg, jax.random.PRNGKey(0))
   return LM(cfg, params, ByteTokenizer(), name="random (d_model 128, 4 layers, byte tokenizer)")
@@ -113,7 +113,7 @@ def measure(args, src: str | None, uncached_items: int) -> dict:
   t_cached, t_uncached, t_prefill = Timed(), Timed(), Timed()
   # A baseline checkout may predate chunked prefill (no `_chunk`): it prefills in one pass.
   chunk = {"chunk": cached._chunk} if hasattr(cached, "_chunk") else {}
-  cache = t_prefill(score_lib._prefill, lm.params, *cached.prefill_arrays(), graphdef=cached._graphdef, **chunk)
+  cache = t_prefill(score_lib.prefill, lm.params, *cached.prefill_arrays(), graphdef=cached._graphdef, **chunk)
   lp_cached = score_rows(cached, rows, t_cached, cache)
   out = {"code": src or str(REPO), "items": len(queries), "rows": len(rows), "prompt_chars": len(prompt),
          "prompt_tokens": cached.prompt_tokens, "prompt_cache_slots": cached._P,

@@ -41,13 +41,11 @@ import warnings
 import jax
 import numpy as np
 from flax import nnx
-from orbax.checkpoint import v1 as ocp
 
-from hhh import config as config_lib
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.model.config import ModelConfig
 from hhh.model.transformer import Transformer
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
 from hhh.reward import packed as pk
 from hhh.reward.api import RewardModel
 
@@ -74,17 +72,11 @@ def load_comparisons(path: pathlib.Path, n: int) -> tuple[list[str], list[list[s
 
 
 def write_random_bundle(path: pathlib.Path, cfg: ModelConfig) -> pathlib.Path:
-  """A bundle laid out as `hhh.reward.bundle.export` writes one, around random-init params."""
+  """A bundle laid out as `hhh.reward.export.export` writes one, around random-init params."""
   path = path.absolute()
-  path.mkdir(parents=True)
   params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0))))
-  ocp.save_pytree(path / "params", params)
-  tok = ByteTokenizer()
-  info = {"format_version": bundle_lib.FORMAT_VERSION, "model": config_lib.to_dict(cfg), "tokenizer": tok.to_json(),
-          "objective": "ranked", "end_of_context": {"token_id": tok.eoc_id, "appended": True, "pad_id": tok.pad_id},
-          "max_len": cfg.max_len, "source_checkpoint": None,
-          "normalization": {"mean": 0.0, "std": 1.0, "n": 0, "reference": "random init (benchmark)"}}
-  (path / "bundle.json").write_text(json.dumps(info, indent=2) + "\n")
+  bundle_lib.write(path, cfg, params, ByteTokenizer().to_json(), objective="ranked", max_len=cfg.max_len,
+                   normalization={"mean": 0.0, "std": 1.0, "n": 0, "reference": "random init (benchmark)"})
   return path
 
 

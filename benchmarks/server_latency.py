@@ -37,8 +37,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hhh.model.config import ModelConfig  # noqa: E402
-from hhh.reward import bundle as bundle_lib  # noqa: E402
-from hhh.train.step import graphdef_and_params  # noqa: E402
+from hhh.model import bundle as bundle_lib  # noqa: E402
+from hhh.model.params import graphdef_and_params  # noqa: E402
 
 WORDS = "the a helpful harmless honest assistant answer question why how please thanks sure no yes".split()
 

@@ -2,7 +2,7 @@
 
     python benchmarks/stream_memory.py [--small 200000] [--scale 10] [--tmp /tmp/hhh_stream_bench]
 
-1. Two stores of the quickstart world's `assistant` comparisons (`hhh.quickstart.synth.target_comparisons`),
+1. Two stores of the quickstart world's `assistant` comparisons (`hhh.studies.quickstart.synth.target_comparisons`),
    N and scale x N train records, written under --tmp (never in the repo). TFDS's builder writes about 3k records/s
    on this machine, so the train shards are written directly: records serialized with the store's own TFDS
    features and ArrayRecord writer in parallel processes, dataset_info.json updated with their shard lengths (the
@@ -44,7 +44,7 @@ def _serialize_shard(args) -> tuple[str, int, int]:
   version_dir, split, shard, n_shards, lo, hi, seed = args
   from array_record.python import array_record_module
   from hhh.data import store
-  from hhh.quickstart import synth
+  from hhh.studies.quickstart import synth
   feats = store.DataSource(pathlib.Path(version_dir).parents[2], "validation").info.features
   path = pathlib.Path(version_dir) / f"comparisons-{split}.array_record-{shard:05d}-of-{n_shards:05d}"
   w = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
@@ -62,7 +62,7 @@ def make_store(path: pathlib.Path, n_train: int, n_valid: int = 2000, shards: in
   """A dataset directory with `n_train` train records; returns seconds taken."""
   from hhh.data import store
   from hhh.data.mine.common import MineStats
-  from hhh.quickstart import synth
+  from hhh.studies.quickstart import synth
   t0 = time.perf_counter()
   if path.exists():
     shutil.rmtree(path)

@@ -110,7 +110,8 @@ def hhh_worker(a):
   from hhh.data.pipeline import encode_all
   from hhh.model import sharding as shd
   from hhh.pretrained import load_lm
-  from hhh.train.step import Steps, abstract_params, graphdef_and_params
+  from hhh.model.params import abstract_params, graphdef_and_params
+  from hhh.train.step import Steps
 
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = _read_comparisons(a.data)

@@ -57,7 +57,8 @@ def hhh_worker(shape: dict, batch_size: int, length: int, warmup: int, dtype: st
   from hhh import config as config_lib
   from hhh.model import sharding as shd
   from hhh.model.config import ModelConfig
-  from hhh.train.step import Steps, abstract_params, graphdef_and_params
+  from hhh.model.params import abstract_params, graphdef_and_params
+  from hhh.train.step import Steps
 
   model_cfg = ModelConfig(**shape, dtype=dtype)
   cfg = config_lib.TrainConfig(model=model_cfg, batch_size=batch_size, steps=100000)
@@ -266,7 +267,7 @@ def main():
   results = {"command": " ".join(["python", "benchmarks/train_step.py"] + sys.argv[1:]),
              "cpu_count": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
              "load_avg_start": os.getloadavg(),
-             # Every worker inherits these: the allocator changes a CPU step's page faults (see the README).
+             # Every worker inherits these: the allocator changes a CPU step's page faults (see docs/benchmarks/train_step.md).
              "environment": {k: os.environ[k] for k in ("LD_PRELOAD", "MALLOC_CONF", "GLIBC_TUNABLES", "XLA_FLAGS")
                              if k in os.environ},
              "cpu_model": _cpu_model(), "shapes": []}

@@ -5,7 +5,7 @@
 
 Writes OUT/results.json (per-option scores, the analysis, the command and wall time) and OUT/report.md.
 Scores are saved to OUT/partial/ every 100 tasks; a rerun of the same command continues from there.
-The logic is in hhh/evals/scoring_report.py.
+The logic is in hhh/studies/scoring_report.py.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main(argv=None) -> int:
   p.add_argument("--contexts-per-batch", type=int, default=4)
   p.add_argument("--rows-per-batch", type=int, default=8)
   args = p.parse_args(argv)
-  from hhh.evals import commands, scoring_report
+  from hhh.evals import commands
+  from hhh.studies import scoring_report
   command = commands.command_line(argv)
   try:
     if args.n < 0:

@@ -1,6 +1,6 @@
 """Base LM pretraining for the objective comparison: one family size on the offline corpus.
 
-`sweeps/objectives.py` builds the corpus (runs/objectives/corpus, see `hhh.objective_sweep.corpus_texts`) and
+`sweeps/objectives.py` builds the corpus (runs/objectives/corpus, see `hhh.studies.objective_sweep.corpus_texts`) and
 runs this once per size, setting the shape with `--set model.d_model=... model.n_layers=... model.n_heads=...`.
 By hand: `hhh train experiments/base_lm.py --workdir runs/objectives/runs/base-1.6m`.
 """

@@ -7,7 +7,7 @@ The student learns KL(p(x | HHH prompt) || p_theta(x)) on 64 dialogue-shaped tex
 model; on an accelerator raise samples/steps (`--set samples=2048 --set steps=2000`).
 """
 
-from hhh.distill import DistillConfig
+from hhh.studies.distill import DistillConfig
 
 
 def config() -> DistillConfig:

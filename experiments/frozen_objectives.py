@@ -5,30 +5,25 @@
     python experiments/frozen_objectives.py --set datasets=truthfulqa --set seeds=0,1
 
 Every stage resumes: prepared sets, caches, readouts and finished runs are found on disk and never redone.
-`--set` takes any `hhh.frozen.study.StudyConfig` field. The logic is in hhh/frozen/study.py.
+`--set` takes any `hhh.studies.frozen_objectives.StudyConfig` field. The logic is in hhh/studies/frozen_objectives.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def main(argv=None) -> int:
   if argv is None:  # run from the command line: the allocator is chosen first (hhh/cpu_malloc.py)
     from hhh import cpu_malloc
     cpu_malloc.reexec_under_jemalloc(script=__file__)
+  from hhh.config import add_set_argument, overrides_or_exit
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a StudyConfig field")
+  add_set_argument(p, "StudyConfig")
   p.add_argument("--stage", choices=("all", "cache"), default="all")
   args = p.parse_args(argv)
-  from hhh.config import ConfigError, apply_overrides
-  from hhh.frozen import study
-  try:
-    cfg = apply_overrides(study.StudyConfig(), args.set)
-  except ConfigError as e:
-    print(f"hhh: error: {e}", file=sys.stderr)
-    return 2
+  from hhh.studies import frozen_objectives as study
+  cfg = overrides_or_exit(study.StudyConfig(), args.set)
   if args.stage == "cache":
     study.main_cache(cfg)
   else:

@@ -4,7 +4,7 @@
     python experiments/hhh_scoring.py --reanalyse             # recompute the report from results.json's raw scores
 
 Writes OUT/results.json (raw per-option scores, the analysis, command and wall time) and OUT/report.md.
-The logic is in hhh/evals/scoring_report.py.
+The logic is in hhh/studies/scoring_report.py.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
   p.add_argument("--reanalyse", action="store_true", help="no model: re-read OUT/results.json's raw scores")
   args = p.parse_args(argv)
-  from hhh.evals import commands, scoring_report, tasks
+  from hhh.evals import commands, tasks
+  from hhh.studies import scoring_report
   out = pathlib.Path(args.out)
   command = commands.command_line(argv)
   try:

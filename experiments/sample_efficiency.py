@@ -2,7 +2,7 @@
 
 For each model size, fine-tune a ranked PM from {no PMP, ranked PMP, binarized PMP} on the first 2^k target
 comparisons and plot held-out accuracy against 2^k, one panel per target dataset. It is the quickstart's
-pipeline (`hhh.quickstart.pipeline`) with family sizes, more data and more steps:
+pipeline (`hhh.studies.quickstart.pipeline`) with family sizes, more data and more steps:
 
   python experiments/sample_efficiency.py --out runs/sample_efficiency          # the generated world
   python experiments/sample_efficiency.py --set sizes=1.6m,5m --set finetune_ns=16,64,256
@@ -24,7 +24,7 @@ import dataclasses
 import sys
 
 from hhh import config as config_lib
-from hhh.quickstart import pipeline, synth
+from hhh.studies.quickstart import pipeline, synth
 
 
 def config() -> pipeline.QuickstartConfig:
@@ -42,15 +42,14 @@ def main(argv=None) -> int:
     cpu_malloc.reexec_under_jemalloc(script=__file__)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", default=None, help="output directory (default: runs/sample_efficiency)")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a QuickstartConfig field")
+  config_lib.add_set_argument(p, "QuickstartConfig")
   args = p.parse_args(argv)
+  cfg = config_lib.overrides_or_exit(config(), args.set)
+  if args.out:
+    cfg = dataclasses.replace(cfg, out=args.out)
   try:
-    cfg = config_lib.apply_overrides(config(), args.set)
-    if args.out:
-      cfg = dataclasses.replace(cfg, out=args.out)
     pipeline.run(cfg)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -19,7 +19,7 @@ def _model_list(args):
 
 
 def _export(args):
-  from hhh.reward import bundle
+  from hhh.reward import export as export_lib
   if args.format == "hf":
     from hhh.reward import hf_export
     meta = hf_export.export_run(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference,
@@ -28,7 +28,7 @@ def _export(args):
           f"{meta['end_of_context']['token']!r}, appended; transformers logits = raw reward - "
           f"{meta['reward_bias']:.6g}, the head's bias; see {args.out}/README.md)")
     return
-  info = bundle.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference,
+  info = export_lib.export(args.ckpt, args.out, reference=args.reference, max_reference=args.max_reference,
                        force=args.force)
   norm = info["normalization"]
   print(f"hhh: wrote reward bundle {args.out} ({info['objective']} PM; normalization over {norm['n']} responses "
@@ -44,7 +44,8 @@ def main(argv=None) -> int:
   p = sub.add_parser("train", help="train an LM or a preference model from an experiment config")
   p.add_argument("config", help="experiment file (e.g. experiments/tiny_pm.py) or module name")
   p.add_argument("--workdir", required=True, help="run directory: metrics.jsonl, checkpoints; reused to resume")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+  from hhh import config as config_lib
+  config_lib.add_set_argument(p)
   p.set_defaults(func=_train)
   m = sub.add_parser("model", help="model family")
   msub = m.add_subparsers(dest="model_command", required=True)
@@ -69,13 +70,14 @@ def main(argv=None) -> int:
   bestofn.add_cli(sub)
   from hhh.data import commands as data_commands
   data_commands.add_parsers(sub)
-  from hhh import distill
+  from hhh.studies import distill
   from hhh.evals import commands as eval_commands
   from hhh.pretrained import convert
   distill.add_cli(sub)
-  convert.add_cli(sub)
+  from hhh.reward import hf_export
+  convert.add_cli(sub, bundle_command=hf_export.convert_command)
   eval_commands.add_cli(sub)
-  from hhh import quickstart
+  from hhh.studies import quickstart
   quickstart.add_cli(sub)
   from hhh import sweep
   sweep.add_cli(sub)

@@ -7,13 +7,14 @@ import importlib
 import importlib.util
 import json
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Literal
 
 from hhh.model.config import ModelConfig
 from hhh.model.sharding import MeshConfig
-from hhh.objectives import OBJECTIVES
+from hhh.objectives import OBJECTIVES, PM_OBJECTIVES
 
 
 class ConfigError(ValueError):
@@ -105,7 +106,7 @@ class TrainConfig:
                         f"{self.data.max_len} tokens (or be 0: the largest bucket)")
     if self.data.batch_tokens:
       row_len = self.data.pack_len or max(self.data.buckets)
-      if not (self.data.pack and self.objective in ("ranked", "binary")):
+      if not (self.data.pack and self.objective in PM_OBJECTIVES):
         raise ConfigError("data.batch_tokens needs packed rows: data.pack=true and a ranked or binary objective")
       if self.data.batch_tokens < row_len or self.data.batch_tokens % row_len:
         raise ConfigError(f"data.batch_tokens={self.data.batch_tokens} must be a multiple of the row length "
@@ -182,6 +183,22 @@ def apply_overrides(cfg, overrides: list[str]):
     items.pop(key, None)
     items[key] = (key.split("."), text.strip(), key)
   return _set(cfg, list(items.values())) if items else cfg
+
+
+def add_set_argument(parser, what: str = "config", example: str | None = None) -> None:
+  """The `--set KEY=VALUE` option of every entry point (repeatable; `apply_overrides` reads the items)."""
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help=f"override a {what} field" + (f" (e.g. {example})" if example else "") + "; repeatable")
+
+
+def overrides_or_exit(cfg, overrides: list[str]):
+  """`apply_overrides` for a script's own `main`: a bad item ends the process with one line, `hhh: error: ...`,
+  and status 2, as the `hhh` command does (its subcommands raise, and hhh/cli.py prints)."""
+  try:
+    return apply_overrides(cfg, overrides)
+  except (ConfigError, ValueError) as e:   # ValueError: a config's own check (its __post_init__)
+    print(f"hhh: error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def load_experiment(spec: str):

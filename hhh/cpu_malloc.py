@@ -4,7 +4,7 @@ XLA:CPU allocates each step's temporaries afresh and frees them at the end. Unde
 fresh mmaps, so every step page-faults its working set back in and the kernel zeroes it: 0.27M minor faults per
 13m PM step and 2.4M (10 GB) per SmolLM2-135M step (benchmarks/train_step.py records faults and kernel time).
 jemalloc with `oversize_threshold:0` keeps freed extents for reuse: 13m steps 1.70 s against 2.15 s, SmolLM2-135M
-steps 14.5 s against 26.9 s, in the README's runs.
+steps 14.5 s against 26.9 s, in the runs of docs/benchmarks/train_step.md.
 
 An allocator can only be chosen before a process starts, so the console command, like the experiment scripts
 that have a `main`, re-executes itself once with `LD_PRELOAD` when all hold: no accelerator plugin is installed

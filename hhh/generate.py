@@ -136,7 +136,7 @@ class Generator:
     self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
     self.batch_size = batch_size
     self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
-    from hhh.pretrained import model_structure
+    from hhh.model.params import model_structure
     self._graphdef = model_structure(cfg)[0]
 
   @classmethod

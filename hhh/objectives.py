@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 OBJECTIVES = ("lm", "imitation", "binary", "ranked")
 PM_OBJECTIVES = ("ranked", "binary")  # the objectives that train a reward head
+# The paper's comparison: imitation against binary discrimination against ranked preference modeling.
+COMPARED_OBJECTIVES = ("imitation", "binary", "ranked")
 
 
 def _safe_div(a, b):
@@ -83,6 +85,14 @@ def binary_loss(r_BxK, scores_BxK, valid_BxK):
   metrics = preference_metrics(r_BxK, scores_BxK, valid_BxK)
   metrics["binary_accuracy"] = _safe_div((((r_BxK > 0) == (labels > 0.5)) * w).sum(), w.sum())
   return loss, metrics
+
+
+def pm_loss(objective: str):
+  """The preference loss of a PM objective: `ranked_loss` or `binary_loss`, (r_BxK, scores_BxK, valid_BxK) ->
+  (loss, metrics)."""
+  if objective not in PM_OBJECTIVES:
+    raise ValueError(f"{objective!r} is not a preference objective ({', '.join(PM_OBJECTIVES)})")
+  return ranked_loss if objective == "ranked" else binary_loss
 
 
 def token_logprobs(logits_BxLxV, tokens_BxL):

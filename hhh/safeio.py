@@ -6,6 +6,8 @@ open, so files are opened with O_NONBLOCK and checked with fstat on the open des
 the path), and never read past their limit even if they grow. Each problem is a one-line ValueError naming the
 file; a missing file stays FileNotFoundError.
 
+Writing, the other way round: `write_text_atomic` and `write_json_atomic` write a file whole or not at all.
+
 Limits (bytes):
     MAX_CONFIG_BYTES      16 MiB   config.json, tokenizer_config.json, generation_config.json, chat_template.jinja
     MAX_TOKENIZER_BYTES   64 MiB   tokenizer.json, bundle.json (which carries the tokenizer)
@@ -104,3 +106,19 @@ def read_json(path, limit: int = MAX_CONFIG_BYTES, *, follow_symlinks: bool = Tr
   if object_only and not isinstance(data, dict):
     raise ValueError(f"{path}: must hold a JSON object, not {type(data).__name__ if data is not None else 'null'}")
   return data
+
+
+def write_text_atomic(path, text: str) -> None:
+  """Write-then-rename: a reader (or a relaunch after SIGKILL) sees the whole file or none of it."""
+  path = os.fspath(path)
+  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def write_json_atomic(path, obj, *, indent: int | None = 2, **dumps_kw) -> None:
+  """`obj` as JSON (one trailing newline), written as `write_text_atomic` writes."""
+  write_text_atomic(path, json.dumps(obj, indent=indent, **dumps_kw) + "\n")

@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from hhh import sweep
-from hhh.evals import baselines
+from hhh.studies import baselines
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -4,14 +4,15 @@
   python sweeps/objectives.py sweeps/objectives.yaml --backend ray --max-parallel 8
 
 Runs the sweep file (`hhh sweep run`: resumable, finished trials never run again), then writes
-OUT/{objectives.md, objectives.png} (the table and figure in the README) and OUT/report.md.
+OUT/{objectives.md, objectives.png} (the table and figure of docs/results/objectives_cpu.md) and OUT/report.md.
 """
 
 import argparse
 import pathlib
 import sys
 
-from hhh import objective_sweep, sweep
+from hhh import sweep
+from hhh.studies import objective_sweep
 from hhh.sweep import report
 
 HERE = pathlib.Path(__file__).resolve().parent

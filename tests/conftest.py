@@ -76,9 +76,9 @@ def random_bundle_and_hf(root: pathlib.Path) -> pathlib.Path:
   ROOT/hf: the untrusted-input tests mutate copies of both."""
   import jax
   from hhh.model.config import ModelConfig
-  from hhh.reward import bundle as bundle_lib
+  from hhh.model import bundle as bundle_lib
   from hhh.reward import hf_export
-  from hhh.train.step import graphdef_and_params
+  from hhh.model.params import graphdef_and_params
   cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64, tie_embeddings=False)
   _, params = graphdef_and_params(cfg, jax.random.key(0))
   bundle_lib.write(root / "bundle", cfg, params, {"kind": "byte"}, objective="ranked", max_len=64,

@@ -15,7 +15,8 @@ from hhh.data import pipeline, toy
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.model import sharding as shd
 from hhh.model.config import ModelConfig
-from hhh.train.step import Steps, abstract_params, graphdef_and_params
+from hhh.model.params import abstract_params, graphdef_and_params
+from hhh.train.step import Steps
 
 
 def main(meshes):

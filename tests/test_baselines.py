@@ -11,11 +11,11 @@ import yaml
 
 from hhh import sweep
 from hhh.data.tokenizer import ByteTokenizer
-from hhh.evals import baselines
+from hhh.studies import baselines
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM, load_lm
 from hhh.pretrained.convert import save_checkpoint
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 from tests.conftest import REPO, SHARED_DATA, hhh_env, run_hhh
 
 CFG = ModelConfig(vocab_size=259, d_model=32, n_layers=1, n_heads=2, max_len=2048)
@@ -86,7 +86,7 @@ def test_convert_hf_dir_then_load_and_distill_cli(tmp_path):
   assert all(jax.tree.leaves(same))
   (tmp_path / "p.txt").write_text("Human: hi\n\nAssistant: hello\n-----\n")
   (tmp_path / "exp.py").write_text(
-      "from hhh.distill import DistillConfig\n"
+      "from hhh.studies.distill import DistillConfig\n"
       f"def config():\n  return DistillConfig(model={str(tmp_path / 'conv')!r}, prompt={str(tmp_path / 'p.txt')!r}, "
       "samples=4, sample_tokens=8, steps=2, batch_size=2)\n")
   proc = run_hhh("distill", tmp_path / "exp.py", "--out", tmp_path / "d", "--set", "lr=1e-3")

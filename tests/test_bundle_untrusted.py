@@ -13,8 +13,9 @@ import pytest
 
 import hhh.reward
 from hhh.model.config import ModelConfig
-from hhh.reward import bundle as bundle_lib
-from hhh.train.step import graphdef_and_params
+from hhh.model import bundle as bundle_lib
+from hhh.model import validate
+from hhh.model.params import graphdef_and_params
 from tests.conftest import run_hhh
 
 CFG = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=64)
@@ -147,7 +148,7 @@ def test_too_many_parameters_is_refused_before_any_allocation(bundle):
   # Every dimension within its own bound, but 1M positions x 32768 wide x 512 layers is far past MAX_PARAMS.
   _edit(bundle, lambda info: info["model"].update(d_model=1 << 15, n_heads=2, n_layers=512, max_len=1 << 20))
   msg = _refused(bundle, "bundle.json: the model would have ")
-  assert msg.endswith(f"parameters, over the limit of {bundle_lib.MAX_PARAMS:,}")
+  assert msg.endswith(f"parameters, over the limit of {validate.MAX_PARAMS:,}")
 
 
 def test_write_refuses_what_read_would_refuse(tmp_path):

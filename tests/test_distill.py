@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hhh import distill
+from hhh.studies import distill
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM, load_lm
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 CFG = ModelConfig(vocab_size=259, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=256)
 

@@ -19,7 +19,7 @@ from hhh.evals.score import Scores, option_lengths
 from hhh.model.config import ModelConfig
 from hhh.model.transformer import Transformer
 from hhh.reward import api as reward_api
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
 
 HHH = SHARED_DATA / "hhh_alignment"
 TQA = SHARED_DATA / "truthfulqa"
@@ -33,7 +33,7 @@ def need(path: pathlib.Path) -> pathlib.Path:
 
 
 def write_random_bundle(path: pathlib.Path, cfg: ModelConfig, seed: int = 0) -> pathlib.Path:
-  """A reward bundle laid out as `hhh.reward.bundle.export` writes one, around random-init parameters."""
+  """A reward bundle laid out as `hhh.reward.export.export` writes one, around random-init parameters."""
   path = path.absolute()
   path.mkdir(parents=True)
   with warnings.catch_warnings():

@@ -18,7 +18,7 @@ from hhh.evals import score as score_lib
 from hhh.evals.score import Scorer, split_encode
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 PROMPT = ("Below are conversations between a human and a helpful assistant.\n-----\n"
           "Human: What is 2 + 2?\nAssistant: 4.\n-----\n")

@@ -19,7 +19,7 @@ from hhh.frozen import tail as tail_lib
 from hhh.frozen import train as train_lib
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 N_LAYERS = 4
 COMPARISONS = [

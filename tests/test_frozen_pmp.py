@@ -13,11 +13,11 @@ import pytest
 from hhh.data.schema import Comparison
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.frozen import data as data_lib
-from hhh.frozen import pmp
+from hhh.studies import frozen_pmp as pmp
 from hhh.frozen import train as train_lib
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 
 def test_best_worst_keeps_the_extremes_and_drops_a_full_tie():
@@ -143,5 +143,7 @@ def test_entry_point_rejects_a_bad_override_in_one_line(capsys):
   spec = importlib.util.spec_from_file_location("frozen_pmp", "experiments/frozen_pmp.py")
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  assert mod.main(["--set", "conditions=ranked"]) == 2
+  with pytest.raises(SystemExit) as exit_:
+    mod.main(["--set", "conditions=ranked"])
+  assert exit_.value.code == 2
   assert "conditions must include 'none'" in capsys.readouterr().err

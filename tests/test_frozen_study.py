@@ -6,14 +6,15 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from hhh.data.schema import Comparison
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.frozen import data as data_lib
-from hhh.frozen import study
+from hhh.studies import frozen_objectives as study
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 
 def _sets(rng: np.random.Generator):
@@ -70,5 +71,7 @@ def test_entry_point_rejects_a_bad_override_in_one_line(capsys):
   spec = importlib.util.spec_from_file_location("frozen_objectives", path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
-  assert mod.main(["--set", "depths=eight"]) == 2
+  with pytest.raises(SystemExit) as exit_:
+    mod.main(["--set", "depths=eight"])
+  assert exit_.value.code == 2
   assert capsys.readouterr().err == "hhh: error: depths='eight': expected int\n"

@@ -24,7 +24,7 @@ from hhh import generate as gen_lib
 from hhh import reward
 from hhh.generate import Generator, SamplingConfig
 from hhh.reward import bestofn
-from hhh.reward import bundle as bundle_lib
+from hhh.reward import export as export_lib
 
 # Left padding is exercised: 9, 31 and 2 tokens (byte tokenizer).
 PROMPTS = ["Human: hi", "Human: what is up?\n\nAssistant:", "ab"]
@@ -42,7 +42,7 @@ def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
             pool.submit(run_hhh, "train", exp, "--workdir", pm, "--set", "steps=2")]
     for job in jobs:
       job.result()
-  bundle_lib.export(pm, root / "bundle")  # beside the run: an export never writes inside its source
+  export_lib.export(pm, root / "bundle")  # beside the run: an export never writes inside its source
   return {"lm": lm, "pm": pm, "bundle": root / "bundle", "root": root}
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from hhh.data import tokenizer as tk
 from hhh.model.config import ModelConfig
-from hhh.pretrained import assemble_params, flat_param_shapes, flatten_params
+from hhh.model.params import assemble_params, flat_param_shapes, flatten_params
 from hhh.pretrained import hf
 from hhh.reward import hf_export
 import hhh.reward

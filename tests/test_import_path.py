@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from hhh import cpu_malloc
-from hhh.sweep import grid, trial as trial_lib
+from hhh.sweep import trial as trial_lib
 from hhh.sweep.spec import Trial
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -92,18 +92,6 @@ def test_a_sweep_trial_ignores_modules_in_the_launchers_directory(tmp_path):
   assert out.stderr.strip() == f"hhh: error: experiment file {tmp_path / 'missing.py'} not found"
 
 
-def test_a_grid_run_ignores_modules_in_the_launchers_directory(tmp_path, monkeypatch):
-  cwd = _hostile_dir(tmp_path / "launcher")
-  monkeypatch.chdir(cwd)
-  monkeypatch.setenv("HHH_JEMALLOC", "0")
-  monkeypatch.setenv("PYTHONPATH", str(REPO))
-  run = grid.Run(name="r", experiment=str(tmp_path / "missing.py"))
-  assert grid.run_one(run, tmp_path / "sweep")["error"].startswith("exit 2: hhh: error: experiment file")
-  log = (tmp_path / "sweep" / "runs" / "r" / "train.log").read_text()
-  assert "owned" not in log and not (cwd / "IMPORTED").exists()
-  assert log.strip().splitlines()[-1] == f"hhh: error: experiment file {tmp_path / 'missing.py'} not found"
-
-
 def test_quickstart_workers_do_not_import_from_the_current_directory(tmp_path):
   # Spawned workers of a parent that runs as the `hhh` command does must not pick up a multiprocessing.py (or
   # anything else) from the directory they start in.
@@ -111,7 +99,7 @@ def test_quickstart_workers_do_not_import_from_the_current_directory(tmp_path):
   (tmp_path / "multiprocessing.py").write_text(f"open({str(marker)!r}, 'w').write('owned')\nraise SystemExit(3)\n")
   # The parent drops '' from its path as the `hhh` command's re-exec does (hhh/selfcmd.py), not with -P, which
   # the spawned workers would inherit as a flag.
-  code = ("import sys; sys.path.pop(0)\nfrom hhh.quickstart import pipeline\n"
+  code = ("import sys; sys.path.pop(0)\nfrom hhh.studies.quickstart import pipeline\n"
           "print(pipeline.spawn_pool(1).submit(abs, -7).result())\n")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from hhh import objective_sweep as osw
+from hhh.studies import objective_sweep as osw
 from hhh import sweep as sweep_lib
 from hhh.sweep.report import status as sweep_status
 from tests.conftest import REPO, SHARED_DATA, hhh_env

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from hhh import cli, outdir
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
 from hhh.train.workdir import WorkdirLock
 from tests.conftest import TINY_EXPERIMENT, hhh_cmd, hhh_env, run_hhh
 

@@ -23,7 +23,7 @@ from hhh.data.schema import Comparison
 from hhh.data.tokenizer import ByteTokenizer
 from hhh.model.config import ModelConfig
 from hhh.model.transformer import Transformer
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
 from hhh.reward.api import RewardModel
 from hhh.reward import packed as pk
 from hhh.train.step import loss_fn
@@ -42,7 +42,7 @@ def _params(cfg: ModelConfig, seed: int = 0, noise: float = 0.1):
 
 
 def write_bundle(path: pathlib.Path, cfg: ModelConfig, params) -> pathlib.Path:
-  """A bundle as `hhh.reward.bundle.export` lays it out, from in-memory params (no training run)."""
+  """A bundle as `hhh.reward.export.export` lays it out, from in-memory params (no training run)."""
   path = pathlib.Path(path).absolute()  # orbax wants absolute paths
   path.mkdir(parents=True)
   ocp.save_pytree(path / "params", params)

@@ -264,7 +264,8 @@ def test_hhh_generate_cli_smollm2(smollm2):
 @pytest.mark.slow
 def test_smollm2_survives_an_hf_round_trip(smollm2, tmp_path):
   """GGUF -> HF llama directory -> back: same parameters, tokenizer and chat template (540 MB written)."""
-  from hhh.pretrained import flatten_params, hf
+  from hhh.model.params import flatten_params
+  from hhh.pretrained import hf
   hf.save_hf(smollm2, tmp_path, "llama")
   back = load_lm(str(tmp_path))
   assert back.cfg == smollm2.cfg and back.chat_template == smollm2.chat_template

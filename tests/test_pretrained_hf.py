@@ -18,7 +18,8 @@ from safetensors import numpy as st_np
 
 from hhh.data import tokenizer as tk
 from hhh.model.config import ModelConfig
-from hhh.pretrained import LM, assemble_params, flat_param_shapes, flatten_params, load_lm
+from hhh.model.params import assemble_params, flat_param_shapes, flatten_params
+from hhh.pretrained import LM, load_lm
 from hhh.pretrained import hf
 
 TEXTS = ["Hello, world!", "héllo wörld 日本語 🙂", "def f(x):\n\treturn x ** 2\n", "  two  spaces\n\n", "<eoc> literal"]

@@ -17,7 +17,7 @@ from hhh.data.mine import reddit, stackexchange, wikipedia
 from hhh.data.mine.common import MineStats
 from hhh.data.schema import read_jsonl
 from hhh.evals import tasks
-from hhh.quickstart import pipeline, synth
+from hhh.studies.quickstart import pipeline, synth
 
 SMALL = synth.WorldSize(se_questions=40, reddit_threads=40, wiki_revisions=8, target_train=32, target_heldout=16,
                         eval_per_category=3, corpus_docs=50)

@@ -12,7 +12,7 @@ import pytest
 import hhh.reward
 from hhh.data.schema import write_jsonl
 from hhh.data.toy import generate_comparisons
-from hhh.reward import bundle
+from hhh.reward import export as export_lib
 from hhh.train import checkpoint as ckpt_lib
 from tests.conftest import TINY_EXPERIMENT, run_hhh
 
@@ -134,5 +134,5 @@ def test_export_refuses_an_lm_run(tmp_path, tiny_experiment):
 def test_export_with_a_reference_file(pm_run, tmp_path):
   ref = tmp_path / "ref.jsonl"
   write_jsonl(ref, generate_comparisons(5, k=3, seed=9))
-  info = bundle.export(pm_run / "run", tmp_path / "b2", reference=str(ref))
+  info = export_lib.export(pm_run / "run", tmp_path / "b2", reference=str(ref))
   assert info["normalization"]["n"] == 15 and info["normalization"]["reference"] == str(ref)

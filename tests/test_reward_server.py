@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from hhh.reward import bundle as bundle_lib
+from hhh.reward import export as export_lib
 from hhh.reward import server as server_lib
 from hhh.reward.api import RewardModel
 from tests.conftest import REPO, TINY_EXPERIMENT, hhh_env, run_hhh
@@ -33,7 +33,7 @@ def bundle_path(tmp_path_factory):
   root = tmp_path_factory.mktemp("reward_server")
   (root / "tiny_experiment.py").write_text(TINY_EXPERIMENT)
   run_hhh("train", root / "tiny_experiment.py", "--workdir", root / "run")
-  bundle_lib.export(root / "run", root / "bundle")
+  export_lib.export(root / "run", root / "bundle")
   return root / "bundle"
 
 

@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from hhh import sandbox
-from hhh.sandbox import run_python
+from hhh.data.load import sandbox
+from hhh.data.load.sandbox import run_python
 
 
 def alive(pid: int) -> bool:
@@ -208,7 +208,7 @@ def test_grandchild_left_sleeping_is_killed(claimed):
 
 def test_grandchild_that_leaves_the_session_is_killed(claimed):
   if sandbox.isolation() == "same-user":
-    pytest.skip("without root a setsid() orphan escapes the tree kill (documented in hhh.sandbox)")
+    pytest.skip("without root a setsid() orphan escapes the tree kill (documented in hhh.data.load.sandbox)")
   src = ("import os, time\n"
          "if os.fork() == 0:\n"
          "  os.setsid()\n"

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from hhh.data.tokenizer import ByteTokenizer
-from hhh.evals import rules, scoring_report
+from hhh.evals import rules
+from hhh.studies import scoring_report
 from hhh.evals import score as score_lib
 from hhh.evals.score import Scorer, Scores
 from hhh.model.config import ModelConfig
 from hhh.pretrained import LM
-from hhh.train.step import graphdef_and_params
+from hhh.model.params import graphdef_and_params
 
 
 def _s(loglik, n_tokens, n_bytes, n_chars=None) -> Scores:

@@ -246,7 +246,7 @@ def test_sigkill_of_the_launcher_kills_its_trial_and_a_relaunch_finishes_exactly
 
 
 def test_shipped_sweep_files_load(monkeypatch):
-  monkeypatch.chdir(REPO)   # their experiment paths are relative to the repository, as the README runs them
+  monkeypatch.chdir(REPO)   # their experiment paths are relative to the repository, as docs/guide/sweeps.md runs them
   n = {p.name: len(spec_lib.load(p).trials) for p in sorted((REPO / "sweeps").glob("*.yaml"))}
   assert n == {"hhh_baselines.yaml": 3, "objectives.yaml": 1 + 2 + 30, "sample_efficiency.yaml": 9, "tiny.yaml": 4}
 

@@ -127,7 +127,7 @@ def test_tiny_pm_learns_above_chance(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_pm_full_run(tmp_path):
-  """The full 300-step smoke run, as the README's quickstart runs it."""
+  """The full 300-step smoke run, as docs/guide/training.md runs it."""
   assert _tiny_pm_accuracy(tmp_path / "tiny_pm", 300) > 0.72
 
 

@@ -84,7 +84,7 @@ def write_dataset(out_dir, keyed: Iterable[tuple], stats: MineStats, *,
   once it is complete, so a run that fails or is killed leaves an existing dataset at `out_dir` as it was.
   """
   out = pathlib.Path(out_dir)
-  _check_replaceable(out)
+  check_replaceable(out)
   _remove_stale_builds(out)
   build = _build_dir(out, os.getpid())
   shutil.rmtree(build, ignore_errors=True)
@@ -102,7 +102,7 @@ def _build_dir(out: pathlib.Path, pid: int) -> pathlib.Path:
   return out.parent / f".{out.name}.building-{pid}"
 
 
-def _check_replaceable(out: pathlib.Path) -> None:
+def check_replaceable(out: pathlib.Path) -> None:
   if out.exists() and not out.is_dir():
     raise ValueError(f"--out {out} is a file, not a dataset directory")
   if out.is_dir() and any(out.iterdir()) and not ((out / "summary.json").exists() or is_dataset_dir(out)):

@@ -276,12 +276,9 @@ def from_json(d: dict[str, Any]) -> Tokenizer:
 
 def save(tok: Tokenizer, path: str | os.PathLike) -> None:
   """Writes `tok.to_json()` as one JSON file."""
-  path = os.fspath(path)
-  tmp = path + ".tmp"
+  from hhh.safeio import write_json_atomic
   # Write-then-rename so a crash never leaves a truncated tokenizer behind.
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(tok.to_json(), f, ensure_ascii=False)
-  os.replace(tmp, path)
+  write_json_atomic(path, tok.to_json(), indent=None, ensure_ascii=False)
 
 
 def load(path: str | os.PathLike) -> Tokenizer:

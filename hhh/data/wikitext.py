@@ -159,13 +159,13 @@ def latest_revision_text(path, title: str | None = None) -> str:
 
   `title` None means the first page of the dump. Revisions with deleted text are skipped.
   """
-  from hhh.data.mine import wikipedia
+  from hhh.data.mine.common import open_binary
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"wikipedia dump not found: {path}")
   best_time, best_text = None, None
   page_title, page_index, page_elem = None, -1, None
-  stream = wikipedia._open(path)
+  stream = open_binary(path)
   try:
     for event, elem in ET.iterparse(stream, events=("start", "end")):
       tag = _local(elem.tag)

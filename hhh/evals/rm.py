@@ -229,8 +229,8 @@ def load_judge(model: str, *, batch_size: int, max_length: int, work: pathlib.Pa
     from hhh.pretrained import hf_rm
     return hf_rm.HFRewardModel(path, batch_size=batch_size, max_length=max_length)
   if path.is_dir():  # a training run: its latest checkpoint as a bundle
-    from hhh.reward import bundle
-    bundle.export(path, work / "bundle", force=True)
+    from hhh.reward import export as export_lib
+    export_lib.export(path, work / "bundle", force=True)
     return HhhJudge(api.load(work / "bundle", batch_size=batch_size), str(path))
   raise FileNotFoundError(f"{path}: not a reward bundle, training run or HF model directory")
 
@@ -354,7 +354,7 @@ def markdown(rec: dict) -> str:
   L += ["", "## Subsets", "", head, sep]
   for sub, s in a["subsets"].items():
     L.append(f"| {sub} | {s['model']['n']} | " + " | ".join(_cell(s[r]) for r in rules) + " |")
-  L += ["", f"All items pooled: " + ", ".join(f"{names[r]} {_cell(a['overall'][r])}" for r in rules) + ".",
+  L += ["", "All items pooled: " + ", ".join(f"{names[r]} {_cell(a['overall'][r])}" for r in rules) + ".",
         "", f"Scored in {rec['seconds']:.0f} s.", ""]
   return "\n".join(L)
 

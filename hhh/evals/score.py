@@ -57,7 +57,7 @@ _MIN_OPTION = 4
 _PROMPT_ALIGN = 64
 
 
-def _next_pow2(x: int) -> int:
+def next_pow2(x: int) -> int:
   return 1 << max(x - 1, 0).bit_length()
 
 
@@ -96,7 +96,7 @@ def option_lengths(options: Sequence[str]) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
-def _prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk: int | None = None):
+def prefill(params, tokens_1xP, valid_1xP, *, graphdef, chunk: int | None = None):
   """The prompt's KV cache (batch 1, P slots), filled `chunk` tokens at a time (`prefill_prefix`)."""
   return prefill_prefix(nnx.merge(graphdef, params), tokens_1xP, valid_1xP, chunk)
 
@@ -164,7 +164,7 @@ class Scorer:
   def prompt_cache(self):
     """The prompt's KV cache (batch 1), computed once, on first use; None without a cache or a prompt."""
     if self._prompt_cache is None and self.use_cache and self._cached_ids:
-      self._prompt_cache = _prefill(self.params, *self.prefill_arrays(), graphdef=self._graphdef, chunk=self._chunk)
+      self._prompt_cache = prefill(self.params, *self.prefill_arrays(), graphdef=self._graphdef, chunk=self._chunk)
     return self._prompt_cache
 
   @property
@@ -212,9 +212,9 @@ class Scorer:
   def batch_arrays(self, rows: Sequence[Row]) -> tuple[np.ndarray, ...]:
     """(tokens, valid, start, targets, target mask) of one batch: rows padded to a power of two with empty rows."""
     pad = self.tokenizer.pad_id
-    B = min(self.batch_size, _next_pow2(len(rows)))
-    L = max(_MIN_ROW, _next_pow2(max(len(r.ids) for r in rows)))
-    T = min(L, max(_MIN_OPTION, _next_pow2(max(r.n_option for r in rows))))
+    B = min(self.batch_size, next_pow2(len(rows)))
+    L = max(_MIN_ROW, next_pow2(max(len(r.ids) for r in rows)))
+    T = min(L, max(_MIN_OPTION, next_pow2(max(r.n_option for r in rows))))
     offset = 0 if self.use_cache else self._P
     tokens = np.full((B, offset + L), pad, np.int32)
     valid = np.zeros((B, offset + L), bool)

@@ -101,7 +101,7 @@ def _trunk_fn(lm, top: int, layers: tuple[int, ...]):
   """A jitted function (params of blocks < top, tokens, valid) -> {layer: states}, and those params."""
   import jax
   from flax import nnx
-  from hhh.pretrained import model_structure
+  from hhh.model.params import model_structure
   cfg = dataclasses.replace(lm.cfg, n_layers=max(top, 1))
   graphdef = model_structure(cfg)[0]
   params = dict(lm.params)

@@ -31,12 +31,12 @@ NEGATION = re.compile(r"\b(no|not|never|none|nobody|nothing|neither|nor|cannot|c
 SPLITS = ("train", "validation", "test")
 
 
-def _hash_unit(key: str) -> float:
+def hash_unit(key: str) -> float:
   return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / float(1 << 48)
 
 
 def hash_split(key: str, test: float, validation: float) -> str:
-  u = _hash_unit(key)
+  u = hash_unit(key)
   return "test" if u < test else "validation" if u < test + validation else "train"
 
 

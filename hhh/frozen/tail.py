@@ -24,6 +24,7 @@ from flax import nnx
 
 from hhh.model.config import ModelConfig
 from hhh.model.transformer import Block, Norm, last_valid_index, row_layout
+from hhh.objectives import PM_OBJECTIVES
 
 LORA_TARGETS = (("attn", "wq"), ("attn", "wk"), ("attn", "wv"), ("attn", "wo"),
                 ("mlp", "w_gate"), ("mlp", "w_up"), ("mlp", "w_down"))
@@ -81,7 +82,7 @@ def init_trainable(cfg: ModelConfig, spec: TailSpec, objective: str, *, lora_key
             "b": jnp.zeros((spec.lora_rank, n_out), jnp.float32)}
       lora.append(block)
     out["lora"] = lora
-  if objective in ("binary", "ranked"):
+  if objective in PM_OBJECTIVES:
     out["reward_head"] = {"kernel": 0.02 * jax.random.normal(head_key, (cfg.d_model, 1), jnp.float32),
                           "bias": jnp.zeros((1,), jnp.float32)}
   elif objective in ("imitation", "lm"):
@@ -167,12 +168,12 @@ def merged_params(lm_params, cfg: ModelConfig, spec: TailSpec, trainable: dict) 
 
 
 def write_bundle(out_dir, lm, spec: TailSpec, trainable: dict, *, objective: str, max_len: int = 256) -> dict:
-  """A reward bundle (`hhh.reward.bundle`) of the depth-d trunk with the tail folded in: it scores raw text end
+  """A reward bundle (`hhh.model.bundle`) of the depth-d trunk with the tail folded in: it scores raw text end
   to end, with no cache, through `hhh.reward.api` and `hhh serve` like any hhh PM."""
   import numpy as np
-  from hhh.reward import bundle
-  if objective not in bundle.OBJECTIVES:
-    raise ValueError(f"only a reward tail ({', '.join(bundle.OBJECTIVES)}) makes a bundle, not {objective!r}")
+  from hhh.model import bundle
+  if objective not in bundle.PM_OBJECTIVES:
+    raise ValueError(f"only a reward tail ({', '.join(bundle.PM_OBJECTIVES)}) makes a bundle, not {objective!r}")
   cfg_d, params = merged_params(lm.params, lm.cfg, spec, trainable)
   params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
   return bundle.write(out_dir, cfg_d, params, lm.tokenizer.to_json(), objective=objective, max_len=max_len,

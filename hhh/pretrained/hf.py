@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from hhh.model.config import ModelConfig
-from hhh.pretrained import LM, assemble_params, flatten_params
+from hhh.model.params import assemble_params, flatten_params
+from hhh.objectives import PM_OBJECTIVES
+from hhh.pretrained.lm import LM
 
 MODEL_TYPES = ("llama", "gpt_neox", "gpt2")
 # Non-parameter buffers some checkpoints carry (causal masks, cached RoPE frequencies).
@@ -187,7 +189,7 @@ def _check_reward_meta(meta, where: str) -> None:
     raise ValueError(f"{where}: {key}.reward_bias must be a finite number")
   if meta.get("max_len") is not None and not (_nonneg_int(meta["max_len"]) and meta["max_len"] >= 2):
     raise ValueError(f"{where}: {key}.max_len must be an integer >= 2, not {str(meta['max_len'])[:40]}")
-  if meta.get("objective") is not None and meta["objective"] not in ("ranked", "binary"):
+  if meta.get("objective") is not None and meta["objective"] not in PM_OBJECTIVES:
     raise ValueError(f"{where}: {key}.objective must be ranked or binary")
   norm = meta.get("normalization")
   if norm is not None:
@@ -249,8 +251,8 @@ _HF_NAMES = {
 
 def config_from_hf(c: dict, source: str, vocab_size: int | None = None) -> ModelConfig:
   """Our `ModelConfig` from an HF config.json dict; every field is checked by the bundle reader's rules
-  (`hhh.reward.bundle.model_config`: types and upper bounds), with a one-line ValueError naming it."""
-  from hhh.reward.bundle import model_config
+  (`hhh.model.validate.model_config`: types and upper bounds), with a one-line ValueError naming it."""
+  from hhh.model.validate import model_config
   if not isinstance(c, dict):
     raise ValueError(f"{source}: must hold a JSON object, not {type(c).__name__}")
   mt = c.get("model_type")
@@ -438,7 +440,7 @@ def _to_ours(cfg: ModelConfig, model_type: str, t: dict[str, np.ndarray], source
   return out
 
 
-def _to_hf(cfg: ModelConfig, model_type: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def to_hf(cfg: ModelConfig, model_type: str, p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Our dotted names -> HF tensors (inverse of `_to_ours`)."""
   out: dict[str, np.ndarray] = {}
   D, H, Dh = cfg.d_model, cfg.n_heads, cfg.head_dim
@@ -574,7 +576,7 @@ def _tokenizer_from_dir(path: pathlib.Path, c: dict):
   return PretrainedTokenizer(tok, **special, bos_prefix=prefix, chat_template=template)
 
 
-def _tokenizer_files(tok) -> tuple[str, dict]:
+def tokenizer_files(tok) -> tuple[str, dict]:
   """(tokenizer.json text, tokenizer_config.json dict) for one of our tokenizers."""
   import tokenizers
   from hhh.data.tokenizer import ByteTokenizer
@@ -643,13 +645,13 @@ def save_hf(lm: LM, path, model_type: str) -> pathlib.Path:
   from safetensors import numpy as st_np
   cfg = lm.cfg
   hf_config = config_to_hf(cfg, model_type)
-  text, tc = _tokenizer_files(lm.tokenizer)
+  text, tc = tokenizer_files(lm.tokenizer)
   if lm.chat_template and "chat_template" not in tc:
     tc["chat_template"] = lm.chat_template
   tc["model_max_length"] = cfg.max_len
   lib_ids = {k: getattr(lm.tokenizer, k) for k in ("eos_id", "pad_id")}
   hf_config.update(eos_token_id=lib_ids["eos_id"], pad_token_id=lib_ids["pad_id"])
-  tensors = _to_hf(cfg, model_type, flatten_params(lm.params))
+  tensors = to_hf(cfg, model_type, flatten_params(lm.params))
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   # "format": "pt" is what HF loaders expect in the header; the data is plain little-endian float32.

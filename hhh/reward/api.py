@@ -19,7 +19,7 @@ from flax import nnx
 from hhh.data.pipeline import encode_comparison, EncodeStats
 from hhh.data.schema import Comparison
 from hhh.model.transformer import Transformer
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
 
 
 def default_buckets(max_len: int) -> tuple[int, ...]:

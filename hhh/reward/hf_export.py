@@ -34,9 +34,10 @@ import tokenizers
 
 from hhh import outdir, safeio
 from hhh.data import tokenizer as tokenizer_lib
-from hhh.pretrained import flatten_params
+from hhh.model.params import flatten_params
 from hhh.pretrained import hf
-from hhh.reward import bundle as bundle_lib
+from hhh.model import bundle as bundle_lib
+from hhh.reward import export as export_lib
 
 SEQ_CLS = {"llama": "LlamaForSequenceClassification", "gpt_neox": "GPTNeoXForSequenceClassification",
            "gpt2": "GPT2ForSequenceClassification"}
@@ -180,10 +181,10 @@ def _write_hf(bundle_path, tmp: pathlib.Path, source: dict | None) -> dict:
   cfg, params, tok, info = bundle_lib.read(bundle_path)
   mt = model_type_for(cfg)
   hf_config = hf.config_to_hf(cfg, mt)
-  tensors = hf._to_hf(cfg, mt, flatten_params(params))
+  tensors = hf.to_hf(cfg, mt, flatten_params(params))
   bias = float(tensors.pop("score.bias")[0])
   extra = {LM_HEADS[mt]: tensors.pop(LM_HEADS[mt])} if LM_HEADS[mt] in tensors else {}
-  text, tc = hf._tokenizer_files(tok)
+  text, tc = hf.tokenizer_files(tok)
   lib = tokenizers.Tokenizer.from_str(text)
   name = lambda i: lib.id_to_token(int(i))
   eoc, pad = name(tok.eoc_id), name(tok.pad_id)
@@ -238,10 +239,10 @@ def export_run(ckpt, out_dir, *, reference: str | None = None, max_reference: in
   ckpt = pathlib.Path(ckpt)
   if (ckpt / "bundle.json").exists():
     return export_hf(ckpt, out_dir, force=force)
-  with outdir.staged(out_dir, EXPORT_HF, sources=bundle_lib.run_of(ckpt), force=force) as tmp:
+  with outdir.staged(out_dir, EXPORT_HF, sources=export_lib.run_of(ckpt), force=force) as tmp:
     # The interim bundle lives in the same private staging directory, and goes with it.
     bundle = tmp.parent / "bundle"
-    bundle_lib.export(ckpt, bundle, reference=reference, max_reference=max_reference)
+    export_lib.export(ckpt, bundle, reference=reference, max_reference=max_reference)
     return _write_hf(bundle, tmp, source={"source_checkpoint": str(ckpt.absolute())})
 
 
@@ -308,3 +309,15 @@ def convert_to_bundle(hf_dir, out_dir, *, force: bool = False) -> dict:
   write_bundle(out_dir, lm.cfg, lm.params, tok, objective=meta.get("objective", "ranked"), max_len=max_len,
                normalization=norm, source=str(path.absolute()), force=force)
   return json.loads((pathlib.Path(out_dir) / "bundle.json").read_text())
+
+
+def convert_command(args) -> None:
+  """`hhh convert HF_DIR --out BUNDLE --as-bundle`: an HF sequence-classification reward model as a bundle."""
+  # config.json is untrusted: checked here (a regular file under its limit, the fields hhh reads well typed)
+  # before the conversion reads it.
+  c = hf.read_config(args.model)
+  info = convert_to_bundle(args.model, args.out, force=args.force)
+  bias = (c.get(hf.REWARD_META) or {}).get("reward_bias")
+  print(f"hhh: wrote reward bundle {args.out} from {args.model} (reward head bias "
+        f"{'restored from config.json' if bias is not None else 'zero: none recorded'}; normalization over "
+        f"{info['normalization']['n']} responses)")

@@ -320,7 +320,7 @@ def packed_loss_fn(params, graphdef, batch, objective: str, rng=None):
   value and gradient, when no dropout is drawn (`rng=None`); with dropout the
   context shares one dropout draw across its responses. No LM mixing.
   """
-  if objective not in ("ranked", "binary"):
+  if objective not in obj.PM_OBJECTIVES:
     raise ValueError(f"packed training covers the preference objectives (ranked, binary), not {objective!r}")
   model = nnx.merge(graphdef, params)
   mask_BxLxL = packed_mask(batch["segments"])
@@ -328,4 +328,4 @@ def packed_loss_fn(params, graphdef, batch, objective: str, rng=None):
                          dropout_rng=rng)
   valid_BxK = batch["lengths"] > 0
   r_BxK = jnp.where(valid_BxK, r_BxK, 0.0)
-  return (obj.ranked_loss if objective == "ranked" else obj.binary_loss)(r_BxK, batch["scores"], valid_BxK)
+  return obj.pm_loss(objective)(r_BxK, batch["scores"], valid_BxK)

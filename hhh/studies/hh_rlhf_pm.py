@@ -65,7 +65,7 @@ def report(run, data, out, *, limit: int = 0, hf_pairs: int = 32, seed: int = 0,
   """Exports `run`, scores the held-out split of `data` (the first `limit` comparisons of a fixed shuffle when
   limit > 0) and writes OUT/summary.json and OUT/report.md; returns the summary."""
   from hhh.data import store
-  from hhh.reward import bundle as bundle_lib
+  from hhh.reward import export as export_lib
   from hhh.reward import hf_export
   from hhh.reward.api import RewardModel
   from hhh.reward.packed import score_many_shared
@@ -77,7 +77,7 @@ def report(run, data, out, *, limit: int = 0, hf_pairs: int = 32, seed: int = 0,
   work = run.parent / f"{run.name}_export"
   bdir, hdir = work / "bundle", work / "hf"
   t0 = time.perf_counter()
-  bundle_lib.export(run, bdir, reference=str(data), max_reference=64, force=True)
+  export_lib.export(run, bdir, reference=str(data), max_reference=64, force=True)
   hf_export.export_hf(bdir, hdir, force=True)
   log(f"hh_rlhf_pm: exported {bdir} and {hdir} in {time.perf_counter() - t0:.0f} s")
   rm = RewardModel(bdir, batch_size=8)

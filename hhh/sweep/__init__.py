@@ -5,12 +5,11 @@
   hhh sweep report FILE                                          # OUT/report.md with tables and PNGs
 
 spec.py reads and expands the file, trial.py runs one trial, local.py and ray_backend.py schedule them, report.py
-reads the results. grid.py is the older Python-level grid runner (`Run`, `run_grid`), kept for callers of it.
+reads the results.
 """
 
 from __future__ import annotations
 
-from hhh.sweep.grid import Run, final_metrics, latest_by_name, read_results, run_grid, run_one  # noqa: F401
 from hhh.sweep.spec import Spec, SpecError, Trial, load  # noqa: F401
 
 

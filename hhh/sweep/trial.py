@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from hhh.safeio import write_json_atomic
 from hhh.selfcmd import hhh_argv
 from hhh.sweep.spec import Trial
 
@@ -40,17 +41,6 @@ def _prctl():
   if _libc is None and sys.platform.startswith("linux"):
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
   return _libc.prctl if _libc is not None else None
-
-
-def write_json_atomic(path, obj) -> None:
-  """Write-then-rename: a reader (or a relaunch after SIGKILL) sees the whole file or none of it."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(json.dumps(obj, indent=2, default=str) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 # A trial's result (its metrics) and hhh's own records; a bigger file is not one of them.
@@ -89,7 +79,7 @@ def prepare(trial: Trial, trial_dir) -> pathlib.Path:
   d = pathlib.Path(trial_dir)
   d.mkdir(parents=True, exist_ok=True)
   if not (d / "trial.json").exists():
-    write_json_atomic(d / "trial.json", trial_record(trial))
+    write_json_atomic(d / "trial.json", trial_record(trial), default=str)
   return d
 
 
@@ -228,7 +218,7 @@ def finish(run: Running, returncode: int) -> dict[str, Any]:
     except (OSError, RuntimeError, ValueError) as e:
       rec = {**base, "error": f"finished but no result: {e}", "seconds": seconds}
     else:
-      write_json_atomic(run.trial_dir / "result.json", rec)
+      write_json_atomic(run.trial_dir / "result.json", rec, default=str)
       with contextlib.suppress(FileNotFoundError):
         (run.trial_dir / "failed.json").unlink()
       return rec
@@ -236,7 +226,7 @@ def finish(run: Running, returncode: int) -> dict[str, Any]:
     tail = log_tail(run.trial_dir / f"attempt-{run.attempt}.log")
     rec = {**base, "error": f"exit {returncode}: {tail}", "seconds": seconds}
   rec["log"] = str(run.trial_dir / f"attempt-{run.attempt}.log")
-  write_json_atomic(run.trial_dir / "failed.json", rec)
+  write_json_atomic(run.trial_dir / "failed.json", rec, default=str)
   return rec
 
 
@@ -246,6 +236,23 @@ def log_tail(path, n: int = 1) -> str:
   except FileNotFoundError:
     return ""
   return " | ".join(lines[-n:])[-300:]
+
+
+def final_metrics(workdir) -> dict[str, Any]:
+  """The last held-out evaluation a run logged (its metrics.jsonl `validation` record)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  last = None
+  if path.exists():
+    for line in path.read_text(encoding="utf-8").splitlines():
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if rec.get("split") == "validation":
+        last = rec
+  if last is None:
+    raise RuntimeError(f"{path}: no held-out evaluation was logged")
+  return last
 
 
 def collect(trial: Trial, trial_dir) -> dict[str, Any]:
@@ -262,7 +269,6 @@ def collect(trial: Trial, trial_dir) -> dict[str, Any]:
     except ValueError as e:
       raise RuntimeError(str(e).replace(f"{d}/", "")) from None
     return {"metrics": metrics}
-  from hhh.sweep.grid import final_metrics
   m = final_metrics(d)
   out = {"step": m.pop("step", None), "metrics": {k: v for k, v in m.items() if k != "split"}}
   cfg = read_json(d / "config.json")

@@ -28,7 +28,8 @@ from hhh.model.transformer import INIT_STD
 from hhh.train import checkpoint as ckpt_lib
 from hhh.train import workdir as workdir_lib
 from hhh.train.logger import MetricsWriter, measure_matmul_peak
-from hhh.train.step import Steps, abstract_params, graphdef_and_params
+from hhh.model.params import abstract_params, graphdef_and_params
+from hhh.train.step import Steps
 
 
 class NonFiniteLoss(RuntimeError):
@@ -130,7 +131,7 @@ def evaluate(steps: Steps, params, source: pipeline.BatchSource, objective: str)
     valid.append(batch["lengths"] > 0)
   cat = lambda xs: jnp.asarray(np.concatenate([np.asarray(x) for x in xs]))
   s, v = cat(scores), cat(valid)
-  if objective in ("binary", "ranked"):
+  if objective in obj.PM_OBJECTIVES:
     m = obj.preference_metrics(cat([o["reward"] for o in outs]), s, v)
     return {k: float(x) for k, x in m.items()}
   nll = float(np.sum([np.asarray(o["nll_sum"]) for o in outs]))
@@ -149,7 +150,7 @@ def _lm_head(cfg) -> bool:
 
 
 def _packed(cfg) -> bool:
-  return cfg.data.pack and cfg.objective in ("ranked", "binary")
+  return cfg.data.pack and cfg.objective in obj.PM_OBJECTIVES
 
 
 def _step_tokens(local, objective: str) -> float:

@@ -18,36 +18,9 @@ from flax import nnx
 
 from hhh import objectives as obj
 from hhh.model import sharding as shd
-from hhh.model.config import ModelConfig
-from hhh.model.transformer import Transformer
+from hhh.train.optim import make_optimizer
 
 State = dict[str, Any]
-
-
-def make_optimizer(ocfg, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warmup, cosine decay to lr * min_lr_ratio, and global-norm clipping."""
-  warmup = min(ocfg.warmup_steps, max(total_steps - 1, 0))
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=ocfg.lr, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=ocfg.lr * ocfg.min_lr_ratio)
-  # No weight decay on norms, biases and vectors: decaying a norm's scale toward 0 only hurts.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  tx = optax.chain(
-      optax.clip_by_global_norm(ocfg.clip_norm),
-      optax.adamw(schedule, b1=ocfg.b1, b2=ocfg.b2, eps=ocfg.eps, weight_decay=ocfg.weight_decay,
-                  mask=decay_mask))
-  return tx, schedule
-
-
-def graphdef_and_params(cfg: ModelConfig, key):
-  model = Transformer(cfg, rngs=nnx.Rngs(params=key))
-  graphdef, state = nnx.split(model)
-  return graphdef, nnx.to_pure_dict(state)
-
-
-def abstract_params(cfg: ModelConfig):
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
-  return graphdef, nnx.to_pure_dict(state)
 
 
 def valid_tokens(tokens_NxL, lengths_N):
@@ -79,7 +52,7 @@ def loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float):
   h_NxLxD = model(tokens_NxL, valid_NxL, dropout_rng=rng)
   r_BxK = model.reward(h_NxLxD, valid_NxL).reshape(B, K)
   r_BxK = jnp.where(valid_BxK, r_BxK, 0.0)
-  loss, metrics = (obj.ranked_loss if objective == "ranked" else obj.binary_loss)(r_BxK, scores_BxK, valid_BxK)
+  loss, metrics = obj.pm_loss(objective)(r_BxK, scores_BxK, valid_BxK)
   if lm_coef:
     pick_B = preferred_index(scores_BxK, valid_BxK)
     rows_B = jnp.arange(B) * K + pick_B
@@ -104,7 +77,7 @@ def packed_loss_fn(params, graphdef, batch, rng, objective: str, lm_coef: float)
   lengths_CxK = batch["lengths"]
   valid_CxK = lengths_CxK > 0
   r_CxK = jnp.where(valid_CxK, r_RL[batch["reward_index"]], 0.0)
-  loss, metrics = (obj.ranked_loss if objective == "ranked" else obj.binary_loss)(r_CxK, batch["scores"], valid_CxK)
+  loss, metrics = obj.pm_loss(objective)(r_CxK, batch["scores"], valid_CxK)
   if lm_coef:
     logp_RxLxV = jax.nn.log_softmax(model.lm_logits(h_RxLxD), axis=-1)
     lp_RxL = jnp.take_along_axis(logp_RxLxV, batch["lm_target"][..., None], axis=-1)[..., 0]
@@ -137,7 +110,7 @@ def eval_scores(params, batch, *, graphdef, objective: str):
   valid_NxL = valid_tokens(tokens_NxL, lengths_N)
   h_NxLxD = model(tokens_NxL, valid_NxL)
   out = {}
-  if objective in ("binary", "ranked"):
+  if objective in obj.PM_OBJECTIVES:
     out["reward"] = model.reward(h_NxLxD, valid_NxL).reshape(B, K)
   else:
     logits = model.lm_logits(h_NxLxD)

@@ -14,7 +14,7 @@ Rules:
   dropped if bodies or else branches. Annotations and docstrings are left alone. The choice is deterministic in
   (seed, task id): sites are shuffled per kind and taken kind by kind in turn, so a problem's mutants mix kinds;
   candidates whose source repeats one already taken, or the reference, are dropped.
-- Labels: every candidate's tests run in `hhh.sandbox` (one sandboxed program per candidate, which runs each test
+- Labels: every candidate's tests run in `hhh.data.load.sandbox` (one sandboxed program per candidate, which runs each test
   separately and reports it); the score is the fraction passed. MBPP: each assert of test_list is a test.
   HumanEval: each top-level statement of `check(candidate)` that holds an assert is a test (other statements run
   as setup, `assert True` is not a test); a `check` that cannot be split this way is one all-or-nothing test.
@@ -47,7 +47,7 @@ import random
 import secrets
 from typing import Any, Iterator
 
-from hhh import sandbox
+from hhh.data.load import sandbox
 from hhh.data import load as load_lib
 from hhh.data.load import Skip
 from hhh.data.mine.common import MineStats

@@ -18,7 +18,9 @@ import json
 import lzma
 import os
 import pathlib
+import queue
 import stat
+import threading
 import zlib
 from typing import IO, Any, Iterator
 
@@ -86,14 +88,120 @@ def open_binary(path) -> IO[bytes]:
     return lzma.open(path, "rb")
   if suffix == ".7z":
     # The archive's first file, streamed (a reader thread pulls from py7zr): never extracted whole.
-    from hhh.data.mine.wikipedia import _SevenZipStream
-    return io.BufferedReader(_SevenZipStream(path), buffer_size=1 << 20)
+    return io.BufferedReader(SevenZipStream(path), buffer_size=1 << 20)
   if suffix == ".zst":
     import zstandard
     # Pushshift dumps use a long window; the default limit refuses them.
     reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(open(path, "rb"), read_size=1 << 20)
     return io.BufferedReader(reader, buffer_size=1 << 20)
   return open(path, "rb")
+
+
+class SevenZipStream(io.RawIOBase):
+  """The first file in a .7z archive as a readable stream.
+
+  py7zr only pushes data into writers, so a thread runs the extraction into a bounded
+  queue and this reader pulls from it. Memory stays at a few chunks, and the member is
+  never fully decompressed into memory or onto disk.
+  """
+
+  _END = object()
+
+  def __init__(self, path: pathlib.Path):
+    try:  # optional: only .7z input needs it
+      import py7zr
+      import py7zr.io
+    except ImportError as e:
+      raise ImportError("reading .7z files needs py7zr (pip install py7zr)") from e
+
+    self._queue: queue.Queue = queue.Queue(maxsize=16)
+    self._stop = threading.Event()
+    self._buf = memoryview(b"")
+    self._error: BaseException | None = None
+    self._done = False
+    stop, q = self._stop, self._queue
+
+    class _Cancelled(Exception):
+      pass
+
+    class Writer(py7zr.io.Py7zIO):
+      def write(self, s) -> int:
+        data = bytes(s)
+        while not stop.is_set():
+          try:
+            q.put(data, timeout=0.1)
+            return len(data)
+          except queue.Full:
+            pass
+        raise _Cancelled()
+
+      def read(self, size=None) -> bytes:
+        return b""
+
+      def seek(self, offset, whence=0) -> int:
+        return 0
+
+      def flush(self) -> None:
+        pass
+
+      def size(self) -> int:
+        return 0
+
+    class Factory(py7zr.io.WriterFactory):
+      def create(self, filename):
+        return Writer()
+
+    def run():
+      try:
+        with py7zr.SevenZipFile(path, "r") as archive:
+          names = [i.filename for i in archive.list() if not i.is_directory]
+          if names:
+            archive.extract(targets=[names[0]], factory=Factory())
+      except _Cancelled:
+        pass
+      except BaseException as e:  # handed to the reading thread, which reports it as corrupt input
+        self._error = e
+      finally:
+        while not stop.is_set():
+          try:
+            q.put(self._END, timeout=0.1)
+            break
+          except queue.Full:
+            pass
+
+    self._thread = threading.Thread(target=run, name=f"7z:{path.name}", daemon=True)
+    self._thread.start()
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, b) -> int:
+    while not len(self._buf):
+      if self._done:
+        return 0
+      item = self._queue.get()
+      if item is self._END:
+        self._done = True
+        if self._error is not None:
+          raise OSError(f"7z extraction failed: {self._error}")
+        return 0
+      self._buf = memoryview(item)
+    n = min(len(b), len(self._buf))
+    b[:n] = self._buf[:n]
+    self._buf = self._buf[n:]
+    return n
+
+  def close(self) -> None:
+    if not self.closed:
+      self._stop.set()
+      # Drain so a writer blocked on a full queue sees the stop flag.
+      while self._thread.is_alive():
+        try:
+          self._queue.get(timeout=0.05)
+        except queue.Empty:
+          pass
+      self._thread.join()
+    super().close()
 
 
 def not_utf8(data: bytes) -> bool:

@@ -29,6 +29,7 @@ import time
 from typing import Iterator
 
 from hhh.data.mine.common import MineStats
+from hhh.safeio import write_json_atomic
 from hhh.data.schema import Comparison
 
 SOURCES = ("stackexchange", "reddit", "wikipedia")
@@ -46,22 +47,22 @@ def inputs(source: str, path) -> list[pathlib.Path]:
     return [path]
   if source == "stackexchange":
     from hhh.data.mine import stackexchange
-    if stackexchange._find_file(path, "Posts.xml") is not None:
+    if stackexchange.find_file(path, "Posts.xml") is not None:
       return [path]  # one site's folder
     found = []
     for p in sorted(path.iterdir()):
       if p.name.startswith("."):
         continue
-      if p.is_dir() and stackexchange._find_file(p, "Posts.xml") is not None:
+      if p.is_dir() and stackexchange.find_file(p, "Posts.xml") is not None:
         found.append(p)
       elif p.is_file() and p.name.lower().endswith(".7z") and not p.name.lower().endswith("-votes.7z"):
         found.append(p)
   elif source == "reddit":
     from hhh.data.mine import reddit
-    found = reddit._dump_files(path, skip_prefixes=("RS_",))
+    found = reddit.dump_files(path, skip_prefixes=("RS_",))
   elif source == "wikipedia":
     from hhh.data.mine import wikipedia
-    found = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in wikipedia._DUMP_SUFFIXES]
+    found = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in wikipedia.DUMP_SUFFIXES]
   else:
     raise ValueError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
   if not found:
@@ -86,7 +87,7 @@ def mine_one(source: str, path: str, index: int, options: dict, part: str) -> di
   if source == "reddit":
     from hhh.data.mine import reddit
     # Submission-file problems count once per mine, as when one process reads a folder of comment files.
-    items = reddit._mine_file(pathlib.Path(path), opts, stats, first=index == 0)
+    items = reddit.mine_file(pathlib.Path(path), opts, stats, first=index == 0)
   else:
     items = mod.mine(path, opts, stats)
   part = pathlib.Path(part)
@@ -98,21 +99,12 @@ def mine_one(source: str, path: str, index: int, options: dict, part: str) -> di
     os.fsync(f.fileno())
   os.replace(tmp, part)
   done = {"input": str(path), **stats.to_json(), "seconds": round(time.perf_counter() - start, 3)}
-  _write_atomic(_done_path(part), json.dumps(done) + "\n")
+  write_json_atomic(_done_path(part), done, indent=None)
   return done
 
 
 def _done_path(part: pathlib.Path) -> pathlib.Path:
   return part.with_name(part.name.replace(".jsonl", ".done.json"))
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def work_dir(out) -> pathlib.Path:
@@ -144,7 +136,7 @@ def _locked(work: pathlib.Path, plan: dict) -> Iterator[None]:
       for n in os.listdir(work):
         if n != _LOCK:
           os.unlink(work / n)
-      _write_atomic(work / _PLAN, json.dumps(plan, indent=2) + "\n")
+      write_json_atomic(work / _PLAN, plan)
     yield
   finally:
     os.close(fd)
@@ -158,7 +150,7 @@ def _check_out(out: pathlib.Path, sources: list[pathlib.Path]) -> None:
     s = os.path.realpath(src)
     if real == s or real.startswith(s.rstrip(os.sep) + os.sep) or s.startswith(real.rstrip(os.sep) + os.sep):
       raise ValueError(f"--out {out} overlaps the input {src}; choose another --out")
-  store._check_replaceable(out)
+  store.check_replaceable(out)
 
 
 def mine_many(source: str, path, options, out, *, workers: int = 1, backend: str = "local",

@@ -93,7 +93,7 @@ class _Reply:
   where: str
 
 
-def _dump_files(path: pathlib.Path, skip_prefixes: tuple[str, ...] = ()) -> list[pathlib.Path]:
+def dump_files(path: pathlib.Path, skip_prefixes: tuple[str, ...] = ()) -> list[pathlib.Path]:
   """The path itself, or a folder's dump files in sorted name order."""
   if not path.is_dir():
     return [path]
@@ -156,7 +156,7 @@ def _read_submissions(path: pathlib.Path, needed: set[str], stats: MineStats,
   if not needed:
     return out
   sink = stats if count else MineStats(SOURCE)  # rescans for later comment files do not count twice
-  for file in _dump_files(path):
+  for file in dump_files(path):
     for obj, where in _records(file, sink, prefix="submission_", count=False):
       try:
         name = obj.get("name")
@@ -204,7 +204,7 @@ def _context(parent: str, link: str, subreddit: str, parents: dict[str, tuple[st
   return "\n\n".join(parts), ""
 
 
-def _mine_file(file: pathlib.Path, options: Options, stats: MineStats,
+def mine_file(file: pathlib.Path, options: Options, stats: MineStats,
                first: bool) -> Iterator[tuple[str, Comparison]]:
   # key -> (parent key, body) for context; body None marks a comment unusable as context, and then the parent slot
   # holds why ("deleted", "removed", "bot").
@@ -297,10 +297,10 @@ def mine(path, options: Options, stats: MineStats) -> Iterator[tuple[str, Compar
     raise FileNotFoundError(f"reddit submissions dump not found: {options.submissions}")
   stats.source = SOURCE
   # A submissions dump inside the comments folder is not comments.
-  files = _dump_files(path, skip_prefixes=("RS_",))
+  files = dump_files(path, skip_prefixes=("RS_",))
   return _mine_files(files, options, stats)
 
 
 def _mine_files(files: list[pathlib.Path], options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
   for i, file in enumerate(files):
-    yield from _mine_file(file, options, stats, first=i == 0)
+    yield from mine_file(file, options, stats, first=i == 0)

@@ -614,7 +614,7 @@ class _Dump:
   votes_member: str | None
 
 
-def _find_file(folder: pathlib.Path, name: str) -> pathlib.Path | None:
+def find_file(folder: pathlib.Path, name: str) -> pathlib.Path | None:
   exact = folder / name
   if exact.is_file():
     return exact
@@ -640,10 +640,10 @@ def _locate(path: pathlib.Path) -> _Dump:
   if not path.exists():
     raise FileNotFoundError(f"stackexchange dump not found: {path}")
   if path.is_dir():
-    posts = _find_file(path, "Posts.xml")
+    posts = find_file(path, "Posts.xml")
     if posts is None:
       raise ValueError(f"{path}: no Posts.xml in this folder (expected one site's unpacked Stack Exchange dump)")
-    return _Dump(path.resolve().name, posts, None, _find_file(path, "Votes.xml"), None)
+    return _Dump(path.resolve().name, posts, None, find_file(path, "Votes.xml"), None)
   if path.suffix.lower() == ".7z":
     stem = path.name[:-3]
     # Stack Overflow ships one archive per table: stackoverflow.com-Posts.7z next to stackoverflow.com-Votes.7z.
@@ -659,7 +659,7 @@ def _locate(path: pathlib.Path) -> _Dump:
         votes, votes_member = sibling, _archive_member(sibling, "Votes.xml")
     return _Dump(site, path, member, votes if votes_member else None, votes_member)
   # A Posts.xml given directly: the site is its folder's name.
-  votes = _find_file(path.parent, "Votes.xml")
+  votes = find_file(path.parent, "Votes.xml")
   return _Dump(path.resolve().parent.name, path, None, votes, None)
 
 

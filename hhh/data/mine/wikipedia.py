@@ -68,12 +68,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import io
 import lzma
 import pathlib
-import queue
 import re
-import threading
 import xml.etree.ElementTree as ET
 import zlib
 from typing import IO, Iterator
@@ -86,7 +83,7 @@ SOURCE = "wikipedia"
 # Revert-like edit summaries: "rv", "rvv", "rvt", "Reverted edits by ...", "Undid revision ...", "vandalism".
 REVERT_COMMENT = re.compile(r"\b(?:rvv?|rvt|revert\w*|undid|undo(?:ne)?|vandal\w*)\b", re.IGNORECASE)
 
-_DUMP_SUFFIXES = (".xml", ".bz2", ".7z", ".xz", ".lzma", ".gz")
+DUMP_SUFFIXES = (".xml", ".bz2", ".7z", ".xz", ".lzma", ".gz")
 # How far a cut may move to reach whitespace. Past this the text has no word boundaries worth keeping.
 _SNAP = 80
 # Keys remembered per page (emitted ids; for dedupe also hash pairs and window digests).
@@ -135,7 +132,7 @@ def mine(path, options: Options, stats: MineStats) -> Iterator[tuple[str, Compar
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"wikipedia dump not found: {path}")
-  files = ([p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in _DUMP_SUFFIXES]
+  files = ([p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in DUMP_SUFFIXES]
            if path.is_dir() else [path])
   return _mine_files(files, options, stats)
 
@@ -145,16 +142,10 @@ def _mine_files(files, options: Options, stats: MineStats) -> Iterator[tuple[str
     yield from _mine_file(f, options, stats)
 
 
-def _open(path: pathlib.Path) -> IO[bytes]:
-  if path.suffix.lower() == ".7z":
-    return io.BufferedReader(_SevenZipStream(path), buffer_size=1 << 16)
-  return open_binary(path)
-
-
 def _mine_file(path: pathlib.Path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
   reader = _DumpReader(options, stats, path.name)
   try:
-    stream = _open(path)
+    stream = open_binary(path)
   except (OSError, EOFError, lzma.LZMAError) as e:
     stats.skip("corrupt_input", f"{path.name}: {e}")
     return
@@ -572,110 +563,3 @@ def _units(stream: IO[bytes], max_bytes: int | None = None) -> Iterator[tuple[st
   if kind == "page" and start is not None:
     yield "page", bytes(buf[start:]), unit_offset  # a dump cut inside a page head
   yield "end", not closed, base + len(buf)
-
-
-class _SevenZipStream(io.RawIOBase):
-  """The first file in a .7z archive as a readable stream.
-
-  py7zr only pushes data into writers, so a thread runs the extraction into a bounded
-  queue and this reader pulls from it. Memory stays at a few chunks, and the member is
-  never fully decompressed into memory or onto disk.
-  """
-
-  _END = object()
-
-  def __init__(self, path: pathlib.Path):
-    try:  # optional: only .7z input needs it
-      import py7zr
-      import py7zr.io
-    except ImportError as e:
-      raise ImportError("reading .7z Wikipedia dumps needs py7zr (pip install py7zr)") from e
-
-    self._queue: queue.Queue = queue.Queue(maxsize=16)
-    self._stop = threading.Event()
-    self._buf = memoryview(b"")
-    self._error: BaseException | None = None
-    self._done = False
-    stop, q = self._stop, self._queue
-
-    class _Cancelled(Exception):
-      pass
-
-    class Writer(py7zr.io.Py7zIO):
-      def write(self, s) -> int:
-        data = bytes(s)
-        while not stop.is_set():
-          try:
-            q.put(data, timeout=0.1)
-            return len(data)
-          except queue.Full:
-            pass
-        raise _Cancelled()
-
-      def read(self, size=None) -> bytes:
-        return b""
-
-      def seek(self, offset, whence=0) -> int:
-        return 0
-
-      def flush(self) -> None:
-        pass
-
-      def size(self) -> int:
-        return 0
-
-    class Factory(py7zr.io.WriterFactory):
-      def create(self, filename):
-        return Writer()
-
-    def run():
-      try:
-        with py7zr.SevenZipFile(path, "r") as archive:
-          names = [i.filename for i in archive.list() if not i.is_directory]
-          if names:
-            archive.extract(targets=[names[0]], factory=Factory())
-      except _Cancelled:
-        pass
-      except BaseException as e:  # handed to the reading thread, which reports it as corrupt input
-        self._error = e
-      finally:
-        while not stop.is_set():
-          try:
-            q.put(self._END, timeout=0.1)
-            break
-          except queue.Full:
-            pass
-
-    self._thread = threading.Thread(target=run, name=f"7z:{path.name}", daemon=True)
-    self._thread.start()
-
-  def readable(self) -> bool:
-    return True
-
-  def readinto(self, b) -> int:
-    while not len(self._buf):
-      if self._done:
-        return 0
-      item = self._queue.get()
-      if item is self._END:
-        self._done = True
-        if self._error is not None:
-          raise OSError(f"7z extraction failed: {self._error}")
-        return 0
-      self._buf = memoryview(item)
-    n = min(len(b), len(self._buf))
-    b[:n] = self._buf[:n]
-    self._buf = self._buf[n:]
-    return n
-
-  def close(self) -> None:
-    if not self.closed:
-      self._stop.set()
-      # Drain so a writer blocked on a full queue sees the stop flag.
-      while self._thread.is_alive():
-        try:
-          self._queue.get(timeout=0.05)
-        except queue.Empty:
-          pass
-      self._thread.join()
-    super().close()

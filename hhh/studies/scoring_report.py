@@ -20,7 +20,6 @@ tokens from the left for all its options (Scorer cuts per option); `truncated` c
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import json
@@ -37,7 +36,7 @@ from flax import nnx
 from hhh import stats
 from hhh.evals import rules
 from hhh.evals import tasks as tasks_lib
-from hhh.evals.score import Scorer, Scores, _next_pow2, option_lengths
+from hhh.evals.score import Scorer, Scores, next_pow2, option_lengths
 
 _MIN_ROW = 16
 
@@ -122,8 +121,8 @@ class SharedContextScorer:
     pad = sc.tokenizer.pad_id
     for s in range(0, len(order), self.cb):
       batch = order[s:s + self.cb]
-      B = _next_pow2(len(batch))
-      C = max(_MIN_ROW, _next_pow2(max(len(enc[g][0]) - 1 for g in batch)))
+      B = next_pow2(len(batch))
+      C = max(_MIN_ROW, next_pow2(max(len(enc[g][0]) - 1 for g in batch)))
       tok = np.full((B, C), pad, np.int32)
       val = np.zeros((B, C), bool)
       for b, g in enumerate(batch):
@@ -134,8 +133,8 @@ class SharedContextScorer:
       rows.sort(key=lambda r: len(r[3]))
       for r0 in range(0, len(rows), self.rb):
         chunk = rows[r0:r0 + self.rb]
-        R = _next_pow2(len(chunk))
-        L = max(_MIN_ROW, _next_pow2(max(len(ids) for *_, ids in chunk) + 1))
+        R = next_pow2(len(chunk))
+        L = max(_MIN_ROW, next_pow2(max(len(ids) for *_, ids in chunk) + 1))
         tokens, valid = np.full((R, L), pad, np.int32), np.zeros((R, L), bool)
         targets, tmask = np.zeros((R, L), np.int32), np.zeros((R, L), bool)
         row_ctx = np.zeros((R,), np.int32)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import time
 
@@ -28,9 +29,11 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from hhh.config import OptimConfig
 from hhh.evals import score as score_lib
 from hhh.generate import sample_logits
 from hhh.model.transformer import prefix_slots
+from hhh.train.optim import make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +65,7 @@ def prefill(graphdef, params, prompt_ids) -> dict:
   P, chunk = prefix_slots(len(prompt_ids))
   tokens_1xP = np.zeros((1, P), np.int32)
   tokens_1xP[0, :len(prompt_ids)] = prompt_ids
-  return score_lib._prefill(params, tokens_1xP, np.arange(P)[None] < len(prompt_ids), graphdef=graphdef,
+  return score_lib.prefill(params, tokens_1xP, np.arange(P)[None] < len(prompt_ids), graphdef=graphdef,
                             chunk=chunk)
 
 
@@ -172,9 +175,9 @@ def _distill(cfg: DistillConfig, out_dir: pathlib.Path, lm) -> dict:
   graphdef = lm.graphdef
   L = len(texts[0])
   cache = prefill(graphdef, lm.params, prompt_ids)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, max(cfg.steps - 1, 0)),
-                                                max(cfg.steps, 1), cfg.lr * 0.1)
-  tx = optax.adam(schedule)
+  # Adam without clipping or weight decay: hhh's AdamW with those off is the same update.
+  tx, _ = make_optimizer(OptimConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr_ratio=0.1, weight_decay=0.0,
+                                     b1=0.9, b2=0.999, eps=1e-8, clip_norm=math.inf), cfg.steps)
   teacher = lm.params
   student = jax.tree.map(jnp.array, lm.params)   # a copy: the teacher stays frozen
   state = {"params": student, "opt_state": tx.init(student), "step": jnp.int32(0)}
@@ -230,9 +233,10 @@ def distill_command(args) -> None:
 
 
 def add_cli(sub) -> None:
+  from hhh import config as config_lib
   p = sub.add_parser("distill", help="context distillation: train a model to act as if a prompt were there")
   p.add_argument("config", help="experiment file returning a DistillConfig (e.g. experiments/context_distill.py)")
   p.add_argument("--out", required=True, help="output dir: student/ (an hhh checkpoint), texts.jsonl, metrics")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+  config_lib.add_set_argument(p)
   p.add_argument("--force", action="store_true", help="replace --out if it holds an earlier `hhh distill` output")
   p.set_defaults(func=distill_command)

@@ -116,7 +116,7 @@ def pmp_sets(pairs_by_source: dict[str, list[tuple[str, Comparison]]], caps: dic
     pairs = [p for p in (best_worst(c, key) for key, c in items) if p is not None]
     keep = sorted(rng.permutation(len(pairs))[:caps[source]])
     for i in keep:
-      split = "validation" if data_lib._hash_unit(pairs[i].meta["group"]) < validation else "train"
+      split = "validation" if data_lib.hash_unit(pairs[i].meta["group"]) < validation else "train"
       out[split].append(pairs[i])
   return out
 

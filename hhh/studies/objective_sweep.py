@@ -6,9 +6,10 @@ their log-likelihood). `sweeps/objectives.py` drives it; the stages are importab
 
   prepare_data   loaders -> DIR/data/NAME/{train,heldout}.jsonl (capped; one fixed split per dataset)
   build_corpus   DIR/corpus/{train,validation}.jsonl: the base LMs' pretraining text (see `build_corpus`)
-  base_runs      `hhh train experiments/base_lm.py` per size
-  finetune_runs  `hhh train experiments/objectives.py` per (dataset, size, objective, seed)
   plot / table   the objective-scaling figure (one panel per dataset) and a markdown table
+
+sweeps/objectives.yaml holds the base LMs (`experiments/base_lm.py` per size) and the fine-tunes
+(`experiments/objectives.py` per dataset, size, objective and seed).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import pathlib
 import random
 from typing import Any, Iterable, Sequence
 
-from hhh import sweep as sweep_lib
 from hhh.data import schema
 from hhh.data.mine.common import MineStats, split_of
 from hhh.model import family
+from hhh.objectives import COMPARED_OBJECTIVES
 
-OBJECTIVES = ("imitation", "binary", "ranked")
+OBJECTIVES = COMPARED_OBJECTIVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,55 +172,6 @@ def build_corpus(out_dir, data_names: Sequence[str], wikipedia: str | None = Non
   return d
 
 
-def size_overrides(size: str) -> tuple[str, ...]:
-  """`--set` items giving a config the shape of a family size (the experiment keeps its other model fields)."""
-  m = family.get(size)
-  return (f"model.d_model={m.d_model}", f"model.n_layers={m.n_layers}", f"model.n_heads={m.n_heads}")
-
-
-def base_runs(out_dir, sizes: Sequence[str], *, steps: int, experiment: str = "experiments/base_lm.py",
-              extra: Sequence[str] = ()) -> list[sweep_lib.Run]:
-  corpus = pathlib.Path(out_dir) / "corpus"
-  return [sweep_lib.Run(
-      name=f"base-{size}", experiment=experiment,
-      overrides=(*size_overrides(size), f"data.train={corpus / 'train.jsonl'}",
-                 f"data.validation={corpus / 'validation.jsonl'}", f"steps={steps}", *extra),
-      tags={"stage": "base", "size": size}) for size in sizes]
-
-
-def finetune_runs(out_dir, datasets: Sequence[str], sizes: Sequence[str], *, steps: int, seeds: Sequence[int] = (0,),
-                  objectives: Sequence[str] = OBJECTIVES, experiment: str = "experiments/objectives.py",
-                  extra: Sequence[str] = ()) -> list[sweep_lib.Run]:
-  out_dir = pathlib.Path(out_dir)
-  runs = []
-  for ds in datasets:
-    for size in sizes:
-      for objective in objectives:
-        for seed in seeds:
-          data = out_dir / "data" / ds
-          runs.append(sweep_lib.Run(
-              name=f"{ds}-{size}-{objective}-s{seed}", experiment=experiment,
-              overrides=(f"objective={objective}", f"init_from={out_dir / 'runs' / f'base-{size}'}",
-                         f"data.train={data / 'train.jsonl'}", f"data.validation={data / 'heldout.jsonl'}",
-                         f"steps={steps}", f"seed={seed}", *extra),
-              tags={"stage": "finetune", "dataset": ds, "size": size, "objective": objective, "seed": seed}))
-  return runs
-
-
-def with_params(results: Iterable[dict], out_dir) -> list[dict]:
-  """Adds each fine-tune's non-embedding parameter count (the paper's x axis), read from its config."""
-  from hhh import config as config_lib
-  from hhh.model.config import ModelConfig
-  out = []
-  for r in results:
-    cfg_path = pathlib.Path(out_dir) / "runs" / r["name"] / "config.json"
-    if "params" not in r and cfg_path.exists():
-      model = config_lib.from_dict(ModelConfig, json.loads(cfg_path.read_text())["model"])
-      r = dict(r, params=family.param_counts(model)["non_embedding"])
-    out.append(r)
-  return out
-
-
 def aggregate(results: Iterable[dict]) -> dict[tuple[str, str, str], dict[str, float]]:
   """(dataset, size, objective) -> mean and standard error of held-out accuracy over seeds, and params."""
   cells: dict[tuple, list] = {}
@@ -304,17 +256,8 @@ class SweepConfig:
   # The base LMs' corpus takes the training text of these datasets (see `corpus_texts`). Code is left out:
   # its candidates are machine-made mutants, and pydoc already gives the base LMs Python.
   corpus_datasets: tuple[str, ...] = ("hh_rlhf", "hellaswag", "truthfulqa", "stackexchange")
-  # CPU scale (2 cores, ~1 hour); on accelerators add sizes (5m, 13m, 42m, ...) and steps.
-  sizes: tuple[str, ...] = ("100k", "1.6m")
-  seeds: tuple[int, ...] = (0,)
-  base_steps: int = 400
-  steps: int = 100
   max_train: int = 1000
   max_heldout: int = 300
-  jobs: int = 1                               # concurrent runs on this host (no devices given)
-  devices: tuple[str, ...] = ()               # one run per device at a time (CUDA_VISIBLE_DEVICES)
-  base_set: tuple[str, ...] = ()              # extra `--set` items for the base LMs
-  finetune_set: tuple[str, ...] = ()          # ... and for the fine-tunes
 
 
 # Default local files, relative to SweepConfig.shared (the public formats each loader reads).
@@ -369,33 +312,6 @@ def prepare(cfg: SweepConfig) -> dict[str, dict]:
   return infos
 
 
-def run(cfg: SweepConfig) -> dict:
-  """All stages through the older grid runner (`hhh.sweep.grid`); sweeps/objectives.yaml is the sweep-file
-  form of the same grid. Returns {"results": [...], "plot": path, "table": markdown}. Safe to re-run."""
-  out = pathlib.Path(cfg.out)
-  paths = dataset_paths(cfg)
-  prepare(cfg)
-  launch = dict(jobs=cfg.jobs, devices=cfg.devices)
-  sweep_lib.run_grid(base_runs(out, cfg.sizes, steps=cfg.base_steps, extra=cfg.base_set), out, **launch)
-  runs = finetune_runs(out, list(paths), cfg.sizes, steps=cfg.steps, seeds=cfg.seeds, extra=cfg.finetune_set)
-  results = sweep_lib.run_grid(runs, out, **launch)
-  failed = [r["name"] for r in results if "error" in r]
-  report = {"results": results, "failed": failed}
-  if len(failed) < len(results):
-    report.update(write_report(out))
-  return report
-
-
-def write_report(out_dir) -> dict:
-  """The figure and table over every finished run in the sweep directory (earlier grids' too, e.g. more seeds
-  for some sizes), so a partial re-run never shrinks the report."""
-  out_dir = pathlib.Path(out_dir)
-  every = with_params(sweep_lib.latest_by_name(sweep_lib.read_results(out_dir / "results.jsonl")).values(), out_dir)
-  md = table(every)
-  (out_dir / "objectives.md").write_text(md + "\n")
-  return {"plot": str(plot(every, out_dir / "objectives.png")), "table": md}
-
-
 def records(spec) -> list[dict]:
   """A sweep file's finished trials (sweeps/objectives.yaml) as the records `aggregate`, `table` and `plot`
   read: the stage, the axis labels (dataset, size, objective, seed), metrics and params."""
@@ -420,18 +336,18 @@ def write_sweep_report(spec) -> dict:
 
 
 def main(argv=None) -> int:
-  """`python -m hhh.objective_sweep prepare --set KEY=VALUE ...`: the data stage of sweeps/objectives.yaml."""
+  """`python -m hhh.studies.objective_sweep prepare --set KEY=VALUE ...`: the data stage of sweeps/objectives.yaml."""
   import argparse
   import sys
   from hhh import config as config_lib
   p = argparse.ArgumentParser(description=main.__doc__)
   p.add_argument("stage", choices=("prepare",))
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SweepConfig field")
+  config_lib.add_set_argument(p, "SweepConfig")
   args = p.parse_args(argv)
+  cfg = config_lib.overrides_or_exit(SweepConfig(), args.set)
   try:
-    cfg = config_lib.apply_overrides(SweepConfig(), args.set)
     infos = prepare(cfg)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2
   # The trial's result: comparisons per dataset (HHH_TRIAL_DIR is set by the sweep runner).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_cli(sub) -> None:
+  from hhh import config as config_lib
   p = sub.add_parser(
       "quickstart", help="offline tour: generate dumps, mine, pretrain, PMP, fine-tune, evaluate, report",
       description="Runs the whole hhh pipeline on data it generates itself (no downloads) and writes "
@@ -15,15 +16,14 @@ def add_cli(sub) -> None:
   p.add_argument("--workers", type=int, default=0,
                  help="trainings run in parallel processes (default 0: one per CPU core up to 4 on a CPU-only "
                       "machine, else 1); the results do not depend on it")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a QuickstartConfig field (e.g. sizes=20k,100k or finetune_ns=8,64)")
+  config_lib.add_set_argument(p, "QuickstartConfig", "sizes=20k,100k or finetune_ns=8,64")
   p.set_defaults(func=_cli)
 
 
 def _cli(args) -> None:
   import dataclasses
   from hhh import config as config_lib
-  from hhh.quickstart import pipeline
+  from hhh.studies.quickstart import pipeline
   pipeline.fast_compile_env()
   base = (pipeline.fast_config(args.out, args.seed) if args.fast
           else dataclasses.replace(pipeline.QuickstartConfig(), out=args.out, seed=args.seed))

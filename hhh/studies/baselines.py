@@ -2,7 +2,7 @@
 
 For each condition the judge (and so the prompt's KV cache) is built once and every task reuses it. Each
 (condition, task) result is written to OUT/CONDITION/TASK.json as it finishes, and a re-run skips results that
-exist, so an interrupted run loses nothing. `table` turns the results into the README's markdown.
+exist, so an interrupted run loses nothing. `table` turns the results into the markdown of docs/results/hhh_baselines.md.
 
 sweeps/hhh_baselines.yaml is the sweep-file form: one trial per condition, each a process running `main`, so the
 conditions can run side by side or on a cluster; `records_from_sweep` reads them back.
@@ -110,17 +110,17 @@ def records_from_sweep(spec) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  """`python -m hhh.evals.baselines --set only=CONDITION --set out=DIR ...`: one trial of
+  """`python -m hhh.studies.baselines --set only=CONDITION --set out=DIR ...`: one trial of
   sweeps/hhh_baselines.yaml. Writes DIR/metrics.json ({task: record}) and exits 1 if nothing was scored."""
   import argparse
   from hhh import config as config_lib
   p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a BaselinesConfig field")
+  config_lib.add_set_argument(p, "BaselinesConfig")
   args = p.parse_args(argv)
+  cfg = config_lib.overrides_or_exit(BaselinesConfig(), args.set)
   try:
-    cfg = config_lib.apply_overrides(BaselinesConfig(), args.set)
     records = run(cfg)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError) as e:
     print(f"hhh: error: {e}", file=sys.stderr)
     return 2
   if not records:

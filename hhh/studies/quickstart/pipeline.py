@@ -2,7 +2,7 @@
 
 Stages (each prints its progress; every training run is `hhh.train.loop.train` on a typed config):
 
-  1 generate   raw dumps, target sets, HHH eval and LM corpus (`hhh.quickstart.synth`)
+  1 generate   raw dumps, target sets, HHH eval and LM corpus (`hhh.studies.quickstart.synth`)
   2 mine       the real Stack Exchange, Reddit and Wikipedia miners -> TFDS datasets (as `hhh data mine`)
   3 pretrain   one base LM per size on the corpus (BPE tokenizer trained on it)
   4 pmp        per size, a PM pre-trained on the mined mixture, ranked and binarized (`data.train=A:w:binarize,...`)
@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 from hhh.config import DataConfig, OptimConfig, TrainConfig
 from hhh.model.config import ModelConfig
-from hhh.quickstart import synth
+from hhh.objectives import COMPARED_OBJECTIVES
+from hhh.studies.quickstart import synth
 
 # Three tiny shapes (d_model, n_layers, n_heads); "100k" is the family's smallest size.
 SIZES = {"20k": (32, 1, 2), "50k": (48, 2, 2), "100k": (64, 2, 2)}
 PMP_VARIANTS = ("none", "ranked", "binarized")
-OBJECTIVES = ("imitation", "binary", "ranked")
+OBJECTIVES = COMPARED_OBJECTIVES
 MINED = ("stackexchange", "reddit", "wikipedia")
 
 
@@ -427,7 +428,7 @@ def run(cfg: QuickstartConfig, log=print, workers: int = 1) -> dict:
   times["evaluate"] = time.perf_counter() - t
 
   t = stage(7, "report", f"{out / 'report.md'}")
-  from hhh.quickstart import report
+  from hhh.studies.quickstart import report
   times["total"] = time.perf_counter() - t_all
   summary = report.write(out, cfg, runner.results, summaries, hhh, times, workers=runner.workers)
   times["report"] = time.perf_counter() - t
