@@ -201,6 +201,18 @@ def overrides_or_exit(cfg, overrides: list[str]):
     raise SystemExit(2) from None
 
 
+def parse_script(argv, base, *, description: str, what: str, setup=None):
+  """(args, config) of a script's own `main`: `--set` items applied to `base` (a bad one exits as
+  `overrides_or_exit` says); `setup(parser)` adds the script's other arguments."""
+  import argparse
+  p = argparse.ArgumentParser(description=description)
+  if setup is not None:
+    setup(p)
+  add_set_argument(p, what)
+  args = p.parse_args(argv)
+  return args, overrides_or_exit(base, args.set)
+
+
 def load_experiment(spec: str):
   """An experiment is a Python file (or module name) with a `config()` returning a config dataclass."""
   path = pathlib.Path(spec)

@@ -112,12 +112,8 @@ def records_from_sweep(spec) -> list[dict]:
 def main(argv=None) -> int:
   """`python -m hhh.studies.baselines --set only=CONDITION --set out=DIR ...`: one trial of
   sweeps/hhh_baselines.yaml. Writes DIR/metrics.json ({task: record}) and exits 1 if nothing was scored."""
-  import argparse
   from hhh import config as config_lib
-  p = argparse.ArgumentParser(description=main.__doc__)
-  config_lib.add_set_argument(p, "BaselinesConfig")
-  args = p.parse_args(argv)
-  cfg = config_lib.overrides_or_exit(BaselinesConfig(), args.set)
+  _, cfg = config_lib.parse_script(argv, BaselinesConfig(), description=main.__doc__, what="BaselinesConfig")
   try:
     records = run(cfg)
   except (FileNotFoundError, ValueError) as e:

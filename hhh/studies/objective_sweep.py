@@ -337,14 +337,10 @@ def write_sweep_report(spec) -> dict:
 
 def main(argv=None) -> int:
   """`python -m hhh.studies.objective_sweep prepare --set KEY=VALUE ...`: the data stage of sweeps/objectives.yaml."""
-  import argparse
   import sys
   from hhh import config as config_lib
-  p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument("stage", choices=("prepare",))
-  config_lib.add_set_argument(p, "SweepConfig")
-  args = p.parse_args(argv)
-  cfg = config_lib.overrides_or_exit(SweepConfig(), args.set)
+  _, cfg = config_lib.parse_script(argv, SweepConfig(), description=main.__doc__, what="SweepConfig",
+                                   setup=lambda p: p.add_argument("stage", choices=("prepare",)))
   try:
     infos = prepare(cfg)
   except (FileNotFoundError, ValueError) as e:
