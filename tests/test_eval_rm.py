@@ -184,3 +184,37 @@ def test_cli_writes_reports_and_one_line_per_section(pm, llmbar, tmp_path, capsy
   assert (out / "llmbar.png").stat().st_size > 1000 and "longer wins" in (out / "report.md").read_text()
   assert cli.main(["eval", "rm", str(tmp_path / "nothing"), "--suite", "llmbar", "--data", str(llmbar),
                    "--out", str(tmp_path / "o2")]) == 1
+
+
+def test_lm_judge_is_the_lm_log_likelihood_of_each_response(tmp_path):
+  """`lm:LM` scores each response by its mean token log-probability after the transcript, `lm-sum:LM` by the sum:
+  each equal to a full forward pass done by hand, through the CLI on an hhh checkpoint of the LM."""
+  import jax
+  from hhh.data.tokenizer import ByteTokenizer
+  from hhh.model.config import ModelConfig
+  from hhh.model.params import graphdef_and_params
+  from hhh.pretrained import LM
+  from hhh.pretrained.convert import save_checkpoint
+  from test_evals import reference
+  cfg = ModelConfig(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_len=256)
+  _, params = graphdef_and_params(cfg, jax.random.PRNGKey(3))
+  params["embed"] = params["embed"] * 10.0   # log-probs that differ per token
+  lm = LM(cfg, params, ByteTokenizer(), name="random")
+  save_checkpoint(lm, tmp_path / "lm")
+  f = tmp_path / "pairs.jsonl"
+  rows = [{"prompt": "Where is Paris?", "chosen": "In France.", "rejected": "On the moon, beside a cheese."},
+          {"prompt": "hi", "chosen": "Hello!", "rejected": "Go away."}]
+  f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  items = rm_eval.read_pairs(f)
+  for prefix, mean in (("lm:", True), ("lm-sum:", False)):
+    out = tmp_path / prefix[:-1]
+    assert cli.main(["eval", "rm", prefix + str(tmp_path / "lm"), "--suite", "pairs", "--data", str(f),
+                     "--out", str(out), "--batch-size", "3"]) == 0
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["formatting"].startswith("LM log-likelihood (" + ("mean per token" if mean else "sum over tokens"))
+    for it, got in zip(items, rec["items"]):
+      want = []
+      for r in it.responses:
+        total, _ = reference(lm, it.context, r)
+        want.append(total / len(r.encode()) if mean else total)   # byte tokens: one per UTF-8 byte
+      np.testing.assert_allclose(got["rewards"], want, rtol=1e-4, atol=1e-4)

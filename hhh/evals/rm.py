@@ -213,8 +213,41 @@ class HhhJudge:
     return self.rm.score([c for c, _, r, _ in contexts_and_messages], [r for _, _, r, _ in contexts_and_messages])
 
 
+class LMJudge:
+  """A zero-shot baseline from a language model: the log-likelihood of each response after the context (the
+  Human/Assistant transcript an hhh PM reads), per token (`lm:`) or summed (`lm-sum:`). The sum favours short
+  responses and the per-token mean favours none by construction; both are a floor a trained RM must clear."""
+
+  def __init__(self, lm, source: str, rule: str, batch_size: int):
+    from hhh.evals.score import Scorer
+    self.scorer, self.rule = Scorer(lm, batch_size=batch_size), rule
+    self.formatting = (f"LM log-likelihood ({'mean per token' if rule == 'mean' else 'sum over tokens'}) of "
+                       f"' ' + response after the Human/Assistant transcript, {lm.name}, no prompt")
+
+  def rewards(self, contexts_and_messages: Sequence[tuple[str, tuple, str, str]]) -> np.ndarray:
+    # Consecutive rows of one context are one multiple-choice item: the context is encoded once for them.
+    groups: list[tuple[str, list[str]]] = []
+    for context, _, response, _ in contexts_and_messages:
+      if groups and groups[-1][0] == context:
+        groups[-1][1].append(response)
+      else:
+        groups.append((context, [response]))
+    out = []
+    for s in self.scorer.score_many(groups):
+      out.append(s.loglik / np.maximum(s.n_tokens, 1) if self.rule == "mean" else s.loglik)
+    return np.concatenate(out)
+
+
+LM_PREFIXES = {"lm:": "mean", "lm-sum:": "sum"}
+
+
 def load_judge(model: str, *, batch_size: int, max_length: int, work: pathlib.Path):
-  """An HhhJudge for a bundle, run, or HF directory `hhh export` wrote; an HF RM judge for any other HF directory."""
+  """An HhhJudge for a bundle, run, or HF directory `hhh export` wrote; an HF RM judge for any other HF directory;
+  an LMJudge for `lm:SPEC` or `lm-sum:SPEC` (SPEC: anything `hhh.pretrained.load_lm` reads)."""
+  for prefix, rule in LM_PREFIXES.items():
+    if model.startswith(prefix):
+      from hhh.pretrained import load_lm
+      return LMJudge(load_lm(model[len(prefix):]), model, rule, batch_size)
   from hhh.reward import api
   path = pathlib.Path(model)
   if (path / "bundle.json").is_file():
@@ -429,7 +462,8 @@ def cli(args) -> None:
 
 def add_cli(sub) -> None:
   p = sub.add_parser("rm", help="evaluate a reward model: rewardbench, llmbar, pairs, hh_rlhf, hhh_alignment")
-  p.add_argument("model", help="an hhh bundle or run, or an HF sequence-classification directory")
+  p.add_argument("model", help="an hhh bundle or run, an HF sequence-classification directory, or lm:LM / "
+                 "lm-sum:LM for an LM's per-token / summed log-likelihood of each response (a zero-shot baseline)")
   p.add_argument("--suite", required=True, choices=SUITES)
   p.add_argument("--data", required=True, help="the suite's file or directory (see `hhh.evals.rm`)")
   p.add_argument("--out", required=True, help="directory for results.json, report.md and SUITE.png")
