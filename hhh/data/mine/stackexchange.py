@@ -364,6 +364,13 @@ def _simple_text(body: str) -> str | None:
       if block:
         blocks.append(block)
 
+  def block_break(at_bullet: bool):  # _HtmlToText._block_break
+    if lists:
+      if not at_bullet:
+        prose.append("\n" + _INDENT * len(lists))
+    else:
+      flush()
+
   for i in range(0, n, 5):
     data = parts[i]
     if data:  # handle_data
@@ -389,11 +396,7 @@ def _simple_text(body: str) -> str | None:
       return None
     if not closing and code is None and tag in _START_TAGS:  # handle_starttag
       if tag in _BLOCK_TAGS:
-        if lists:  # _block_break
-          if not at_bullet:
-            prose.append("\n" + _INDENT * len(lists))
-        else:
-          flush()
+        block_break(at_bullet)
         if tag == "blockquote":
           quotes.append(None if lists else len(blocks))
       elif tag == "code":
@@ -436,11 +439,7 @@ def _simple_text(body: str) -> str | None:
           if block:
             blocks.append(block)
       elif tag in _BLOCK_TAGS:
-        if lists:  # _block_break
-          if not at_bullet:
-            prose.append("\n" + _INDENT * len(lists))
-        else:
-          flush()
+        block_break(at_bullet)
         if tag == "blockquote" and quotes:
           start = quotes.pop()
           if start is not None:  # _end_quote
