@@ -168,6 +168,18 @@ def test_many_sites_one_dataset_same_for_1_and_2_workers(sites, tmp_path):
   assert not many.work_dir(tmp_path / "w1").exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_broken_input_is_one_error_for_any_worker_count(sites, tmp_path, workers):
+  """The parent mines beside the pool processes: an input failing in either is the same one-line error."""
+  dumps = tmp_path / "dumps"
+  dumps.mkdir()
+  for name in ("a.stackexchange.com", "b.stackexchange.com"):
+    (dumps / name).symlink_to(sites / name)
+  (dumps / "bad.stackexchange.com.7z").write_bytes(b"not a 7z")
+  with pytest.raises(ValueError, match=r"bad\.stackexchange\.com\.7z: not a readable 7z archive"):
+    cli("stackexchange", str(dumps), "--out", str(tmp_path / "out"), "--workers", str(workers))
+  assert not (tmp_path / "out").exists()
+
 def test_one_site_summary_equals_the_miners_own_counts(shared, tmp_path):
   summary = cli("stackexchange", str(CARDANO), "--out", str(tmp_path / "one"))
   stats = MineStats(source="stackexchange")

@@ -216,17 +216,72 @@ def _run_local(jobs, workers, address, progress, total, initial):
         yield job[2], mine_one(*job)
         bar.update(1)
       return
-    import concurrent.futures
-    import multiprocessing
-    # spawn: a fork of a process that has started threads (JAX, TensorFlow) can deadlock.
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                                mp_context=multiprocessing.get_context("spawn")) as pool:
-      futures = {pool.submit(mine_one, *job): job[2] for job in jobs}
-      for f in concurrent.futures.as_completed(futures):
-        yield futures[f], f.result()
-        bar.update(1)
+    yield from _parent_and_pool(jobs, workers, bar)
   finally:
     bar.close()
+
+
+def _parent_and_pool(jobs, workers: int, bar):
+  """Runs `jobs` on this process (in a thread) and `workers - 1` pool processes, each taking the next job when free.
+
+  The parent mines too: a pool worker first pays a process start and the imports (about 0.2 s), which on a few
+  inputs is a large share of one input's time; the parent has paid them already.
+  """
+  import collections
+  import concurrent.futures
+  import multiprocessing
+  import queue
+  import threading
+  todo = collections.deque(jobs)
+  lock = threading.Lock()
+  results: queue.Queue = queue.Queue()
+  stop = threading.Event()
+
+  def take():
+    with lock:
+      return None if stop.is_set() or not todo else todo.popleft()
+
+  def local():
+    while (job := take()) is not None:
+      try:
+        results.put((job[2], mine_one(*job), None))
+      except BaseException as e:  # handed to the caller's thread, which raises it
+        results.put((job[2], None, e))
+        return
+
+  # spawn: a fork of a process that has started threads (JAX, TensorFlow) can deadlock.
+  pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
+
+  def submit():
+    # One job per pool process at a time, so a job is never queued in the pool while the parent is idle.
+    job = take()
+    if job is not None:
+      pool.submit(mine_one, *job).add_done_callback(lambda f, i=job[2]: done(i, f))
+
+  def done(i, f):
+    if f.cancelled():
+      return
+    e = f.exception()
+    results.put((i, None if e else f.result(), e))
+    if e is None:
+      submit()
+
+  thread = threading.Thread(target=local, name="mine-local", daemon=True)
+  try:
+    for _ in range(workers - 1):
+      submit()
+    thread.start()
+    for _ in range(len(jobs)):
+      i, record, error = results.get()
+      if error is not None:
+        raise error
+      yield i, record
+      bar.update(1)
+  finally:
+    stop.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+    # The local thread is not joined: after an error or Ctrl-C it may be inside a large input; it takes no new job,
+    # and as a daemon it ends with the process (its part is written under a temporary name until complete).
 
 
 def _run_ray(jobs, workers, address, progress, total, initial):
