@@ -3,6 +3,7 @@ own rows, the length index cached, and `hhh train` with data.stream giving the i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -228,3 +229,17 @@ def test_two_processes_streamed_equal_one_in_memory(stores, tmp_path):
   # Process 0 wrote each index it built; a, unbinarized, and b, binarized, for train and validation each.
   for name in ("a", "b"):
     assert len(list((stores / name / "index").glob("*.npz"))) == 2
+
+
+def test_a_large_store_read_into_memory_suggests_streaming(stores):
+  from hhh.config import TrainConfig
+  from hhh.train import loop
+  cfg = TrainConfig(objective="ranked", data=DataConfig(train=_mix(stores)))
+  note = loop.stream_hint(cfg, loop.STREAM_HINT)
+  assert note == (f"hhh: note: {loop.STREAM_HINT:,} training comparisons are read into memory on every process; "
+                  "--set data.stream=true reads them lazily from the store, each process only its own rows")
+  assert loop.stream_hint(cfg, loop.STREAM_HINT - 1) is None
+  assert loop.stream_hint(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stream=True)),
+                          loop.STREAM_HINT) is None
+  assert loop.stream_hint(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train="toy")),
+                          loop.STREAM_HINT) is None

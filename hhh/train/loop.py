@@ -89,6 +89,19 @@ def _encode(cfg, tok, raw):
   return pipeline.encode_all(raw, tok, d.max_len, d.max_k)
 
 
+# From this many in-memory training comparisons (held by every process), a run that could stream
+# says so. Streaming is not the default: on small stores its first run builds a length index beside the store.
+STREAM_HINT = 1_000_000
+
+
+def stream_hint(cfg, n_train: int) -> str | None:
+  """The note for a run that reads a large store into memory although it could stream it."""
+  if cfg.data.stream or cfg.objective == "lm" or n_train < STREAM_HINT or not stream.streamable(cfg.data.train):
+    return None
+  return (f"hhh: note: {n_train:,} training comparisons are read into memory on every process; "
+          "--set data.stream=true reads them lazily from the store, each process only its own rows")
+
+
 def _streamed(cfg, split: str) -> bool:
   """Whether a split is read lazily from its store (data.stream, PM objectives, dataset directories only)."""
   spec = cfg.data.train if split == "train" else cfg.data.validation
@@ -199,6 +212,8 @@ def _train(cfg, workdir) -> dict[str, float]:
     print("hhh: note: data.stream reads dataset directories only (and not for objective lm); this run's training "
           "data is read into memory", flush=True)
   raw_train = None if streamed else _load_raw(cfg, "train")
+  if raw_train is not None and lead and (hint := stream_hint(cfg, len(raw_train))):
+    print(hint, flush=True)
   raw_valid = None if _streamed(cfg, "validation") else _load_raw(cfg, "validation")
   tok = _tokenizer(cfg, resume_meta, init_meta, raw_train)
   model_cfg = resume_meta and config_lib.from_dict(ModelConfig, resume_meta["config"]["model"])
