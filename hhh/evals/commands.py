@@ -73,7 +73,9 @@ def evaluate(task: str, model: str, *, data=None, prompt: str = "none", limit: i
   prompt_name, prompt_text = resolve_prompt(prompt)
   j, prompt_tokens = make_judge(judge, model, prompt_text, batch_size)
   from tqdm import tqdm
-  bar = tqdm(desc=task, unit="item", file=sys.stderr, disable=None if progress else True)
+  # Shown in a log file too (an eval on CPU runs for an hour), at most every 30 s there.
+  bar = tqdm(desc=task, unit="item", file=sys.stderr, disable=not progress,
+             mininterval=0.1 if sys.stderr.isatty() else 30)
   t0 = time.perf_counter()
   try:
     result = tasks_lib.run(task, j, str(data), limit=limit, progress=bar.update)
