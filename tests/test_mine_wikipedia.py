@@ -580,6 +580,166 @@ def test_fuzz_garbage_bytes_never_raise(blob, suffix, header):
   assert sum(stats.skipped.values()) >= 1 or stats.records_read == 0
 
 
+# --- the fast text path (_split_text): the same output and stats as a full parse of every revision ------------
+
+def _paths(monkeypatch, path, options: Options = Options(), slice_sizes=(1 << 20,)):
+  """(output json, stats json) of each fast run (one per unescape slice size) and, last, of the full parse."""
+  got = []
+  for fast, size in [(True, s) for s in slice_sizes] + [(False, 1 << 20)]:
+    monkeypatch.setattr(wikipedia, "_FAST_TEXT", fast)
+    monkeypatch.setattr(wikipedia, "_UNESCAPE_SLICE", size)
+    out, stats = _run(path, options)
+    got.append((_as_json(out), stats.to_json()))
+  monkeypatch.undo()
+  return got
+
+
+def _spy_fast(monkeypatch) -> dict:
+  """rev id -> whether the fast path read it, filled in as revisions are mined."""
+  taken = {}
+  mined = wikipedia._DumpReader._revision
+
+  def spy(self, page, fields, fast=None):
+    taken[(fields.get("id").text or "") if fields.get("id") is not None else None] = fast is not None
+    return mined(self, page, fields, fast)
+
+  monkeypatch.setattr(wikipedia._DumpReader, "_revision", spy)
+  return taken
+
+
+@pytest.mark.parametrize("options", [Options(), Options(each_reverted=False, comment_signal=True, window_chars=300),
+                                     Options(drop_edit_wars=False, dedupe=False)], ids=["default", "signal", "all"])
+def test_fast_text_path_matches_the_full_parse_on_the_excerpt(monkeypatch, options):
+  path = _need(EXCERPT)
+  with monkeypatch.context() as m:
+    taken = _spy_fast(m)
+    _run(path, options)
+  assert len(taken) == 300 and all(taken.values())  # every real revision takes the fast path
+  fast, full = _paths(monkeypatch, path, options)
+  assert fast == full and len(fast[0]) > 20
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.10", "0.11"])
+def test_fast_text_path_matches_the_full_parse_on_every_schema(tmp_path, monkeypatch, version):
+  """<sha1> elements, deleted texts, and export-0.11's <text bytes= sha1=> attributes."""
+  path = _write(tmp_path / "e.xml", _export(PAGES, version))
+  fast, full = _paths(monkeypatch, path, Options(namespaces=()))
+  assert fast == full and fast[0]
+
+
+# Revision bodies, "{i}" standing for the case's number: (body, the fast path reads it). Each is mined after a
+# plain revision with the text a full parse gives it and an edit of that text, so a readable one is a revert
+# that only matches when both paths hash the text alike.
+_TEXT_CASES = [
+    (b'<text xml:space="preserve">Cheese {i} &amp; &lt;b&gt; &quot;yum&quot; &apos;s &amp;#38;</text>', True),
+    (b"<text xml:space = 'preserve' bytes=\"9\" >K\xc3\xa4se {i} \xf0\x9f\xa7\x80 > \t ]] bread</text>", True),
+    (b"<text>" + b"&amp;&lt;x&quot;" * 40 + b" {i}</text>", True),
+    (b"<contributor><ip>x</ip></contributor><text>Cheese {i}</text><sha1>s{i}</sha1>", True),
+    # A numeric reference, a raw "<" (an element, CDATA, a comment), line ends that expat normalizes.
+    (b"<text>Cheese {i} &#38; &#x3C;b</text>", False),
+    (b"<text>Cheese {i} <b>bold</b> tail</text>", False),
+    (b"<text>Cheese {i} <![CDATA[<3 & more]]></text>", False),
+    (b"<text>Cheese {i}<!-- c --> more</text>", False),
+    (b"<text>Cheese {i}\r\nis good.\rYes</text>", False),
+    # Empty, deleted and stub texts: the attributes decide.
+    (b"<text></text>", False),
+    (b"<text/>", False),
+    (b'<text xml:space="preserve" />', False),
+    (b'<text deleted="deleted" />', False),
+    (b'<text bytes="9" id="3" />', False),
+    # Tags that are not plain: an entity in an attribute, a text nested elsewhere, two texts, prefixed names.
+    (b'<text a="&amp;">Cheese {i}</text>', False),
+    (b"<text>Cheese {i}</text >", False),
+    (b"<contributor><text>Cheese {i}</text></contributor>", False),
+    (b"<text>Cheese {i} one</text><text>two</text>", False),
+    (b'<x:text xmlns:x="urn:x">Cheese {i}</x:text>', False),
+    (b'<text>Cheese {i}</text><x:text xmlns:x="urn:x">two</x:text>', False),
+    (b"<!-- <text>no</text> --><text>Cheese {i}</text>", False),
+    (b"<textual>z</textual><text>Cheese {i}</text>", False),
+    # Damage, counted as before: bad_encoding, then malformed_xml.
+    (b"<text>Cheese {i} \xff</text>", False),
+    (b"<text>Cheese {i} \x01</text>", False),
+    (b"<text>Cheese {i} &bogus;</text>", False),
+    (b"<text>Cheese {i} \xef\xbf\xbf</text>", False),
+    (b"<text>Cheese {i} ]]> x</text>", False),
+    (b"<text>Cheese {i} &lt</text>", False),
+    (b"<text>Cheese {i} &amp</text>", False),
+    (b"<text>Cheese {i} & x;</text>", False),
+    (b"<text\x0c>Cheese {i}</text>", False),
+    (b"<text>Cheese {i}</text><sha1>\xff</sha1>", False),
+]
+
+
+def _full_text(revision: bytes) -> str | bool | None:
+  """The revision's text as a full parse reads it; False when it does not parse."""
+  try:
+    elem = ET.fromstring(revision)
+  except ET.ParseError:
+    return False
+  text = wikipedia._fields(elem).get("text")
+  return None if text is None else text.text
+
+
+def test_fast_text_path_falls_back_wherever_expat_could_read_otherwise(tmp_path, monkeypatch):
+  revisions, want_fast, broken, reverts = [], {}, [], set()
+  for i, (body, fast) in enumerate(_TEXT_CASES):
+    case = b"<revision><id>%d</id><comment>rv</comment>%s</revision>" % (1000 + i, body.replace(b"{i}", b"%d" % i))
+    text = _full_text(case)
+    if text is False:
+      broken.append(str(1000 + i))
+    elif text:
+      if b"<sha1>" not in body:  # a dump's own sha1 is taken as is, and this one matches nothing
+        reverts.add(f"wikipedia/7/{101 + 2 * i}")
+      for n, t in ((100 + 2 * i, text), (101 + 2 * i, text + f" LOL {i}")):
+        revisions.append(f"<revision><id>{n}</id><text>{escape(t)}</text></revision>".encode())
+        want_fast[str(n)] = True
+    revisions.append(case)
+    want_fast[str(1000 + i)] = fast
+  doc = (b'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/"><page><title>Cheese</title><ns>0</ns>'
+         b"<id>7</id>\n" + b"\n".join(revisions) + b"\n</page></mediawiki>\n")
+  path = tmp_path / "cases.xml"
+  path.write_bytes(doc)
+  for size in (1 << 20, 1, 7):  # unescaped in slices of any size, an entity never straddles two
+    with monkeypatch.context() as m:
+      m.setattr(wikipedia, "_UNESCAPE_SLICE", size)
+      taken = _spy_fast(m)
+      _run(path)
+    assert taken == {k: v for k, v in want_fast.items() if k not in broken}, size
+  assert len(broken) == 10
+  runs = _paths(monkeypatch, path, slice_sizes=(1 << 20, 1, 7))
+  assert all(run == runs[-1] for run in runs)
+  out, stats = runs[-1]
+  assert {c["id"] for _, c in out} == reverts and len(reverts) == 15
+  assert {k: v for k, v in stats["skipped"].items() if k in ("bad_encoding", "malformed_xml", "no_text")} == {
+      "bad_encoding": 2, "malformed_xml": 8, "no_text": 3}
+
+
+# Pieces of wikitext as it may sit in <text>: escaped, or not as MediaWiki escapes it, or damaged.
+_RAW_PIECES = [b"a", b"b", b" ", b"\n", b"\t", b"\r", b"\r\n", b"&amp;", b"&lt;", b"&gt;", b"&quot;", b"&apos;",
+               b"&#65;", b"&#x41;", b"&", b"&lt", b";", b"&amp", b"<", b">", b"]]>", b"]]", b"\x01", b"\xff",
+               b"\xc3\xa4", b"\xc3", b"\xef\xbf\xbf", b"\xef\xbf\xbd", b"<b>x</b>", b"<![CDATA[<x]]>", b"<!--c-->",
+               b"</text>", b"<text>"]
+_TEXT_TAGS = [b"<text>%s</text>", b'<text xml:space="preserve">%s</text>', b"<text bytes='1'>%s</text>",
+              b"<text/>", b'<text deleted="deleted"/>']
+
+
+@settings(max_examples=100, deadline=None)
+@given(pool=st.lists(st.lists(st.sampled_from(_RAW_PIECES), max_size=10).map(b"".join), min_size=1, max_size=4),
+       picks=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(_TEXT_TAGS)), min_size=2, max_size=16),
+       size=st.sampled_from([1, 2, 5, 1 << 20]))
+def test_fuzz_fast_text_path_matches_the_full_parse(pool, picks, size):
+  revisions = []
+  for n, (k, tag) in enumerate(picks):
+    text = tag % pool[k % len(pool)] if b"%s" in tag else tag
+    revisions.append(b"<revision><id>%d</id><comment>rv</comment>%s</revision>" % (10 + n, text))
+  doc = b"<mediawiki><page><title>P</title><ns>0</ns><id>3</id>" + b"".join(revisions) + b"</page></mediawiki>"
+  with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as m:
+    path = pathlib.Path(d) / "f.xml"
+    path.write_bytes(doc)
+    runs = _paths(m, path, Options(window_chars=20, drop_edit_wars=False, dedupe=False), slice_sizes=(size,))
+  assert runs[0] == runs[1]
+
+
 # --- slow: the full 2001-2010 history of "Anarchism" (15180 revisions, ~1 GB of XML) ------------------------------
 
 @pytest.mark.slow

@@ -47,7 +47,9 @@ Reading. The dump is not handed to an XML parser whole, since one bad byte would
 scanner cuts it at the <siteinfo>, <page> and <revision> tags (wikitext is escaped inside <text>, so these
 never appear raw in it) and each unit is parsed on its own: a damaged revision costs only itself, keeps its
 place in the revert window (it can never match), and the next <revision> is read as usual. A revision whose
-end tag is damaged ends where the next <revision>, <page> or </page> starts.
+end tag is damaged ends where the next <revision>, <page> or </page> starts. The usual revision's text (plain
+characters and the five named entities) is unescaped without expat, which then reads only the rest; any
+other text takes the full parse, so both give the same revisions and the same damage counts.
 
 Memory is bounded by one page's window. Only the revision being read and the last revert_radius revisions
 (hash and text) are held; a page's full history never is. A revision over MAX_REVISION_BYTES (32 MB; MediaWiki
@@ -114,7 +116,12 @@ class Options:
 
 def mediawiki_sha1(text: str) -> str:
   """MediaWiki's revision sha1: SHA-1 of the UTF-8 text in base 36, zero-padded to 31 digits."""
-  n = int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest(), "big")
+  return _sha1_base36(text.encode("utf-8", "surrogatepass"))
+
+
+def _sha1_base36(data: bytes) -> str:
+  """mediawiki_sha1 of a text given as its UTF-8 bytes."""
+  n = int.from_bytes(hashlib.sha1(data).digest(), "big")
   digits = []
   while n:
     n, r = divmod(n, 36)
@@ -164,6 +171,14 @@ def _local(tag) -> str:
   return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
+def _fields(elem) -> dict:
+  """A revision's children by local name; the first of a repeated name wins."""
+  fields = {}
+  for child in elem:
+    fields.setdefault(_local(child.tag), child)
+  return fields
+
+
 def _int_text(elem) -> str | None:
   """The element's text when it is a plain decimal id, else None."""
   s = (elem.text or "").strip() if elem is not None else ""
@@ -211,12 +226,21 @@ class _DumpReader:
       elif event == "page_end":
         page = None
       elif event == "revision" and page is not None:
+        fast = _split_text(data) if _FAST_TEXT else None
+        if fast is not None:
+          try:
+            fields = _fields(ET.fromstring(fast[0]))
+          except ET.ParseError:
+            fields = None
+          if fields is not None and "text" in fields:
+            yield from self._revision(page, fields, fast[1:])
+            continue
         try:
           elem = ET.fromstring(data)
         except ET.ParseError:
           self._broken(page, "bad_encoding" if not_utf8(data) else "malformed_xml", offset)
           continue
-        yield from self._revision(page, elem)
+        yield from self._revision(page, _fields(elem))
       elif event == "broken" and page is not None:
         self._broken(page, data, offset)
       elif event == "end" and data:
@@ -261,12 +285,11 @@ class _DumpReader:
     prefix, colon, _ = page.title.partition(":")
     return self.namespace_names.get(prefix.strip().casefold(), 0) if colon else 0
 
-  def _revision(self, page: _Page, elem: ET.Element) -> Iterator[tuple[str, Comparison]]:
+  def _revision(self, page: _Page, fields: dict, fast: tuple[str, bytes] | None = None
+                ) -> Iterator[tuple[str, Comparison]]:
+    """Mines one revision. `fast`: its text and the text's UTF-8, already read by _split_text."""
     opts, stats = self.options, self.stats
     stats.records_read += 1
-    fields = {}
-    for child in elem:
-      fields.setdefault(_local(child.tag), child)
     rev_id = _int_text(fields.get("id"))
     if rev_id is not None:
       self.last_rev_id = rev_id
@@ -283,7 +306,7 @@ class _DumpReader:
       page.window.append(_Rev(None, None, None))
       return
     text_elem = fields.get("text")
-    text = None if text_elem is None else text_elem.text
+    text = fast[0] if fast is not None else None if text_elem is None else text_elem.text
     if text_elem is not None and text is None:
       # <text/> is an empty page (blanking). <text deleted=.../> and stub <text bytes="N" id=.../> have no text.
       if text_elem.get("deleted") is None and (text_elem.get("bytes") or "0").strip() == "0":
@@ -294,7 +317,7 @@ class _DumpReader:
       return
     sha1_elem = fields.get("sha1")
     sha1 = (sha1_elem.text or "").strip() if sha1_elem is not None else ""
-    sha1 = sha1 or mediawiki_sha1(text)
+    sha1 = sha1 or (_sha1_base36(fast[1]) if fast is not None else mediawiki_sha1(text))
     comment_elem = fields.get("comment")
     comment = (comment_elem.text or "") if comment_elem is not None else ""
     new = _Rev(rev_id, sha1, text)
@@ -460,6 +483,78 @@ def _cut(title: str, good: str, bad: str, p: int, s: int, window_chars: int) -> 
   return (f"{title}\n\n{_tail(good[:p], window_chars)}",
           _head(good_mid, window_chars) + _head(after, budgets[0]),
           _head(bad_mid, window_chars) + _head(after, budgets[1]))
+
+
+# Read each revision's text without handing it to expat (see _split_text). Off, every revision takes the
+# full parse; the tests compare the two.
+_FAST_TEXT = True
+# A plain <text ...> start tag. Anything else (self-closing, odd attributes) takes the full parse.
+_TEXT_START = re.compile(rb"""<text(?:\s+[A-Za-z_][\w.:-]*\s*=\s*(?:"[^"<&]*"|'[^'<&]*'))*\s*>""")
+_ENTITIES = {b"lt": b"<", b"gt": b">", b"amp": b"&", b"quot": b'"', b"apos": b"'"}
+_UNESCAPE_SLICE = 1 << 20
+# Bytes that expat refuses in character data, and \r, which it reads as \n.
+_NOT_XML = bytes(c for c in range(0x20) if c not in b"\t\n")
+
+
+def _split_text(data: bytes) -> tuple[bytes, str, bytes] | None:
+  """(the revision with its text's content cut out, the text, the text's UTF-8) when expat would read the
+  content as exactly that text, else None: then only the full parse can tell (and count damage).
+
+  Expat costs more than the rest of the miner together, and almost all of it goes to the text. A
+  MediaWiki text holds only the five named entities, so it unescapes with plain byte operations.
+  """
+  i = data.find(b"<text")
+  m = _TEXT_START.match(data, i) if i >= 0 else None
+  if m is None:
+    return None
+  k = m.end()
+  j = data.find(b"<", k)
+  if j <= k or not data.startswith(b"</text>", j):
+    return None  # empty (its attributes decide), or not plain character data
+  raw = data[k:j]
+  # Expat refuses "]]>" and most control bytes in character data.
+  if (b">" in raw and b"]]>" in raw) or len(raw.translate(None, _NOT_XML)) != len(raw):
+    return None
+  if b"&" in raw:
+    raw = _unescape(raw)
+    if raw is None:
+      return None
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    return None
+  if "\ufffe" in text or "\uffff" in text:
+    return None
+  rest = data[:k] + data[j:]
+  # Outside comments, CDATA and processing instructions every "<" starts a tag, so this <text> is the
+  # revision's only element named text (a prefixed one would show as ":text"). The caller still checks
+  # that it is a child of the revision.
+  if b"<!" in rest or b"<?" in rest or rest.count(b"<text") != 1 or b":text" in rest:
+    return None
+  return rest, text, raw
+
+
+def _unescape(raw: bytes) -> bytes | None:
+  """raw with its named entities replaced, or None when it holds any other "&" (only expat can read those)."""
+  done = []
+  at = 0
+  while at < len(raw):
+    # A slice at a time (cut before an "&"), so a text of nothing but entities never holds more than one
+    # slice's pieces: each costs a bytes object, some ten times the 4 to 6 bytes of its entity.
+    cut = raw.find(b"&", at + _UNESCAPE_SLICE) if len(raw) - at > _UNESCAPE_SLICE else -1
+    cut = len(raw) if cut < 0 else cut
+    pieces = (raw if at == 0 and cut == len(raw) else raw[at:cut]).split(b"&")
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+      name, semi, after = piece.partition(b";")
+      char = _ENTITIES.get(name)
+      if char is None or not semi:
+        return None  # a character reference, or an entity only a DTD could define
+      out.append(char)
+      out.append(after)
+    done.append(b"".join(out))
+    at = cut
+  return b"".join(done)
 
 
 # The tags the scanner cuts a dump at. Wikitext is escaped in <text>, so these never appear raw inside it.
