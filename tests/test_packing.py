@@ -8,7 +8,10 @@ real tolerance. Real texts are cut to their first few hundred bytes (byte tokeni
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
@@ -255,6 +258,89 @@ def test_token_plan_fixed_order_example():
   with pytest.raises(ValueError, match="raise data.batch_tokens"):
     packing.TokenPlan([[11]], row_len=10, rows=1, max_comparisons=4, seed=0)
 
+
+
+class _ListTokenPlan:
+  """The reference: `TokenPlan` as it was with a Python list of lists and a list of step arrays."""
+
+  def __init__(self, piece_lengths, *, row_len, rows, max_comparisons, seed, n_shards=1, window=16, shuffle=True):
+    self.piece_lengths = [list(p) for p in piece_lengths]
+    self.row_len, self.rows, self.n_shards, self.window = row_len, rows, n_shards, window
+    self.per_shard, self.seed, self.shuffle = max_comparisons // n_shards, seed, shuffle
+    self._counts = []
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_plan(self, epoch):
+    n = len(self.piece_lengths)
+    order = collections.deque(np.random.default_rng([self.seed, epoch]).permutation(n).tolist() if self.shuffle
+                              else range(n))
+    cap, R_s, C_s = self.row_len, self.rows // self.n_shards, self.per_shard
+    steps = []
+    while order:
+      slots = np.full(C_s * self.n_shards, -1, np.int64)
+      for s in range(self.n_shards):
+        taken, lengths, j = [], [], 0
+        while len(taken) < C_s and j < min(self.window, len(order)):
+          cand = lengths + self.piece_lengths[order[j]]
+          if packing.fits(cand, cap, R_s):
+            taken.append(order[j])
+            del order[j]
+            lengths = cand
+          else:
+            j += 1
+        slots[s * C_s:s * C_s + len(taken)] = taken
+      steps.append(slots)
+    return steps
+
+  def _epoch_len(self, e):
+    while len(self._counts) <= e:
+      self._counts.append(len(self.epoch_plan(len(self._counts))))
+    return self._counts[e]
+
+  def __getitem__(self, i):
+    e = 0
+    while i >= self._epoch_len(e):
+      i -= self._epoch_len(e)
+      e += 1
+    return self.row_len, self.epoch_plan(e)[i]
+
+
+@pytest.mark.parametrize("K,n_shards,window,row_len,shuffle", [
+    (1, 1, 16, 512, True), (1, 2, 16, 512, True), (1, 2, 1, 512, True), (3, 1, 4, 512, True),
+    (3, 2, 16, 512, True), (3, 2, 3, 512, False), (2, 2, 16, 1 << 17, True)])
+def test_token_plan_is_the_list_reference_step_by_step(K, n_shards, window, row_len, shuffle):
+  # Comparisons of 1..K pieces (a split one has several), from a generator: the same steps, slots and order.
+  rng = np.random.default_rng([K, n_shards, window])
+  pieces = [rng.integers(1, row_len // 2, int(rng.integers(1, K + 1))).tolist() for _ in range(500)]
+  kw = dict(row_len=row_len, rows=3 * n_shards, max_comparisons=8 * n_shards, seed=11, n_shards=n_shards,
+            window=window, shuffle=shuffle)
+  ref, plan = _ListTokenPlan(pieces, **kw), packing.TokenPlan((p for p in pieces), **kw)
+  n_steps = sum(len(ref.epoch_plan(e)) for e in range(2))
+  assert n_steps > 2 * 500 / (8 * n_shards)
+  for i in range(n_steps + 1):
+    (L, want), (got_L, got) = ref[i], plan[i]
+    assert got_L == L and got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+  for e in range(2):
+    np.testing.assert_array_equal(plan.epoch_plan(e), np.stack(ref.epoch_plan(e)))
+
+
+def test_token_plan_holds_about_ten_bytes_a_comparison():
+  """200,000 comparisons from a generator: the plan's arrays take < 20 bytes each, and building it never holds a
+  list of them (a list of one-int lists alone is ~90 bytes a comparison)."""
+  n = 200_000
+  lens = np.random.default_rng(0).integers(20, 201, n).tolist()
+  tracemalloc.start()
+  try:
+    plan = packing.TokenPlan(([x] for x in lens), row_len=512, rows=8, max_comparisons=16, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  own = sum(v.nbytes for v in vars(plan).values() if isinstance(v, np.ndarray))
+  assert own / n < 20 and peak / n < 40, (own / n, peak / n)
+  steps = plan.epoch_plan(0)
+  assert steps.dtype == np.int32 and steps.shape[1] == 16
+  np.testing.assert_array_equal(np.sort(steps[steps >= 0]), np.arange(n))
 
 def test_token_budget_batches_are_full_and_exact():
   """Real HH-RLHF comparisons under a token budget: each epoch holds every comparison once, in fewer slots than

@@ -32,10 +32,11 @@ rows are nearly full and a run compiles one train shape. The steps are a pure fu
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import grain
 import numpy as np
@@ -268,51 +269,80 @@ class TokenPlan:
   Each epoch takes the examples in a (seed, epoch) permutation. A step has `n_shards` shards of `rows_per_shard`
   rows; shard by shard, it takes the first waiting comparison whose pieces still fit (first-fit decreasing),
   looking at most `window` comparisons ahead, until none of those fits or the shard holds its
-  `max_comparisons / n_shards` slots. A comparison waits at most a few steps, and the rows are nearly full."""
+  `max_comparisons / n_shards` slots. A comparison waits at most a few steps, and the rows are nearly full.
 
-  def __init__(self, piece_lengths: Sequence[Sequence[int]], *, row_len: int, rows: int, max_comparisons: int,
+  The piece lengths are held flat (`lengths_flat`, comparison c's at `offsets[c]:offsets[c + 1]`), about 10 bytes
+  a comparison, so a plan over millions of comparisons stays small; `piece_lengths` may be a generator."""
+
+  def __init__(self, piece_lengths: Iterable[Sequence[int]], *, row_len: int, rows: int, max_comparisons: int,
                seed: int, n_shards: int = 1, window: int = 16, shuffle: bool = True):
     if rows < n_shards or rows % n_shards:
       raise ValueError(f"a token budget of {rows} rows does not split over {n_shards} batch shards")
     if max_comparisons % n_shards:
       raise ValueError(f"batch_size={max_comparisons} does not split over {n_shards} batch shards")
-    self.piece_lengths = [list(p) for p in piece_lengths]
-    if not self.piece_lengths:
-      raise ValueError("no examples to batch")
     self.row_len, self.rows, self.n_shards, self.window = row_len, rows, n_shards, window
     self.per_shard, self.seed, self.shuffle = max_comparisons // n_shards, seed, shuffle
-    too_long = [i for i, p in enumerate(self.piece_lengths) if not fits(p, row_len, rows // n_shards)]
+    # Growable C buffers, not lists of lists: a Python list of one int costs ~90 bytes, a slot here 2-8.
+    flat, ends = array.array("H" if row_len < 1 << 16 else "i"), array.array("q", [0])
+    R_s, too_long, first = rows // n_shards, 0, -1
+    for i, p in enumerate(piece_lengths):
+      # One piece (the common case) fits iff it fits one row, and R_s >= 1: skip first_fit's sort.
+      if not (p[0] <= row_len if len(p) == 1 else fits(p, row_len, R_s)):
+        too_long += 1
+        first = i if first < 0 else first
+      elif not too_long:  # once one fails the plan is not built: stop storing (a length may not fit the dtype)
+        flat.extend(p)
+      ends.append(len(flat))
+    if len(ends) == 1:
+      raise ValueError("no examples to batch")
     if too_long:
-      raise ValueError(f"example {too_long[0]} needs more than {rows // n_shards} rows of {row_len} tokens "
-                       f"({len(too_long)} such): raise data.batch_tokens")
+      raise ValueError(f"example {first} needs more than {R_s} rows of {row_len} tokens "
+                       f"({too_long} such): raise data.batch_tokens")
+    # Views of the buffers, not copies, so the peak is one copy; read-only, since every epoch is replayed from them.
+    self.lengths_flat = np.frombuffer(flat, np.uint16 if flat.typecode == "H" else np.int32)
+    self.offsets = np.frombuffer(ends, np.int64)
+    self.lengths_flat.flags.writeable = self.offsets.flags.writeable = False
     self._counts: list[int] = []
 
   def __len__(self):
     return 1 << 40  # an endless training stream
 
   @functools.lru_cache(maxsize=2)
-  def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-    n = len(self.piece_lengths)
-    order = collections.deque(np.random.default_rng([self.seed, epoch]).permutation(n).tolist() if self.shuffle
-                              else range(n))
-    cap, R_s, C_s = self.row_len, self.rows // self.n_shards, self.per_shard
-    steps = []
-    while order:
-      slots = np.full(C_s * self.n_shards, -1, np.int64)
+  def epoch_plan(self, epoch: int) -> np.ndarray:
+    """The epoch's steps, [steps, slots] comparison indices (-1: empty), int32 unless there are 2^31 examples."""
+    n = len(self.offsets) - 1
+    order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+    cap, R_s, C_s, window = self.row_len, self.rows // self.n_shards, self.per_shard, self.window
+    # memoryviews index to plain Python ints, several times faster than numpy scalars in this loop.
+    flat, off, rest = memoryview(self.lengths_flat), memoryview(self.offsets), memoryview(order)
+    # The walk only ever looks `window` comparisons ahead: those wait in `head`, the rest stay in the array at
+    # `rest[at:]` (a deque of all n Python ints would be ~50 bytes a comparison).
+    head: collections.deque[int] = collections.deque()
+    at = 0
+    out = array.array("i" if n < 1 << 31 else "q")
+    while head or at < n:
       for s in range(self.n_shards):
         taken: list[int] = []
         lengths: list[int] = []
         j = 0
-        while len(taken) < C_s and j < min(self.window, len(order)):
-          cand = lengths + self.piece_lengths[order[j]]
+        while len(taken) < C_s:
+          if j == len(head):
+            if j >= window or at == n:
+              break
+            head.append(rest[at])
+            at += 1
+          c = head[j]
+          cand = lengths + flat[off[c]:off[c + 1]].tolist()
           if fits(cand, cap, R_s):
-            taken.append(order[j])
-            del order[j]
+            taken.append(c)
+            del head[j]
             lengths = cand
           else:
             j += 1
-        slots[s * C_s:s * C_s + len(taken)] = taken
-      steps.append(slots)
+        out.extend(taken)
+        out.extend([-1] * (C_s - len(taken)))
+    steps = np.frombuffer(out, np.int32 if out.typecode == "i" else np.int64).reshape(-1, C_s * self.n_shards)
+    steps.flags.writeable = False  # cached: every later call gets this same array
     return steps
 
   def _epoch_len(self, e: int) -> int:
@@ -325,7 +355,8 @@ class TokenPlan:
     while i >= self._epoch_len(e):
       i -= self._epoch_len(e)
       e += 1
-    return self.row_len, self.epoch_plan(e)[i]
+    # int64, as before: the step is a fresh array (a consumer may keep or change it without touching the cache).
+    return self.row_len, self.epoch_plan(e)[i].astype(np.int64)
 
 
 def summary(examples: Sequence[Encoded], row_len: int) -> PackStats:
@@ -354,7 +385,7 @@ class PackedBatchSource(BatchSource):
   def dataset(self, *, shuffle: bool, epochs: int | None, rows: slice | None = None):
     if self.budget_rows is None or not shuffle:
       return super().dataset(shuffle=shuffle, epochs=epochs, rows=rows)
-    plan = TokenPlan([[len(p) for p in pieces_of(e, self.row_len)[0]] for e in self.examples],
+    plan = TokenPlan(([len(p) for p in pieces_of(e, self.row_len)[0]] for e in self.examples),
                      row_len=self.row_len, rows=self.budget_rows, max_comparisons=self.batch_size, seed=self.seed,
                      n_shards=self.n_shards)
     return grain.MapDataset.source(plan).map(functools.partial(self._collate, rows=rows, budget=True))

@@ -463,7 +463,7 @@ class StreamBatchSource:
 
   def _plan(self, shuffle: bool, epochs: int | None):
     if self.budget_rows is not None and shuffle:
-      pieces = [self.examples.pieces(i, self.row_len) for i in range(len(self.examples))]
+      pieces = (self.examples.pieces(i, self.row_len) for i in range(len(self.examples)))
       return packing.TokenPlan(pieces, row_len=self.row_len, rows=self.budget_rows, max_comparisons=self.batch_size,
                                seed=self.seed, n_shards=self.n_shards)
     return _Plan(self.examples.lengths, self.batch_size, self.buckets, self.seed, shuffle, epochs)
