@@ -180,6 +180,51 @@ def test_a_broken_input_is_one_error_for_any_worker_count(sites, tmp_path, worke
     cli("stackexchange", str(dumps), "--out", str(tmp_path / "out"), "--workers", str(workers))
   assert not (tmp_path / "out").exists()
 
+_FORKED = r"""
+import json, os, sys
+from hhh.data.mine import many, stackexchange
+sites, out, die = sys.argv[1], sys.argv[2], sys.argv[3] == "die"
+parent, real = os.getpid(), many.mine_one
+
+def mine_one(*job):
+  if die and os.getpid() != parent:
+    os._exit(3)  # what the OOM killer leaves of a worker
+  return real(*job)
+
+many.mine_one = mine_one
+try:
+  items, stats, per_input = many.mine_many("stackexchange", sites, stackexchange.Options(), out, workers=2,
+                                           progress=False)
+  print(json.dumps({"context": many.pool_context().get_start_method(), "ids": [c.id for _, c in items]}))
+except RuntimeError as e:
+  print(json.dumps({"context": many.pool_context().get_start_method(), "error": str(e)}))
+"""
+
+
+def _forked(*args) -> dict:
+  import subprocess
+  import sys
+  from tests.conftest import REPO, hhh_env
+  proc = subprocess.run([sys.executable, "-c", _FORKED, *map(str, args)], env=hhh_env(), cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_forked_workers_mine_what_one_process_mines(sites, tmp_path):
+  """Without JAX loaded (the `hhh` command) workers are forked: same comparisons, same order as one process."""
+  got = _forked(sites, tmp_path / "two", "live")
+  assert got["context"] == "fork"
+  stats = MineStats(source="stackexchange")
+  one = [c.id for p in many.inputs("stackexchange", sites) for _, c in se.mine(p, se.Options(), stats)]
+  assert got["ids"] == one and len(one) == 969
+
+
+def test_a_worker_that_dies_is_one_error_naming_its_input(sites, tmp_path):
+  got = _forked(sites, tmp_path / "out", "die")
+  assert got["error"].startswith("a mining worker died (exit code 3) while mining ")
+  assert pathlib.Path(got["error"].rsplit(" ", 1)[1]).parent == sites
+
 def test_one_site_summary_equals_the_miners_own_counts(shared, tmp_path):
   summary = cli("stackexchange", str(CARDANO), "--out", str(tmp_path / "one"))
   stats = MineStats(source="stackexchange")

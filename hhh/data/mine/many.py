@@ -25,6 +25,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import time
 from typing import Iterator
 
@@ -221,67 +222,115 @@ def _run_local(jobs, workers, address, progress, total, initial):
     bar.close()
 
 
-def _parent_and_pool(jobs, workers: int, bar):
-  """Runs `jobs` on this process (in a thread) and `workers - 1` pool processes, each taking the next job when free.
-
-  The parent mines too: a pool worker first pays a process start and the imports (about 0.2 s), which on a few
-  inputs is a large share of one input's time; the parent has paid them already.
-  """
-  import collections
-  import concurrent.futures
+def pool_context():
+  """fork where it is safe, else spawn. A forked worker starts at once; a spawned one first starts an interpreter
+  and imports the miner (about 0.2 s, a large share of a small input). But a fork of a process whose libraries
+  run threads of their own (JAX, TensorFlow, torch: imported when hhh is used as a library) can deadlock."""
   import multiprocessing
+  heavy = any(m in sys.modules for m in ("jax", "jaxlib", "tensorflow", "torch"))
+  fork = "fork" in multiprocessing.get_all_start_methods() and not heavy
+  return multiprocessing.get_context("fork" if fork else "spawn")
+
+
+def _parent_and_pool(jobs, workers: int, bar):
+  """Runs `jobs` on this process (in a thread) and on `workers - 1` worker processes, each taking the next job
+  when free; yields (index, record) as jobs finish.
+
+  The parent mines too: it starts at once, while a worker process first starts (see pool_context), which on a
+  few inputs is a large share of one input's time. Every worker takes its next job itself, from a shared counter,
+  and sends its result straight down a pipe: nothing waits for this process's threads, which can wait long for
+  the GIL while the parent mines (a pool executor's hand-offs were late by up to 0.3 s).
+  """
   import queue
   import threading
-  todo = collections.deque(jobs)
-  lock = threading.Lock()
-  results: queue.Queue = queue.Queue()
-  stop = threading.Event()
-
-  def take():
-    with lock:
-      return None if stop.is_set() or not todo else todo.popleft()
+  ctx = pool_context()
+  nxt = ctx.Value("q", 0)  # the next job's position in `jobs`, shared by every process and the local thread
+  results = ctx.SimpleQueue()  # (pid, position, "start" | "done" | "error", payload)
+  local_errors: queue.Queue = queue.Queue()
+  procs = [ctx.Process(target=_worker, args=(jobs, nxt, results), daemon=True, name=f"hhh-mine-{k}")
+           for k in range(workers - 1)]
+  for p in procs:
+    p.start()
 
   def local():
-    while (job := take()) is not None:
-      try:
-        results.put((job[2], mine_one(*job), None))
-      except BaseException as e:  # handed to the caller's thread, which raises it
-        results.put((job[2], None, e))
-        return
+    try:
+      _worker(jobs, nxt, results, local=True)
+    except BaseException as e:  # raised by the caller's thread
+      local_errors.put(e)
 
-  # spawn: a fork of a process that has started threads (JAX, TensorFlow) can deadlock.
-  pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers - 1, mp_context=multiprocessing.get_context("spawn"))
-
-  def submit():
-    # One job per pool process at a time, so a job is never queued in the pool while the parent is idle.
-    job = take()
-    if job is not None:
-      pool.submit(mine_one, *job).add_done_callback(lambda f, i=job[2]: done(i, f))
-
-  def done(i, f):
-    if f.cancelled():
-      return
-    e = f.exception()
-    results.put((i, None if e else f.result(), e))
-    if e is None:
-      submit()
-
-  thread = threading.Thread(target=local, name="mine-local", daemon=True)
+  local_thread = threading.Thread(target=local, name="hhh-mine-local", daemon=True)
+  local_thread.start()
+  running: dict[int, int] = {}  # worker pid -> position of its job
+  finished = 0
   try:
-    for _ in range(workers - 1):
-      submit()
-    thread.start()
-    for _ in range(len(jobs)):
-      i, record, error = results.get()
-      if error is not None:
-        raise error
-      yield i, record
+    while finished < len(jobs):
+      if not local_errors.empty():
+        raise local_errors.get()
+      if not results._reader.poll(0.2):
+        for p in procs:
+          if p.exitcode is not None and p.pid in running:
+            raise RuntimeError(f"a mining worker died (exit code {p.exitcode}) while mining "
+                               f"{jobs[running[p.pid]][1]}")
+        if (not local_thread.is_alive() and all(p.exitcode is not None for p in procs)
+            and not results._reader.poll(0)):
+          if not local_errors.empty():
+            raise local_errors.get()
+          raise RuntimeError(f"the mining workers stopped with {len(jobs) - finished} of {len(jobs)} inputs unfinished")
+        continue
+      pid, pos, what, payload = results.get()
+      if what == "start":
+        running[pid] = pos
+        continue
+      running.pop(pid, None)
+      if what == "error":
+        raise payload
+      finished += 1
+      yield jobs[pos][2], payload
       bar.update(1)
   finally:
-    stop.set()
-    pool.shutdown(wait=True, cancel_futures=True)
+    with nxt.get_lock():
+      nxt.value = len(jobs)  # no new jobs
+    for p in procs:
+      if p.is_alive():
+        p.terminate()  # an unfinished part stays under its temporary name; a rerun mines that input again
+    for p in procs:
+      p.join()
     # The local thread is not joined: after an error or Ctrl-C it may be inside a large input; it takes no new job,
     # and as a daemon it ends with the process (its part is written under a temporary name until complete).
+
+
+def _worker(jobs, nxt, results, local: bool = False) -> None:
+  """Takes jobs by position until none is left; reports each one's start and its record or error."""
+  pid = os.getpid() if not local else -1
+  try:
+    while True:
+      with nxt.get_lock():
+        pos = nxt.value
+        if pos >= len(jobs):
+          return
+        nxt.value = pos + 1
+      results.put((pid, pos, "start", None))
+      try:
+        record = mine_one(*jobs[pos])
+      except Exception as e:
+        if local:
+          raise
+        results.put((pid, pos, "error", _picklable(e)))
+        return
+      results.put((pid, pos, "done", record))
+  except KeyboardInterrupt:
+    if local:
+      raise
+    # Ctrl-C reaches every process of the group: the parent reports it, a worker just stops.
+
+
+def _picklable(e: Exception) -> Exception:
+  import pickle
+  try:
+    pickle.loads(pickle.dumps(e))
+    return e
+  except Exception:
+    return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def _run_ray(jobs, workers, address, progress, total, initial):
