@@ -2,7 +2,9 @@
 
 Each measurement runs in a fresh subprocess so its peak RSS is its own. Beside each
 miner runs the bare scan of the same input (iterparse with clear() for XML,
-json.loads per line for ndjson): the floor any parser of that format pays.
+json.loads per line for ndjson): the floor any parser of that format pays. Miner and
+scan alternate over --single-repeats runs (medians): single runs of the small inputs
+moved the ratio by a third.
 
   nice python benchmarks/miners.py [--shared ../shared/data] [--out benchmarks/results/miners.json]
 
@@ -24,6 +26,7 @@ import os
 import pathlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,6 @@ def _pool_run(source: str, path: pathlib.Path, out: pathlib.Path, workers: int) 
 
 def _parallel(source: str, inputs: pathlib.Path, mb: float, tmp: pathlib.Path, repeats: int) -> dict:
   """1 and 2 workers over the same inputs, interleaved, medians."""
-  import statistics
   load_before = os.getloadavg()
   times: dict[int, list[float]] = {1: [], 2: []}
   counts = set()
@@ -169,6 +171,8 @@ def main() -> None:
   ap.add_argument("--shared", default=str(REPO.parent / "shared" / "data"))
   ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "miners.json"))
   ap.add_argument("--repeats", type=int, default=3, help="runs of each worker count in the parallel comparison")
+  ap.add_argument("--single-repeats", type=int, default=5,
+                  help="runs of each miner and its bare scan on one input (interleaved; medians)")
   args = ap.parse_args()
   shared = pathlib.Path(args.shared)
   if not shared.is_dir():
@@ -190,12 +194,19 @@ def main() -> None:
              ("reddit", "10x", rd10), ("wikipedia", "1x", wk), ("wikipedia", "10x", wk10)]
     for miner, scale, path in cases:
       mb = _size_mb(path)
-      row = {"miner": miner, "scale": scale, "input_mb": round(mb, 2)}
-      for kind in ("miner", "scan"):
-        m = _measure(kind, miner, path)
-        row[f"{kind}_mb_per_s"] = round(mb / m["seconds"], 2)
-        row[f"{kind}_peak_rss_mb"] = round(m["peak_rss_mb"], 1)
-        row[f"{kind}_items"] = m["items"]
+      row = {"miner": miner, "scale": scale, "input_mb": round(mb, 2), "runs": args.single_repeats,
+             "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+      runs: dict[str, list[dict]] = {"miner": [], "scan": []}
+      for r in range(args.single_repeats):
+        for kind in ("miner", "scan") if r % 2 == 0 else ("scan", "miner"):  # interleaved: drift hits both
+          runs[kind].append(_measure(kind, miner, path))
+      for kind, ms in runs.items():
+        sec = statistics.median(m["seconds"] for m in ms)
+        row[f"{kind}_mb_per_s"] = round(mb / sec, 2)
+        row[f"{kind}_peak_rss_mb"] = round(max(m["peak_rss_mb"] for m in ms), 1)
+        row[f"{kind}_items"] = ms[0]["items"]
+      row["miner_over_scan"] = round(row["miner_mb_per_s"] / row["scan_mb_per_s"], 3)
+      row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
       results.append(row)
       print(json.dumps(row), flush=True)
     parallel = []
@@ -216,7 +227,8 @@ def main() -> None:
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPUs", "python": sys.version.split()[0],
-                             "command": "nice python benchmarks/miners.py", "results": results,
+                             "command": " ".join(["nice python benchmarks/miners.py", *sys.argv[1:]]),
+                             "results": results,
                              "parallel": parallel}, indent=2) + "\n")
   print(f"wrote {out}")
 
