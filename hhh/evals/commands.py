@@ -122,7 +122,7 @@ def cli_eval(args) -> None:
 def add_cli(sub) -> None:
   p = sub.add_parser("eval", help="prompted evaluations (hhh_alignment, truthfulqa_mc, hellaswag, lambada_wiki) "
                                   "and reward-model evaluation (rm)")
-  tasks = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join((*tasks_lib.TASKS, "rm")) + "}")
+  tasks = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join((*tasks_lib.TASKS, "rm", "rm-compare")) + "}")
   for task in tasks_lib.TASKS:
     t = tasks.add_parser(task, help=f"{task}: {'an LM or a PM judge' if task in ('hhh_alignment', 'truthfulqa_mc') else 'an LM'}")
     t.add_argument("--model", required=True,
@@ -137,5 +137,6 @@ def add_cli(sub) -> None:
                    help="lm: option log-likelihood; pm: a preference model's reward (hhh_alignment, truthfulqa_mc)")
     t.add_argument("--batch-size", type=int, default=16, help="rows (item options) per forward pass")
     t.set_defaults(func=cli_eval)
-  from hhh.evals import rm
+  from hhh.evals import rm, rm_compare
   rm.add_cli(tasks)
+  rm_compare.add_cli(tasks)
