@@ -268,6 +268,10 @@ class _BadLine(ValueError):
   """A strict reader's one-line error about one line."""
 
 
+# json.loads less its per-call Python layers (see json_lines).
+_scan_once = json.JSONDecoder().scan_once
+
+
 def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool = True, limit: int = 0,
                max_bytes: int | None = None) -> Iterator[tuple[dict[str, Any], str, int]]:
   """(object, "file:line", line) for each JSON-object line of a possibly compressed file; blank lines are ignored.
@@ -279,6 +283,7 @@ def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool =
   bad line raises ValueError naming the file and line.
   """
   line = 0
+  name = f"{file}"  # formatted once, not per line
   stream = open_binary(file)  # a path that is not a regular file is the caller's error, not a skip
   try:
     with stream as f:
@@ -286,7 +291,7 @@ def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool =
         line += 1
         if raw is not None and not raw.strip():
           continue
-        where = f"{file}:{line}"
+        where = f"{name}:{line}"
         if stats is not None:
           if limit and stats.records_read >= limit:
             return
@@ -297,7 +302,16 @@ def json_lines(file, stats: MineStats | None, *, prefix: str = "", count: bool =
           reason = "oversize_line"
         else:
           try:
-            obj = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            # json.loads skips leading whitespace, scans one value, then refuses anything but whitespace after it:
+            # a value that starts at 0 and ends at len(text) is exactly what it returns. For anything else (spaces
+            # around, a BOM, an error) json.loads itself decides, so a bad line raises what it always raised.
+            try:
+              obj, end = _scan_once(text, 0)
+            except (StopIteration, ValueError, RecursionError):
+              end = -1
+            if end != len(text):
+              obj = json.loads(text)
             reason = "" if isinstance(obj, dict) else "not_object"
           except UnicodeDecodeError:
             reason = "bad_encoding"

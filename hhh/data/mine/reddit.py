@@ -34,11 +34,12 @@ Rules:
   reasons (no_siblings, all_tied, karma_gap, no_context, parent_*) count the replies in the group, "max_siblings" the replies
   dropped from over-full groups. Submissions-file problems count as "submission_<reason>" and not as records read.
 
-Memory: one comment file is grouped at a time, holding a compact record per comment (key, parent key, score, body
-or None) plus a reply list per parent, i.e. O(comments in the file). Pushshift files hold one month each, so that is
-one month of comments; replies that cross into the next month's file are not joined with their siblings (a parent
-may then appear in two files' comparisons with the same id). Titles are read per comment file by scanning the
-submissions dump, keeping only the submissions that file needs.
+Memory: one comment file is grouped at a time, holding a compact record per comment (key, parent key, body or
+None; a kept reply adds its score, line, link and subreddit) plus its kept replies per parent, i.e. O(comments in
+the file). Pushshift files hold one month each, so that is one month of comments; replies that cross into the
+next month's file are not joined with their siblings (a parent may then appear in two files' comparisons with the
+same id). Titles are read per comment file by scanning the submissions dump, keeping only the submissions that
+file needs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ DUMP_SUFFIXES = (".zst", ".ndjson", ".jsonl", ".json", ".gz", ".bz2", ".xz", ".l
 # Bots whose names do not end in "bot"; the suffix rule catches most of the rest.
 KNOWN_BOTS = frozenset({"AutoModerator", "autotldr", "TweetPoster", "MTGCardFetcher", "HelperBot_", "B0tRank",
                         "GoodBot_BadBot"})
+BOT_SUFFIXES = ("bot", "Bot", "BOT")
 MAX_SCORE = 2**53  # beyond this a score is not real karma, and float() would lose or overflow it
 _GONE = {"[deleted]": "deleted", "[removed]": "removed"}
 
@@ -85,24 +87,12 @@ class _Bad(Exception):
   """A record-level skip: the reason travels as the message."""
 
 
-@dataclasses.dataclass(slots=True)
-class _Reply:
-  key: str  # "t1_<id>"
-  score: int
-  body: str
-  where: str
-
-
 def dump_files(path: pathlib.Path, skip_prefixes: tuple[str, ...] = ()) -> list[pathlib.Path]:
   """The path itself, or a folder's dump files in sorted name order."""
   if not path.is_dir():
     return [path]
   return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".",) + skip_prefixes)
                 and p.name.lower().endswith(DUMP_SUFFIXES))
-
-
-def _is_bot(author: str) -> bool:
-  return author in KNOWN_BOTS or author.endswith(("bot", "Bot", "BOT"))
 
 
 def _clean(text: str) -> str:
@@ -204,85 +194,139 @@ def _context(parent: str, link: str, subreddit: str, parents: dict[str, tuple[st
   return "\n\n".join(parts), ""
 
 
+def _fields(obj: dict[str, Any]) -> tuple[str, str, str, str, int, str, str]:
+  """(key, parent, link, body, score, author, subreddit) of a comment, checked in the order skips are named."""
+  key = _key("t1_", _str_field(obj, "id"))
+  parent = _str_field(obj, "parent_id")
+  link = _str_field(obj, "link_id")
+  if not parent.startswith(("t1_", "t3_")) or not link.startswith("t3_"):
+    raise _Bad("missing_field")
+  body = _str_field(obj, "body", allow_empty=True)  # an empty body is too short, not missing
+  score = _score(obj)
+  author = obj.get("author")
+  subreddit = obj.get("subreddit")
+  return (key, parent, link, body, score, author if isinstance(author, str) else "",
+          subreddit if isinstance(subreddit, str) else "")
+
+
 def mine_file(file: pathlib.Path, options: Options, stats: MineStats,
                first: bool) -> Iterator[tuple[str, Comparison]]:
   # key -> (parent key, body) for context; body None marks a comment unusable as context, and then the parent slot
-  # holds why ("deleted", "removed", "bot").
-  parents: dict[str, tuple[str, str | None]] = {}
-  groups: dict[str, list[_Reply]] = {}
-  group_info: dict[str, tuple[str, str]] = {}  # parent -> (link, subreddit) from its first reply
-  for obj, where in _records(file, stats):
+  # holds why ("deleted", "removed", "bot"). A kept reply's record goes on: (parent, body, -score, line, link,
+  # subreddit, key). One tuple per comment serves both the context and the grouping: on big inputs the time goes on
+  # allocating and probing what is kept, not on the checks.
+  parents: dict[str, tuple] = {}
+  # parent -> its kept replies' records: the bare record while it is alone (most are), a list from the second on.
+  groups: dict[str, tuple | list[tuple]] = {}
+  name = f"{file}"  # "file:line" strings are made only for skips, as json_lines makes them
+  min_length, max_length = options.min_length, options.max_length
+  skip = stats.skip
+  # Inlined checks for the common well-formed comment; anything else goes through _fields, which names the skip.
+  # json.loads yields exact types, so `type(x) is str` matches isinstance here and rules out bool for scores.
+  for obj, where, line in common.json_lines(file, stats):
     try:
-      key = _key("t1_", _str_field(obj, "id"))
-      parent = _str_field(obj, "parent_id")
-      link = _str_field(obj, "link_id")
-      if not parent.startswith(("t1_", "t3_")) or not link.startswith("t3_"):
-        raise _Bad("missing_field")
-      body = _str_field(obj, "body", allow_empty=True)  # an empty body is too short, not missing
-      score = _score(obj)
+      cid, parent, link, body, score = obj["id"], obj["parent_id"], obj["link_id"], obj["body"], obj["score"]
+      fast = (type(cid) is str and cid and type(parent) is str and parent.startswith(("t1_", "t3_"))
+              and type(link) is str and link.startswith("t3_") and type(body) is str and type(score) is int
+              and -MAX_SCORE <= score <= MAX_SCORE)
+    except KeyError:
+      fast = False
+    if fast:
+      key = cid if cid.startswith("t1_") else "t1_" + cid
       author = obj.get("author")
-      author = author if isinstance(author, str) else ""
+      if type(author) is not str:
+        author = ""
       subreddit = obj.get("subreddit")
-      subreddit = subreddit if isinstance(subreddit, str) else ""
-      body = _check_text(_clean(body))
-    except _Bad as e:
-      stats.skip(str(e), where)
-      continue
-    if key in parents:
-      stats.skip("duplicate", where)
-      continue
-    reason = _GONE.get(body) or ("bot" if _is_bot(author) else "")
+      if type(subreddit) is not str:
+        subreddit = ""
+    else:
+      try:
+        key, parent, link, body, score, author, subreddit = _fields(obj)
+      except _Bad as e:
+        skip(str(e), where)
+        continue
+    # _clean and _check_text, inlined: most bodies have no entity, no CR and no non-ASCII character to check.
+    if "&" in body:
+      body = html.unescape(body)
+    if "\r" in body:
+      body = body.replace("\r\n", "\n").replace("\r", "\n")
+    body = body.strip()
+    if not body.isascii():
+      try:
+        body.encode("utf-8")  # lone surrogates from "\ud800" escapes would break UTF-8 output later
+      except UnicodeEncodeError:
+        skip("bad_encoding", where)
+        continue
+    # Both _GONE bodies are 9 characters: the length test spares hashing every other body.
+    reason = (len(body) == 9 and _GONE.get(body)) or (
+        "bot" if author in KNOWN_BOTS or author.endswith(BOT_SUFFIXES) else "")
     if reason:
-      parents[key] = (reason, None)
-      stats.skip(reason, where)
+      record = (reason, None)
+    elif min_length <= len(body) <= max_length:
+      record = (parent, body, -score, line, link, subreddit, key)
+    else:
+      record = (parent, body)
+    if parents.setdefault(key, record) is not record:  # one probe of a large dict, not a test and then a store
+      skip("duplicate", where)
       continue
-    parents[key] = (parent, body)
-    if len(body) < options.min_length:
-      stats.skip("too_short", where)
+    if reason:
+      skip(reason, where)
       continue
-    if len(body) > options.max_length:
-      stats.skip("too_long", where)
+    if len(body) < min_length:
+      skip("too_short", where)
       continue
-    groups.setdefault(parent, []).append(_Reply(key, score, body, where))
-    group_info.setdefault(parent, (link, subreddit))
+    if len(body) > max_length:
+      skip("too_long", where)
+      continue
+    replies = groups.setdefault(parent, record)
+    if replies is not record:
+      if type(replies) is list:
+        replies.append(record)
+      else:
+        groups[parent] = [replies, record]
 
   titles: dict[str, tuple[str, str]] = {}
   if options.submissions:
-    needed = {group_info[p][0] for p, replies in groups.items() if len(replies) >= 2}
+    needed = {replies[0][4] for replies in groups.values() if type(replies) is list}
     titles = _read_submissions(pathlib.Path(options.submissions), needed, stats, first, options)
 
-  for parent, replies in groups.items():
-    where = replies[0].where
+  for parent, records in groups.items():
+    if type(records) is not list:
+      skip("no_siblings", f"{name}:{records[3]}")
+      continue
+    _, _, _, line, link, subreddit, _ = records[0]
+    where = f"{name}:{line}"
+    # (-score, len(key), key, body, line) tuples sort into ranking order as they are, keys being unique in a file.
     # Base-36 ids without leading zeros sort numerically by (length, text): the older reply wins a tie.
-    replies.sort(key=lambda r: (-r.score, len(r.key), r.key))
-    unique: list[_Reply] = []
+    replies = sorted([(r[2], len(r[6]), r[6], r[1], r[3]) for r in records])
+    unique: list[tuple] = []
     seen: set[str] = set()
     for r in replies:
-      if r.body in seen:
-        stats.skip("duplicate_body", r.where)
+      if r[3] in seen:
+        skip("duplicate_body", f"{name}:{r[4]}")
       else:
-        seen.add(r.body)
+        seen.add(r[3])
         unique.append(r)
     if len(unique) < 2:
-      stats.skip("no_siblings", where, n=len(unique))
+      skip("no_siblings", where, n=len(unique))
       continue
-    if unique[0].score == unique[-1].score:  # no pair to learn from, whatever min_karma_gap says
-      stats.skip("all_tied", where, n=len(unique))
+    best, worst = -unique[0][0], -unique[-1][0]
+    if best == worst:  # no pair to learn from, whatever min_karma_gap says
+      skip("all_tied", where, n=len(unique))
       continue
-    if unique[0].score - unique[-1].score < options.min_karma_gap:
-      stats.skip("karma_gap", where, n=len(unique))
+    if best - worst < options.min_karma_gap:
+      skip("karma_gap", where, n=len(unique))
       continue
-    link, subreddit = group_info[parent]
     context, reason = _context(parent, link, subreddit, parents, titles, options)
     if context is None:
-      stats.skip(reason, where, n=len(unique))
+      skip(reason, where, n=len(unique))
       continue
     if len(unique) > options.max_siblings:
-      stats.skip("max_siblings", where, n=len(unique) - options.max_siblings)
+      skip("max_siblings", where, n=len(unique) - options.max_siblings)
       unique = unique[:options.max_siblings - 1] + unique[-1:]
     stats.comparisons += 1
-    yield link, Comparison(context=context, responses=tuple(r.body for r in unique),
-                           scores=tuple(float(r.score) for r in unique), source=SOURCE, id=f"{SOURCE}/{parent}")
+    yield link, Comparison(context=context, responses=tuple(r[3] for r in unique),
+                           scores=tuple(float(-r[0]) for r in unique), source=SOURCE, id=f"{SOURCE}/{parent}")
 
 
 def mine(path, options: Options, stats: MineStats) -> Iterator[tuple[str, Comparison]]:
