@@ -423,6 +423,7 @@ def main():
   ap.add_argument("--total", type=int, default=0)
   ap.add_argument("--shapes", default="13m,smollm2-135m")
   ap.add_argument("--kway", action="store_true", help="also the cardano Stack Exchange rankings")
+  ap.add_argument("--kway-only", action="store_true", help="only the cardano Stack Exchange rankings")
   ap.add_argument("--kway-data", default="runs/cardano", help="`hhh data mine stackexchange` output")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--steps", type=int, default=2)
@@ -447,10 +448,11 @@ def main():
   res.update({"command": "python " + " ".join(sys.argv), "cpu": _cpu(), "nproc": os.cpu_count()})
   res.setdefault("results", {})
   ratios = res.setdefault("ratios", {})
-  workloads = ["hh_rlhf"] + (["stackexchange_kway"] if a.kway else [])
+  workloads = ([] if a.kway_only else ["hh_rlhf"]) + (["stackexchange_kway"] if a.kway or a.kway_only else [])
   for shape in a.shapes.split(","):
     for wl in workloads:
       r = bench(shape, a, wl)
+      r["command"] = res["command"]  # the top-level one is the last run's; each result keeps its own
       res["results"][f"{wl}/{shape}"] = r
       key = shape if wl == "hh_rlhf" else f"{shape}_kway"
       ratios[key] = r["ratios"]

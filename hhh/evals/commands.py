@@ -73,8 +73,9 @@ def evaluate(task: str, model: str, *, data=None, prompt: str = "none", limit: i
   prompt_name, prompt_text = resolve_prompt(prompt)
   j, prompt_tokens = make_judge(judge, model, prompt_text, batch_size)
   from tqdm import tqdm
-  # Shown in a log file too (an eval on CPU runs for an hour), at most every 30 s there.
-  bar = tqdm(desc=task, unit="item", file=sys.stderr, disable=not progress,
+  # Shown in a log file too (an eval on CPU runs for an hour), at most every 30 s there; not before 2 s, so a
+  # command that fails at once prints its one-line error alone.
+  bar = tqdm(desc=task, unit="item", file=sys.stderr, disable=not progress, delay=2,
              mininterval=0.1 if sys.stderr.isatty() else 30)
   t0 = time.perf_counter()
   try:

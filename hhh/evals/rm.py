@@ -435,8 +435,9 @@ def evaluate(model: str, suite: str, data, out, *, limit: int = 0, batch_size: i
   judge = load_judge(model, batch_size=batch_size, max_length=max_length, work=out / ".work")
   from tqdm import tqdm
   t0 = time.perf_counter()
-  # Shown in a log file too (an eval on CPU runs for an hour), at most every 30 s there.
-  with tqdm(total=len(items), desc=f"rm {suite}", unit="item", file=sys.stderr, disable=not progress,
+  # Shown in a log file too (an eval on CPU runs for an hour), at most every 30 s there; not before 2 s, so a
+  # command that fails at once prints its one-line error alone.
+  with tqdm(total=len(items), desc=f"rm {suite}", unit="item", file=sys.stderr, disable=not progress, delay=2,
             mininterval=0.1 if sys.stderr.isatty() else 30) as bar:
     rewards = score_items(judge, items, progress=bar.update)
   seconds = time.perf_counter() - t0
