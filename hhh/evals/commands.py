@@ -123,7 +123,8 @@ def cli_eval(args) -> None:
 def add_cli(sub) -> None:
   p = sub.add_parser("eval", help="prompted evaluations (hhh_alignment, truthfulqa_mc, hellaswag, lambada_wiki) "
                                   "and reward-model evaluation (rm)")
-  tasks = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join((*tasks_lib.TASKS, "rm", "rm-compare")) + "}")
+  names = (*tasks_lib.TASKS, "rm", "rm-compare")
+  tasks = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join(names) + "}")
   for task in tasks_lib.TASKS:
     t = tasks.add_parser(task, help=f"{task}: {'an LM or a PM judge' if task in ('hhh_alignment', 'truthfulqa_mc') else 'an LM'}")
     t.add_argument("--model", required=True,

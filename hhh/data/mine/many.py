@@ -248,7 +248,7 @@ def _parent_and_pool(jobs, workers: int, bar):
   results = ctx.SimpleQueue()  # (pid, position, "start" | "done" | "error", payload)
   local_errors: queue.Queue = queue.Queue()
   procs = [ctx.Process(target=_worker, args=(jobs, nxt, results), daemon=True, name=f"hhh-mine-{k}")
-           for k in range(workers - 1)]
+           for k in range(min(workers, len(jobs)) - 1)]
   for p in procs:
     p.start()
 
@@ -275,7 +275,8 @@ def _parent_and_pool(jobs, workers: int, bar):
             and not results._reader.poll(0)):
           if not local_errors.empty():
             raise local_errors.get()
-          raise RuntimeError(f"the mining workers stopped with {len(jobs) - finished} of {len(jobs)} inputs unfinished")
+          raise RuntimeError(f"the mining workers stopped with {len(jobs) - finished} of {len(jobs)} inputs "
+                             "unfinished")
         continue
       pid, pos, what, payload = results.get()
       if what == "start":
