@@ -86,28 +86,38 @@ def test_removing_the_checkpoint_being_written_exits_fast_in_one_line(tiny_exper
   train = subprocess.Popen(hhh_cmd("train", tiny_experiment, "--workdir", wd, *ENDLESS), env=hhh_env(),
                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   root = wd / "checkpoints"
-  removed, deadline = None, time.monotonic() + 300
+  removed: list[int] = []
+  last = exited = None
+  deadline = time.monotonic() + 300
   try:
     # Catch a save in flight (its `N.orbax-checkpoint-tmp` dir); a save missed between polls is the next one's.
-    while removed is None and train.poll() is None and time.monotonic() < deadline:
+    # A removal can also come too late to matter (the save had finished with its files, or orbax wrote them
+    # again): the run then trains on and its next save is removed too. A save that hangs makes no next save,
+    # so it still fails here.
+    while train.poll() is None and time.monotonic() < deadline:
       if root.is_dir():
         for name in os.listdir(root):
-          if name.endswith(".orbax-checkpoint-tmp"):
+          step = name.split(".")[0]
+          if name.endswith(".orbax-checkpoint-tmp") and int(step) not in removed:
             shutil.rmtree(root / name, ignore_errors=True)
-            removed = int(name.split(".")[0])
+            removed.append(int(step))
+            last = time.monotonic()
             break
-    t0 = time.monotonic()
-    stderr = train.communicate(timeout=300)[1]
-    seconds = time.monotonic() - t0
+    exited = time.monotonic()
+    stderr = train.communicate(timeout=60)[1]
   finally:
     if train.poll() is None:
       train.kill()
       train.wait()
-  assert removed is not None, stderr[-3000:]
-  assert train.returncode == 1 and seconds < EXIT_BOUND_S, (train.returncode, seconds, stderr[-3000:])
-  _one_line(stderr, f"hhh: error: cannot save checkpoint step {removed} in workdir {wd.absolute()}: ")
-  assert stderr.rstrip().endswith("the earlier checkpoints are intact")
-  _intact(wd, range(3, removed, 3))
+  assert removed, stderr[-3000:]
+  seconds = exited - last
+  assert train.returncode == 1 and seconds < EXIT_BOUND_S, (train.returncode, seconds, removed, stderr[-3000:])
+  # An earlier removal that came too late leaves orbax's warning about the metadata it could not find.
+  earlier = [f"WARNING:absl:Metadata file does not exist: {root / f'{n}.orbax-checkpoint-tmp'}" for n in removed[:-1]]
+  failure = "\n".join(l for l in stderr.splitlines() if not any(l.startswith(e) for e in earlier))
+  _one_line(failure, f"hhh: error: cannot save checkpoint step {removed[-1]} in workdir {wd.absolute()}: ")
+  assert "Traceback" not in stderr and stderr.rstrip().endswith("the earlier checkpoints are intact")
+  _intact(wd, range(3, removed[0], 3))
 
 
 def test_abandoned_orbax_threads_stop_waiting_at_once():
