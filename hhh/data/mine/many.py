@@ -326,6 +326,8 @@ def _worker(jobs, nxt, results, local: bool = False) -> None:
 
 
 def _picklable(e: Exception) -> Exception:
+  # Between this command's own processes only (multiprocessing pickles whatever crosses its pipes): a worker's
+  # exception that would not arrive whole is sent as its text. No file a user loads is read with pickle.
   import pickle
   try:
     pickle.loads(pickle.dumps(e))
