@@ -413,7 +413,8 @@ def plot(rec: dict, path: pathlib.Path) -> None:
   ax.set_xticks(x, subs, rotation=30, ha="right")
   ax.set_ylim(0, 1)
   ax.set_ylabel("accuracy (strict >)")
-  ax.set_title(f"{rec['suite']}: {pathlib.Path(rec['model']).name}")
+  # Two path parts: a bundle is often DIR/bundle, and "bundle" alone names nothing.
+  ax.set_title(f"{rec['suite']}: {'/'.join(pathlib.Path(rec['model']).parts[-2:])}")
   ax.legend(fontsize=8, loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
