@@ -316,24 +316,16 @@ def _worker(jobs, nxt, results, local: bool = False) -> None:
       except Exception as e:
         if local:
           raise
-        results.put((pid, pos, "error", _picklable(e)))
+        try:
+          results.put((pid, pos, "error", e))
+        except Exception:  # an exception that cannot cross the pipe: its text does
+          results.put((pid, pos, "error", RuntimeError(f"{type(e).__name__}: {e}")))
         return
       results.put((pid, pos, "done", record))
   except KeyboardInterrupt:
     if local:
       raise
     # Ctrl-C reaches every process of the group: the parent reports it, a worker just stops.
-
-
-def _picklable(e: Exception) -> Exception:
-  # Between this command's own processes only (multiprocessing pickles whatever crosses its pipes): a worker's
-  # exception that would not arrive whole is sent as its text. No file a user loads is read with pickle.
-  import pickle
-  try:
-    pickle.loads(pickle.dumps(e))
-    return e
-  except Exception:
-    return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 def _run_ray(jobs, workers, address, progress, total, initial):
