@@ -68,14 +68,15 @@ def _model_cfg(shape: str, vocab_size: int):
   raise ValueError(f"unknown shape {shape!r}")
 
 
-def _batches(examples, start: int, n: int, K: int, pack: bool, pad_id: int):
-  """Host batches start..start+n-1 of the fixed order (B comparisons each)."""
+def _batches(examples, start: int, n: int, K: int, pack: bool, pad_id: int, row_len: int = MAX_LEN):
+  """Host batches start..start+n-1 of the fixed order (B comparisons each); packed rows of up to `row_len`."""
   from hhh.data import packing, pipeline
   out = []
   for j in range(start, start + n):
     exs = examples[j * BATCH:(j + 1) * BATCH]
     if pack:
-      out.append(packing.collate_rows(exs, K=K, pad_id=pad_id, buckets=packing.row_buckets(BUCKETS, MAX_LEN)))
+      out.append(packing.collate_rows(exs, K=K, pad_id=pad_id, buckets=packing.row_buckets(BUCKETS, row_len),
+                                      one_row=packing.long_rows(BUCKETS, row_len)))
     else:
       L = pipeline.bucket_of(max(e.length for e in exs), BUCKETS)
       out.append(pipeline.collate(exs, L, K, pad_id))
@@ -146,10 +147,12 @@ def hhh_worker(a):
     _emit({"ready": True, "warmup_s": time.perf_counter() - t0, "shapes": [[a.batch_tokens // MAX_LEN, MAX_LEN]],
            "batch_tokens": a.batch_tokens, "versions": {"jax": jax.__version__}})
     return _budget_rounds(a, examples, step, tok.pad_id)
-  for host in _batches(examples, 0, a.warmup, a.max_k, a.pack, tok.pad_id):
+  # The row length `hhh train` picks on this backend (data.pack_len=0), unless --pack-len sets one.
+  row_len = packing.row_length(BUCKETS, a.pack_len, backend=jax.default_backend())
+  for host in _batches(examples, 0, a.warmup, a.max_k, a.pack, tok.pad_id, row_len):
     step(host)
   # Every row shape the measured batches use is compiled now, so no round pays for a compile.
-  measured = _batches(examples, a.warmup, a.total - a.warmup, a.max_k, a.pack, tok.pad_id)
+  measured = _batches(examples, a.warmup, a.total - a.warmup, a.max_k, a.pack, tok.pad_id, row_len)
   seen = set()
   for host in measured:
     shape = tuple(host["tokens"].shape)
@@ -157,7 +160,7 @@ def hhh_worker(a):
       seen.add(shape)
       step(host)
   _emit({"ready": True, "warmup_s": time.perf_counter() - t0, "shapes": sorted(seen),
-         "versions": {"jax": jax.__version__}})
+         "row_len": row_len if a.pack else None, "versions": {"jax": jax.__version__}})
   j = a.warmup
   for line in sys.stdin:
     line = line.strip()
@@ -170,7 +173,7 @@ def hhh_worker(a):
     times, processed, need = [], [], []
     for _ in range(n):
       t = time.perf_counter()
-      host = _batches(examples, j, 1, a.max_k, a.pack, tok.pad_id)[0]
+      host = _batches(examples, j, 1, a.max_k, a.pack, tok.pad_id, row_len)[0]
       step(host)
       times.append(time.perf_counter() - t)
       processed.append(slots(host))
@@ -216,11 +219,11 @@ def _read_comparisons(path):
 class HHHWorker:
   """An hhh worker process, the same protocol as trl_side.TRLWorker."""
 
-  def __init__(self, name, shape, data, pack, max_k, warmup, total, batch_tokens=0):
+  def __init__(self, name, shape, data, pack, max_k, warmup, total, batch_tokens=0, pack_len=0):
     self.name, self.info, self.proc = name, {}, None
     self.cmd = [sys.executable, __file__, "--worker", "--shape", shape, "--data", str(data), "--pack",
                 "1" if pack else "0", "--max-k", str(max_k), "--warmup", str(warmup), "--total", str(total),
-                "--batch-tokens", str(batch_tokens)]
+                "--batch-tokens", str(batch_tokens), "--pack-len", str(pack_len)]
 
   def start(self):
     import subprocess
@@ -335,7 +338,7 @@ def bench(shape: str, args, workload: str) -> dict:
   hf = _hf_dir(shape, tok, work)
   if args.restart_trl:
     total = args.warmup + args.steps  # every round runs the same measured batches
-  workers = [HHHWorker("hhh_packed", shape, data, True, max_k, args.warmup, total)]
+  workers = [HHHWorker("hhh_packed", shape, data, True, max_k, args.warmup, total, pack_len=args.pack_len)]
   if args.batch_tokens:
     workers.append(HHHWorker("hhh_budget", shape, data, True, max_k, args.warmup, total, args.batch_tokens))
   if not args.no_unpacked:
@@ -438,6 +441,9 @@ def main():
   ap.add_argument("--batch-tokens", type=int, default=0,
                   help="also an hhh side with data.batch_tokens=N (a multiple of 1024): token-budget steps over "
                        "the same comparisons")
+  ap.add_argument("--pack-len", type=int, default=0,
+                  help="longest packed row of the hhh packed side (0: what `hhh train` picks, data.pack_len=0; "
+                       "on CPU 8 x 1024 tokens, a step's comparisons end to end; 1024: rows of the largest bucket)")
   ap.add_argument("--work", default="/tmp/hhh-train-real")
   ap.add_argument("--out", default=str(HERE / "results" / "train_real.json"))
   a = ap.parse_args()

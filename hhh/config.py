@@ -37,8 +37,10 @@ class DataConfig:
   buckets: tuple[int, ...] = (64, 128)
   max_k: int = 2
   # Ranked and binary runs train on packed rows (hhh.data.packing): each comparison's context once, then its
-  # responses, several comparisons to a row of at most `pack_len` tokens (0: the largest bucket;
-  # a comparison longer than that is split over rows, its context repeated). Same loss as unpacked.
+  # responses, several comparisons to a row of at most `pack_len` tokens (a comparison longer than that is split
+  # over rows, its context repeated). Same loss as unpacked. 0: the largest bucket, except on CPU with buckets
+  # of 512+ tokens and no batch_tokens, where rows grow to 8x it (packing.row_length: less padding, and CPU
+  # attention skips what a row does not see).
   pack: bool = True
   pack_len: int = 0
   # A token budget per step instead of `batch_size` comparisons (0: off). Packed steps are then one shape,

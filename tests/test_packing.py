@@ -106,7 +106,7 @@ def _rewards_packed(batch):
 def check_same(examples, K, objective="ranked", lm_coef=0.0, row_len=256, buckets=(64, 128, 256), n_shards=1):
   stats = packing.PackStats()
   packed = packing.collate_rows(examples, K=K, pad_id=TOK.pad_id, buckets=packing.row_buckets(buckets, row_len),
-                                n_shards=n_shards, stats=stats)
+                                n_shards=n_shards, stats=stats, one_row=packing.long_rows(buckets, row_len))
   pb = {k: jnp.asarray(v) for k, v in packed.items()}
   ub = _unpacked(examples, K)
   valid = np.asarray(ub["lengths"]) > 0
@@ -135,6 +135,61 @@ def test_hh_rlhf_rows_several_comparisons_per_row(objective, lm_coef):
   real = int((packed["segments"] >= 0).sum())
   assert real == sum(packing.packed_length(e) for e in examples)
   assert real < sum(len(s) for e in examples for s in e.seqs)
+
+
+def test_hh_rlhf_comparisons_end_to_end_in_one_long_row():
+  # A row longer than any piece (what data.pack_len=0 picks on CPU): all 8 comparisons lie end to end in one row
+  # of the fine grid (tiled attention, skipping the other comparisons' tiles), with the unpacked numbers.
+  comps = [_cut(c, 150) for c in hh_comparisons(8)]
+  examples, _ = encode_all(comps, TOK, max_len=256, max_k=2)
+  packed, stats = check_same(examples, K=2, lm_coef=0.5, row_len=4096, buckets=(64, 128, 256))
+  need = sum(packing.packed_length(e) for e in examples)
+  R, L = packed["tokens"].shape
+  assert stats.packed == 8 and R == 1
+  # The shortest grid row that holds them: less than 1/8 of it is padding.
+  grid = packing.row_buckets((64, 128, 256), 4096)
+  assert L == min(b for b in grid if b >= need) and (L - need) / L < 1 / 8
+
+
+def test_row_grid_and_automatic_row_length():
+  assert packing.row_buckets((128, 256, 512, 1024), 8192) == (
+      128, 256, 512, 1024, 1152, 1344, 1536, 1728, 1984, 2240, 2560, 2880, 3264, 3712, 4224, 4800, 5440, 6144,
+      6912, 7808, 8192)
+  assert packing.row_buckets((64, 128), 1024) == (64, 128, 256, 512, 576, 704, 832, 960, 1024)
+  assert packing.row_buckets((64, 128), 128) == (64, 128)
+  # data.pack_len=0: long rows only on CPU, for rows that use tiled attention, outside token-budget steps.
+  assert packing.row_length((256, 1024)) == 8192
+  assert packing.row_length((256, 1024), backend="gpu") == 1024
+  assert packing.row_length((256, 1024), batch_tokens=4096) == 1024
+  assert packing.row_length((64, 256)) == 256
+  assert packing.row_length((64, 256), pack_len=512, backend="tpu") == 512
+
+
+@pytest.mark.parametrize("one_row", [False, True])
+def test_packed_shape_is_the_shape_collate_rows_builds(one_row):
+  # A streaming process agrees on the global batch's shape from lengths alone (packed_shape): it must be the
+  # shape collate_rows lays out, on every path (one long row, fewest slots, a shard too full for one row).
+  rng = np.random.default_rng(0)
+  E = TOK.eoc_id
+  grid = packing.row_buckets((64, 128), 1024)
+  for trial in range(60):
+    C = int(rng.choice([2, 4, 8]))
+    n_shards = int(rng.choice([1, 2]))
+    exs = []
+    for _ in range(C):
+      n_ctx, n_resp = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+      ctx = rng.integers(1, 200, n_ctx)
+      exs.append(Encoded([np.concatenate([ctx, rng.integers(1, 200, n_resp), [E]]),
+                          np.concatenate([ctx, rng.integers(1, 200, n_resp + 3), [E]])],
+                         [n_ctx, n_ctx], np.array([0.0, 1.0], np.float32)) if rng.random() > 0.1 else None)
+    pl = [[len(p) for p in packing.pieces_of(e, 1024)[0]] if e is not None else [] for e in exs]
+    R_s, L = packing.packed_shape(pl, buckets=grid, n_shards=n_shards, one_row=one_row)
+    got = packing.collate_rows(exs, K=2, pad_id=0, buckets=grid, n_shards=n_shards, one_row=one_row)["tokens"]
+    assert got.shape == (R_s * n_shards, L), trial
+    if one_row:
+      per = C // n_shards
+      most = max(sum(map(sum, pl[s * per:(s + 1) * per])) for s in range(n_shards))
+      assert R_s == 1 and L == min(b for b in grid if b >= max(most, 1)), trial
 
 
 def test_truncated_hh_rows_fall_back_and_still_match():

@@ -99,13 +99,39 @@ def pieces_of(ex: Encoded, row_len: int) -> tuple[list[Piece], str]:
 
 
 def row_buckets(buckets: Sequence[int], row_len: int) -> tuple[int, ...]:
-  """Row lengths: the data's buckets up to `row_len`, then doubling up to it."""
+  """Row lengths: the data's buckets up to `row_len`, then doubling up to 512 and steps of about an eighth from
+  there (multiples of 64, so tiled attention's tiles divide them) up to it. Rows longer than the largest piece hold several comparisons end to
+  end; the fine steps keep a step's last row from being rounded up by more than ~12%."""
   out = sorted(b for b in set(buckets) if b <= row_len)
   b = out[-1] if out else 32
   while b < row_len:
-    b = min(2 * b, row_len)
+    b = min(-(-b * 9 // (8 * 64)) * 64 if b >= 512 else 2 * b, row_len)
     out.append(b)
   return tuple(out)
+
+
+LONG_ROWS = 8  # an automatic row on CPU holds up to this many of the largest bucket
+
+
+def long_rows(buckets: Sequence[int], row_len: int) -> bool:
+  """Rows may be longer than the largest bucket: then a step's pieces go end to end in one row per shard
+  (`collate_rows`'s one_row), where they fit."""
+  return row_len > max(buckets)
+
+
+def row_length(buckets: Sequence[int], pack_len: int = 0, batch_tokens: int = 0, backend: str = "cpu") -> int:
+  """The longest packed row (`data.pack_len`; 0 picks it). Token-budget steps and accelerators get the largest
+  bucket: there attention computes every tile of a row, so its cost grows with the row's square. On CPU, where
+  tiled attention skips the tiles a row does not see (`model.attention`), a row of 512+ tokens may grow to
+  LONG_ROWS buckets: a step's comparisons then lie end to end in one row instead of being bin-packed into rows
+  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.10 at 8 comparisons a
+  step (docs/benchmarks/trl.md)."""
+  if pack_len:
+    return pack_len
+  top = max(buckets)
+  if batch_tokens or backend != "cpu" or top < 512:
+    return top
+  return LONG_ROWS * top
 
 
 def round_rows(n: int) -> int:
@@ -137,7 +163,7 @@ def first_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buckets: Sequence[int],
                  n_shards: int = 1, stats: PackStats | None = None, rows: int | None = None,
-                 row_len: int | None = None) -> dict[str, np.ndarray]:
+                 row_len: int | None = None, one_row: bool = False) -> dict[str, np.ndarray]:
   """One global packed batch from C comparisons (None = an empty comparison slot of a short last batch).
 
   Returns row arrays [R, L] (tokens, positions, segments, contexts, lm_target, lm_weight) and comparison arrays
@@ -147,7 +173,9 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
   next-token targets of each comparison's preferred sequence (context + preferred response), what the unpacked
   LM mixing loss reads. `rows` fixes R (a token-budget step: one row length, the largest bucket); the pieces must
   fit, as `TokenPlan` guarantees. `row_len` (with `rows`) fixes the row length instead of the largest bucket: a
-  process that collates only its own shards of a global batch whose shape `packed_shape` chose.
+  process that collates only its own shards of a global batch whose shape `packed_shape` chose. `one_row`: one
+  row per shard, the shortest of `buckets` that holds each shard's pieces end to end, where one exists (long
+  rows, `row_length`); otherwise the shape with the fewest slots.
   """
   C = len(examples)
   if C % n_shards:
@@ -174,9 +202,14 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
     if max(len(r) for r in shard_rows) > rows // n_shards or longest > L:
       raise ValueError(f"the comparisons do not fit {rows} rows of {L} tokens")
     best = (rows // n_shards, L, shard_rows)
+  if rows is None and one_row:
+    L = _one_row(buckets, [sum(len(p) for _, p in items) for items in shards], longest)
+    if L:
+      best = (1, L, [first_fit([len(p) for _, p in items], L) for items in shards])
   # The row length that needs the fewest slots (rows rounded up on the grid); the shorter one on a tie, since
   # attention grows with it. Pieces of 300 tokens waste 40% of 512-token rows and 12% of 1024-token ones.
-  for L in (b for b in sorted(buckets) if b >= longest and rows is None):
+  search = best is None
+  for L in (b for b in sorted(buckets) if b >= longest and search):
     shard_rows = [first_fit([len(p) for _, p in items], L) for items in shards]
     R_s = round_rows(max(1, max(len(rows) for rows in shard_rows)))
     if best is None or R_s * L < best[0] * best[1]:
@@ -233,8 +266,16 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
           "scores": scores}
 
 
+def _one_row(buckets: Sequence[int], shard_tokens: Sequence[int], longest: int) -> int:
+  """The shortest row length that holds every shard's pieces in one row, or 0. One row per shard, not the
+  fewest slots: a few percent more padding on average, for half as many compiled shapes (on HH-RLHF, 12 row
+  shapes in 200 steps of 8 comparisons against 23)."""
+  need = max(max(shard_tokens, default=0), longest, 1)
+  return min((b for b in buckets if b >= need), default=0)
+
+
 def packed_shape(piece_lengths: Sequence[Sequence[int]], *, buckets: Sequence[int], n_shards: int = 1,
-                 rows: int | None = None) -> tuple[int, int]:
+                 rows: int | None = None, one_row: bool = False) -> tuple[int, int]:
   """(rows per shard, row length) that `collate_rows` picks for comparisons whose pieces have these lengths
   (an empty list for an empty slot), computed from lengths alone: a process can agree on the shape of a global
   batch without reading the other processes' comparisons."""
@@ -246,6 +287,8 @@ def packed_shape(piece_lengths: Sequence[Sequence[int]], *, buckets: Sequence[in
   longest = max((n for p in piece_lengths for n in p), default=1)
   per = C // n_shards
   shards = [[n for c in range(s * per, (s + 1) * per) for n in piece_lengths[c]] for s in range(n_shards)]
+  if one_row and (L := _one_row(buckets, [sum(sh) for sh in shards], longest)):
+    return 1, L
   best = None
   for L in (b for b in sorted(buckets) if b >= longest):
     R_s = round_rows(max(1, max(len(first_fit(sh, L)) for sh in shards)))
@@ -381,6 +424,7 @@ class PackedBatchSource(BatchSource):
     self.n_shards = n_shards
     self.budget_rows = batch_tokens // row_len if batch_tokens else None
     self.row_len = row_len
+    self.one_row = long_rows(self.buckets, row_len)
 
   def dataset(self, *, shuffle: bool, epochs: int | None, rows: slice | None = None):
     if self.budget_rows is None or not shuffle:
@@ -394,7 +438,7 @@ class PackedBatchSource(BatchSource):
     L, ix = item
     exs = [self.examples[i] if i >= 0 else None for i in ix] + [None] * (self.batch_size - len(ix))
     batch = collate_rows(exs, K=self.max_k, pad_id=self.pad_id, buckets=self.row_buckets, n_shards=self.n_shards,
-                         rows=self.budget_rows if budget else None)
+                         rows=self.budget_rows if budget else None, one_row=self.one_row)
     return batch if rows == slice(None) else self.local_rows(batch)
 
   def local_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -457,6 +457,7 @@ class StreamBatchSource:
     self.packed, self.row_len, self.n_shards, self.workers = packed, row_len, n_shards, workers
     self.row_buckets = packing.row_buckets(self.buckets, row_len) if packed else None
     self.budget_rows = batch_tokens // row_len if packed and batch_tokens else None
+    self.one_row = packed and packing.long_rows(self.buckets, row_len)
 
   def __len__(self) -> int:
     return len(self.examples)
@@ -478,7 +479,8 @@ class StreamBatchSource:
     # The global batch's shape, from the index; then only this process's shards are read and laid out.
     fixed = self.budget_rows if budget else None
     R_s, row_L = packing.packed_shape([self.examples.pieces(i, self.row_len) if i is not None else [] for i in slots],
-                                      buckets=self.row_buckets, n_shards=self.n_shards, rows=fixed)
+                                      buckets=self.row_buckets, n_shards=self.n_shards, rows=fixed,
+                                      one_row=self.one_row)
     per_proc = self.n_shards // self.process_count
     mine = slots[self.rows]
     enc = iter(self.examples.encoded([i for i in mine if i is not None]))

@@ -286,15 +286,26 @@ def _tile_mask(ids: SegmentIds, b, q0, k0, tile: int):
 
 
 def _over_tiles(ids: SegmentIds, tile: int, step, init):
-  """fori_loop over every (row, query tile, key tile) triple at or below the diagonal: `step(b, q0, k0, carry)`
-  runs only where the row has a visible key in the tile (`lax.cond`, a real branch), so packed rows skip the other
-  comparisons' tiles, and the program stays one loop body in size, whatever the row length."""
+  """A loop over the (row, query tile, key tile) triples at or below the diagonal where the row has a visible key
+  (`step(b, q0, k0, carry)`), in row-major order: packed rows skip the other comparisons' tiles, and the program
+  stays one loop body in size, whatever the row length. The visible triples are moved to the front (a stable
+  sort) and the loop stops after them, so a long row of many comparisons pays nothing per skipped tile."""
   trip, vis = _pairs(ids, tile)
+  if _COMPACT:
+    order = jnp.argsort(~vis, stable=True)
+    trip, n_vis = trip[order], jnp.sum(vis, dtype=jnp.int32)
+
+    def body(n, carry):
+      return step(trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile, carry)
+    return jax.lax.fori_loop(0, n_vis, body, init)
 
   def body(n, carry):
     b, q0, k0 = trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile
     return jax.lax.cond(vis[n], lambda c: step(b, q0, k0, c), lambda c: c, carry)
   return jax.lax.fori_loop(0, trip.shape[0], body, init)
+
+
+_COMPACT = True
 
 
 def _fwd_skip(qs, k, v, ids, tile, dtype):

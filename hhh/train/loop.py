@@ -227,7 +227,7 @@ def _train(cfg, workdir) -> dict[str, float]:
   kw = dict(batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
             buckets=cfg.data.buckets, pad_id=tok.pad_id, process_index=jax.process_index(),
             process_count=jax.process_count())
-  row_len = cfg.data.pack_len or max(cfg.data.buckets)
+  row_len = packing.row_length(cfg.data.buckets, cfg.data.pack_len, cfg.data.batch_tokens, jax.default_backend())
   # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
   n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
   if streamed:
