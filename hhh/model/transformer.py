@@ -291,21 +291,12 @@ def _over_tiles(ids: SegmentIds, tile: int, step, init):
   stays one loop body in size, whatever the row length. The visible triples are moved to the front (a stable
   sort) and the loop stops after them, so a long row of many comparisons pays nothing per skipped tile."""
   trip, vis = _pairs(ids, tile)
-  if _COMPACT:
-    order = jnp.argsort(~vis, stable=True)
-    trip, n_vis = trip[order], jnp.sum(vis, dtype=jnp.int32)
-
-    def body(n, carry):
-      return step(trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile, carry)
-    return jax.lax.fori_loop(0, n_vis, body, init)
+  # Stable: the visible triples keep their order, so sums accumulate as in a loop over all of them.
+  trip, n_vis = trip[jnp.argsort(~vis, stable=True)], jnp.sum(vis, dtype=jnp.int32)
 
   def body(n, carry):
-    b, q0, k0 = trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile
-    return jax.lax.cond(vis[n], lambda c: step(b, q0, k0, c), lambda c: c, carry)
-  return jax.lax.fori_loop(0, trip.shape[0], body, init)
-
-
-_COMPACT = True
+    return step(trip[n, 0], trip[n, 1] * tile, trip[n, 2] * tile, carry)
+  return jax.lax.fori_loop(0, n_vis, body, init)
 
 
 def _fwd_skip(qs, k, v, ids, tile, dtype):
@@ -423,7 +414,7 @@ def tiled_attention(q_BxKxGxLxDh, k_BxKxSxDh, v_BxKxSxDh, ids: SegmentIds, tile:
   """`attention_core` with the mask given as `SegmentIds`, in query x key tiles: no [B, L, S] mask or
   probability array exists at any point, and activations kept for the backward are O(L) per head (flash
   attention's scheme, in plain JAX so one code path serves GPU, TPU and CPU). With `skip`, each row runs its
-  tiles on its own and a tile where the row has no visible key is skipped with a real branch (`lax.cond`): a
+  tiles on its own, in a loop over only the tiles where the row has a visible key: a
   packed row of several comparisons then computes about the blocks of its comparisons only. Needs S == L, a
   multiple of `tile`. Same result as `attention_core` on `ids.dense()` for every query with a valid key."""
   L = q_BxKxGxLxDh.shape[3]
