@@ -150,3 +150,30 @@ def test_tiled_model_matches_dense_model_on_packed_rows():
   np.testing.assert_allclose(out["tiled"][0], out["dense"][0], atol=1e-5, rtol=0)
   for a, b in zip(out["tiled"][1], out["dense"][1]):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-5)
+
+
+def test_tile_work_list_keeps_every_visible_tile_of_real_packed_rows():
+  """Skipping tiled attention runs a tile when the ranges of its ids meet: never fewer tiles than hold a visible
+  key (checked key by key), and on a long row that collate_rows lays out (12 comparisons end to end) barely
+  more."""
+  from hhh.data import packing
+  from hhh.data.pipeline import Encoded
+  from hhh.model.transformer import _pairs
+  rng = np.random.default_rng(0)
+  exs = []
+  for _ in range(12):
+    n_ctx = int(rng.integers(5, 200))
+    ctx = rng.integers(1, 50, n_ctx)
+    exs.append(Encoded([np.concatenate([ctx, rng.integers(1, 50, int(rng.integers(2, 90))), [3]]) for _ in range(2)],
+                       [n_ctx, n_ctx], np.array([0.0, 1.0], np.float32)))
+  batch = packing.collate_rows(exs, K=2, pad_id=0, buckets=packing.row_buckets((256,), 4096), one_row=True)
+  seg, ctx = jnp.asarray(batch["segments"]), jnp.asarray(batch["contexts"])
+  assert seg.shape[0] == 1 and seg.shape[1] > 1024
+  tile = 64
+  trip, vis = _pairs(SegmentIds(seg, ctx, seg), tile)
+  trip, vis = np.asarray(trip), np.asarray(vis)
+  mask = np.asarray(SegmentIds(seg, ctx, seg).dense())
+  has_key = np.array([mask[b, i * tile:(i + 1) * tile, j * tile:(j + 1) * tile].any() for b, i, j in trip])
+  assert (vis | ~has_key).all()        # no tile with a visible key is skipped
+  assert has_key.sum() <= vis.sum() <= 1.1 * has_key.sum()
+  assert vis.sum() < 0.5 * len(trip)  # and most of the long row's square is skipped

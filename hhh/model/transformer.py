@@ -257,18 +257,32 @@ def _online(q_i, k_j, v_j, m_tile, carry, dtype):
 
 
 def _pairs(ids: SegmentIds, tile: int):
-  """The (row, query tile, key tile) triples at or below the diagonal, [N, 3] int32, and whether each holds a
-  visible key: the work list of skipping tiled attention, in one loop whatever the row count."""
+  """The (row, query tile, key tile) triples at or below the diagonal, [N, 3] int32, and whether each may hold a
+  visible key: the work list of skipping tiled attention, in one loop whatever the row count.
+
+  From each tile's ranges of ids, O(L) work: a query tile may see a key tile when the keys' segment range meets
+  the queries' segment range or their contexts' range. That holds whenever a key is visible, so no visible key
+  is skipped; in packed rows (segments numbered along the row) it is nearly exact. A tile run where a query sees
+  nothing adds exact zeros to it (its probabilities underflow to 0 against any visible key's logit)."""
   B, L = ids.seg_q.shape
   n = L // tile
   trip = np.array([(b, i, j) for b in range(B) for i in range(n) for j in range(i + 1)], np.int32)
-  sq = ids.seg_q.reshape(B, n, 1, tile, 1)
-  cq = ids.ctx_q.reshape(B, n, 1, tile, 1)
-  sk = ids.seg_k.reshape(B, 1, n, 1, tile)
-  # Per (row, i, j): any query of tile i that sees a key of tile j (causality only matters on the diagonal,
-  # where the query's own key is always visible, so it runs anyway).
-  vis_BxNxN = (((sk == sq) | (sk == cq)) & (sk >= 0)).any(axis=(3, 4)) | jnp.eye(n, dtype=bool)[None]
+  big = jnp.iinfo(jnp.int32).max
+
+  def span(x_BxL, valid_BxL):
+    x_BxNxT, ok = x_BxL.reshape(B, n, tile), valid_BxL.reshape(B, n, tile)
+    return jnp.where(ok, x_BxNxT, big).min(-1), jnp.where(ok, x_BxNxT, -1).max(-1)
+  k_lo, k_hi = span(ids.seg_k, ids.seg_k >= 0)
+  q_ok = ids.seg_q >= 0   # padding queries see no key
+  s_lo, s_hi = span(ids.seg_q, q_ok)
+  c_lo, c_hi = span(ids.ctx_q, q_ok)
+
+  def meets(lo_BxN, hi_BxN):
+    return (lo_BxN[:, :, None] <= k_hi[:, None, :]) & (k_lo[:, None, :] <= hi_BxN[:, :, None])
+  # Causality only matters on the diagonal, where the query's own key is always visible, so it runs anyway.
+  vis_BxNxN = meets(s_lo, s_hi) | meets(c_lo, c_hi) | jnp.eye(n, dtype=bool)[None]
   return jnp.asarray(trip), vis_BxNxN[trip[:, 0], trip[:, 1], trip[:, 2]]
+
 
 
 def _slice_tile(x, b, start, tile, axis):
