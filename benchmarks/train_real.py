@@ -12,6 +12,9 @@ length-grouped megabatches, as `group_by_length` does. With --kway, the cardano 
 `hhh data mine stackexchange`, up to 4 answers each): hhh trains 8 rankings a step with its k-way objective, TRL
 8 of their (better, worse) pairs a step, and comparisons/s counts rankings.
 
+hhh packed lays its rows out as `hhh train` does on this backend with data.pack_len=0 (on CPU: a step's
+comparisons end to end in one long row; `--pack-len 1024` for rows of the largest bucket, bin-packed).
+
 Shapes, random init (speed does not depend on the values): `smollm2-135m` (SmolLM2-135M's architecture) and `13m`
 (hhh's family member with SmolLM2's vocabulary). All fp32, AdamW, clipping at 1.0, no dropout.
 
