@@ -105,7 +105,8 @@ def main():
           file=sys.stderr, flush=True)
   med = {n: statistics.median(t) for n, t in times.items()}
   res = {"command": "python " + " ".join(sys.argv), "shape": a.shape, "batches": js, "comparisons_per_batch": BATCH,
-         "allocator": "jemalloc" if os.environ.get("LD_PRELOAD") else "glibc", "cpu": _cpu(), "nproc": os.cpu_count(), "backend": jax.default_backend(),
+         "allocator": "jemalloc" if os.environ.get("LD_PRELOAD") else "glibc", "cpu": _cpu(),
+         "nproc": os.cpu_count(), "backend": jax.default_backend(),
          "row_shapes": {n: [list(h["tokens"].shape) for h in hosts[n]] for n in layouts},
          "processed_over_needed": {n: sum(h["tokens"].size for h in hosts[n]) / needed for n in layouts},
          "first_pass_s": first_s, "loss_max_abs_diff": diff, "s_for_the_steps": med, "rounds": times,

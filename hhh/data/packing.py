@@ -100,8 +100,9 @@ def pieces_of(ex: Encoded, row_len: int) -> tuple[list[Piece], str]:
 
 def row_buckets(buckets: Sequence[int], row_len: int) -> tuple[int, ...]:
   """Row lengths: the data's buckets up to `row_len`, then doubling up to 512 and steps of about an eighth from
-  there (multiples of 64, so tiled attention's tiles divide them) up to it. Rows longer than the largest piece hold several comparisons end to
-  end; the fine steps keep a step's last row from being rounded up by more than ~12%."""
+  there (multiples of 64, so tiled attention's tiles divide them) up to it. Rows longer than the largest piece
+  hold several comparisons end to end; the fine steps keep a step's last row from being rounded up by more than
+  about 12%."""
   out = sorted(b for b in set(buckets) if b <= row_len)
   b = out[-1] if out else 32
   while b < row_len:

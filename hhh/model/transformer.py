@@ -284,7 +284,6 @@ def _pairs(ids: SegmentIds, tile: int):
   return jnp.asarray(trip), vis_BxNxN[trip[:, 0], trip[:, 1], trip[:, 2]]
 
 
-
 def _slice_tile(x, b, start, tile, axis):
   """x[b:b+1] sliced to [start, start + tile) along `axis`."""
   x = jax.lax.dynamic_slice_in_dim(x, b, 1, axis=0)
