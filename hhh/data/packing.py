@@ -125,8 +125,8 @@ def row_length(buckets: Sequence[int], pack_len: int = 0, batch_tokens: int = 0,
   bucket: there attention computes every tile of a row, so its cost grows with the row's square. On CPU, where
   tiled attention skips the tiles a row does not see (`model.attention`), a row of 512+ tokens may grow to
   LONG_ROWS buckets: a step's comparisons then lie end to end in one row instead of being bin-packed into rows
-  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.10 at 8 comparisons a
-  step (docs/benchmarks/trl.md)."""
+  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.09 at 8 comparisons a
+  step (benchmarks/row_layouts.py)."""
   if pack_len:
     return pack_len
   top = max(buckets)
@@ -270,7 +270,8 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
 def _one_row(buckets: Sequence[int], shard_tokens: Sequence[int], longest: int) -> int:
   """The shortest row length that holds every shard's pieces in one row, or 0. One row per shard, not the
   fewest slots: a few percent more padding on average, for half as many compiled shapes (on HH-RLHF, 12 row
-  shapes in 200 steps of 8 comparisons against 23)."""
+  shapes in 200 steps of 8 comparisons against 23, processed / needed 1.085 against 1.067;
+  benchmarks/row_layouts.py)."""
   need = max(max(shard_tokens, default=0), longest, 1)
   return min((b for b in buckets if b >= need), default=0)
 
