@@ -39,15 +39,15 @@ def main():
   cpu_malloc.reexec_under_jemalloc(__file__)
 
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import trl_side
+  from device_check import _state  # the same fresh train state as the GPU check
   from train_real import BATCH, _cpu, _model_cfg
   from hhh import config as config_lib
   from hhh.data import packing
   from hhh.data.pipeline import encode_all
   from hhh.model import sharding as shd
-  from hhh.model.params import abstract_params, graphdef_and_params
+  from hhh.model.params import abstract_params
   from hhh.pretrained import load_lm
   from hhh.train.step import Steps
 
@@ -69,17 +69,11 @@ def main():
                for j in js] for n, L in layouts.items()}
   needed = sum(packing.packed_length(e) for j in js for e in examples[j * BATCH:(j + 1) * BATCH])
 
-  def fresh(st):
-    params = jax.jit(lambda k: graphdef_and_params(model_cfg, k)[1], out_shardings=st.param_sh)(jax.random.key(0))
-    return {"params": params, "opt_state": st.init_opt(params),
-            "step": jax.device_put(jnp.int32(0), st.state_sh["step"]),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(1)), st.state_sh["rng"])}
-
   def run(n):
     """Every batch's step from a fresh state: (seconds of the steps, losses)."""
     total, losses = 0.0, []
     for host in hosts[n]:
-      state = fresh(steps[n])
+      state = _state(steps[n], model_cfg)
       jax.block_until_ready(state)
       t = time.perf_counter()
       _, m = steps[n].train(state, steps[n].put_batch(host))
