@@ -51,7 +51,7 @@ def main():
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = trl_side.load_comparisons(str(SHARED / "hh_rlhf"))
   comps = [comps[i] for i in np.random.default_rng(0).permutation(len(comps))[:400]]
-  examples, _ = encode_all(comps, tok, 1024, 2)
+  examples, _ = encode_all(comps, tok, 1024, 2, config_lib.DataConfig.context_cut)
   plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, 1024)[0]] for e in examples], row_len=1024,
                            rows=a.rows, max_comparisons=64, seed=0, shuffle=False)
   ix = [i for i in plan.epoch_plan(0)[0].tolist() if i >= 0]

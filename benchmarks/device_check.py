@@ -88,7 +88,7 @@ def hh_packed(hh: str, n_batches: int, reps: int) -> dict:
   buckets = (128, 256, 512, 1024)
   dcfg = config_lib.DataConfig(train=hh, max_len=1024, buckets=buckets)
   comps = sources.load_comparisons(hh, dcfg, "train", 0)[:8 * n_batches]
-  examples, _ = pipeline.encode_all(comps, tok, 1024, 2)
+  examples, _ = pipeline.encode_all(comps, tok, 1024, 2, dcfg.context_cut)
   out = {}
   for pack in (True, False):
     cfg = config_lib.TrainConfig(model=model_cfg, batch_size=8, steps=10**6, data=dcfg)
@@ -128,7 +128,7 @@ def attention_2048(hh: str, n_batches: int, reps: int, smoke: bool = False) -> d
                       max_len=2048, rope_theta=100000.0))
   dcfg = config_lib.DataConfig(train=hh, max_len=1024, buckets=(1024,), pack_len=2048)
   comps = sources.load_comparisons(hh, dcfg, "train", 0)[:16 * n_batches]
-  examples, _ = pipeline.encode_all(comps, tok, 1024, 2)
+  examples, _ = pipeline.encode_all(comps, tok, 1024, 2, dcfg.context_cut)
   batches = [packing.collate_rows(examples[16 * j:16 * j + 16], K=2, pad_id=tok.pad_id, buckets=(2048,))
              for j in range(n_batches)]
   out = {"rows": [list(b["tokens"].shape) for b in batches]}

@@ -55,7 +55,7 @@ def main():
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = trl_side.load_comparisons(str(SHARED / "hh_rlhf"))
   comps = [comps[i] for i in np.random.default_rng(0).permutation(len(comps))[:BATCH * (max(js) + 1)]]
-  examples, _ = encode_all(comps, tok, 1024, 2)
+  examples, _ = encode_all(comps, tok, 1024, 2, config_lib.DataConfig.context_cut)
   model_cfg = _model_cfg(a.shape, tok.vocab_size)
   cfg = config_lib.TrainConfig(model=model_cfg, batch_size=BATCH, steps=10**6,
                                data=config_lib.DataConfig(max_len=1024, buckets=BUCKETS, max_k=2),

@@ -35,13 +35,14 @@ def main():
   import trl_side
   from train_real import BATCH
   from hhh.data import packing
+  from hhh.config import DataConfig
   from hhh.data.pipeline import encode_all
   from hhh.pretrained import load_lm
 
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = trl_side.load_comparisons(str(SHARED / "hh_rlhf"))
   comps = [comps[i] for i in np.random.default_rng(0).permutation(len(comps))[:BATCH * a.steps]]
-  examples, _ = encode_all(comps, tok, 1024, 2)
+  examples, _ = encode_all(comps, tok, 1024, 2, DataConfig.context_cut)
   long_len = packing.row_length(BUCKETS, backend="cpu")
   layouts = {"rows_1024": (1024, False), "long_row": (long_len, True), "long_fewest": (long_len, False)}
   res = {"command": "python " + " ".join(sys.argv), "steps": a.steps, "comparisons_per_step": BATCH, "layouts": {}}

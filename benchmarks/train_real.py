@@ -6,7 +6,7 @@ its best, on HH-RLHF comparisons (and Stack Exchange rankings), fed the same com
 
 Data: the four HH-RLHF test files in ../shared/data/hh_rlhf (8,552 rows, 8,486 comparisons), in one fixed shuffled
 order (seed 0), encoded once by hhh with SmolLM2-135M-Instruct's tokenizer and cut to 1024 tokens (context from
-the left); TRL gets those exact token ids as pair rows (benchmarks/trl_side.py `encode_rows`), so no side
+the left, once per comparison as `hhh train` does: data.context_cut); TRL gets those exact token ids as pair rows (benchmarks/trl_side.py `encode_rows`), so no side
 tokenizes differently. Batch j is comparisons [8j, 8j+8) for every side; TRL-best reorders them inside its
 length-grouped megabatches, as `group_by_length` does. With --kway, the cardano Stack Exchange rankings (mined by
 `hhh data mine stackexchange`, up to 4 answers each): hhh trains 8 rankings a step with its k-way objective, TRL
@@ -119,7 +119,7 @@ def hhh_worker(a):
 
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = _read_comparisons(a.data)
-  examples, _ = encode_all(comps, tok, MAX_LEN, a.max_k)
+  examples, _ = encode_all(comps, tok, MAX_LEN, a.max_k, config_lib.DataConfig.context_cut)
   model_cfg = _model_cfg(a.shape, tok.vocab_size)
   cfg = config_lib.TrainConfig(model=model_cfg, batch_size=BATCH, steps=10**6,
                                data=config_lib.DataConfig(max_len=MAX_LEN, buckets=BUCKETS, max_k=a.max_k),
@@ -309,6 +309,7 @@ def _summ(rounds, need_per_comp: float, need_over_real: float):
 def bench(shape: str, args, workload: str) -> dict:
   import numpy as np
   import trl_side
+  from hhh.config import DataConfig
   from hhh.data import packing
   from hhh.data.pipeline import encode_all
   from hhh.pretrained import load_lm
@@ -332,9 +333,9 @@ def bench(shape: str, args, workload: str) -> dict:
     for c in comps:
       f.write(json.dumps({"context": c.context, "responses": list(c.responses), "scores": list(c.scores),
                           "id": c.id}) + "\n")
-  rows = trl_side.encode_rows(comps, tok, MAX_LEN, max_k)
+  rows = trl_side.encode_rows(comps, tok, MAX_LEN, max_k, DataConfig.context_cut)
   rows_path = trl_side.write_rows(rows, work / f"{workload}_rows.jsonl")
-  examples, _ = encode_all(comps, tok, MAX_LEN, max_k)
+  examples, _ = encode_all(comps, tok, MAX_LEN, max_k, DataConfig.context_cut)
   need_per_comp = float(np.mean([packing.packed_length(e) for e in examples]))
   need_over_real = (sum(packing.packed_length(e) for e in examples)
                     / sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows))

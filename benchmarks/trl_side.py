@@ -55,8 +55,9 @@ MODES = ("default", "best")
 # ---------------------------------------------------------------- rows (no torch needed)
 
 
-def encode_rows(comparisons, tok, max_len: int, max_k: int = 2) -> list[dict]:
-  """hhh's exact token ids (context + response + <eoc>, context cut from the left to fit `max_len`) as pair rows.
+def encode_rows(comparisons, tok, max_len: int, max_k: int = 2, cut: str = "each") -> list[dict]:
+  """hhh's exact token ids (context + response + <eoc>, context cut from the left to fit `max_len`, per response
+  or, with cut "shared", once for all of a comparison's responses as `hhh train` does) as pair rows.
 
   A K-way ranking becomes all its (better, worse) pairs, ties skipped, each tagged with its comparison's index:
   the pairs `hhh.objectives.ranked_loss` averages over, so the two losses are the same function.
@@ -64,7 +65,7 @@ def encode_rows(comparisons, tok, max_len: int, max_k: int = 2) -> list[dict]:
   from hhh.data.pipeline import encode_comparison
   rows = []
   for i, c in enumerate(comparisons):
-    ex = encode_comparison(c, tok, max_len, max_k)
+    ex = encode_comparison(c, tok, max_len, max_k, cut=cut)
     for a, b in kway_pairs(ex.scores):
       rows.append({"chosen_ids": ex.seqs[a].tolist(), "rejected_ids": ex.seqs[b].tolist(), "comparison": i})
   return rows
@@ -387,7 +388,8 @@ def main():
     from hhh.pretrained import load_lm
     cs = load_comparisons(a.source, a.split)
     cs = [cs[i] for i in np.random.default_rng(a.seed).permutation(len(cs))][:a.limit or None]
-    rows = encode_rows(cs, load_lm(a.tokenizer).tokenizer, a.max_length, a.max_k)
+    from hhh.config import DataConfig
+    rows = encode_rows(cs, load_lm(a.tokenizer).tokenizer, a.max_length, a.max_k, DataConfig.context_cut)
     write_rows(rows, a.out)
     print(json.dumps({"comparisons": len(cs), "pairs": len(rows), "out": a.out}))
     return

@@ -35,7 +35,10 @@ def config() -> TrainConfig:
       # Steps of one shape, 8 rows of 512 tokens holding up to batch_size comparisons: one compiled program. In
       # the few shapes of batch_size steps, the run's host memory grew past 21 GB on a 24 GB host.
       data=DataConfig(train=DATA, validation=DATA, tokenizer="byte", max_len=512, buckets=(128, 256, 512),
-                      max_k=2, batch_tokens=4096),
+                      max_k=2, batch_tokens=4096,
+                      # The committed results (and a resume of their checkpoints) were trained with contexts cut per
+                      # response, before "shared" became the default.
+                      context_cut="each"),
       optim=OptimConfig(lr=2e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
       # The converted checkpoint has no reward head: training draws a fresh one (hhh/train/loop.py).
       init_from=INIT,

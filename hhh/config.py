@@ -36,6 +36,10 @@ class DataConfig:
   max_len: int = 128
   buckets: tuple[int, ...] = (64, 128)
   max_k: int = 2
+  # A context too long for max_len beside a response loses tokens from the left. "shared": once, to what fits
+  # beside the comparison's longest response, so its responses are compared on the same context (and pack);
+  # "each": per response, as scoring does, so a comparison's responses may follow different contexts.
+  context_cut: str = "shared"
   # Ranked and binary runs train on packed rows (hhh.data.packing): each comparison's context once, then its
   # responses, several comparisons to a row of at most `pack_len` tokens (a comparison longer than that is split
   # over rows, its context repeated). Same loss as unpacked. 0: the largest bucket, except on CPU with buckets
@@ -103,6 +107,8 @@ class TrainConfig:
       raise ConfigError(f"data.buckets reach {max(self.data.buckets)} > model.max_len={self.model.max_len}")
     if max(self.data.buckets) < self.data.max_len:
       raise ConfigError(f"data.max_len={self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
+    if self.data.context_cut not in ("shared", "each"):
+      raise ConfigError(f"data.context_cut={self.data.context_cut!r} must be 'shared' or 'each'")
     if self.data.pack_len and self.data.pack_len < self.data.max_len:
       raise ConfigError(f"data.pack_len={self.data.pack_len} must hold one sequence of data.max_len="
                         f"{self.data.max_len} tokens (or be 0: the largest bucket)")

@@ -148,6 +148,8 @@ def test_cross_section_validation():
   assert config_error("data.batch_tokens=256", "data.pack=false") == (
       "data.batch_tokens needs packed rows: data.pack=true and a ranked or binary objective")
   assert apply("data.batch_tokens=384").data.batch_tokens == 384
+  assert config_error("data.context_cut=left") == "data.context_cut='left' must be 'shared' or 'each'"
+  assert apply("data.context_cut=each").data.context_cut == "each" and C.TrainConfig().data.context_cut == "shared"
 
 
 # --- load_experiment, to_dict / from_dict -------------------------------------------------------

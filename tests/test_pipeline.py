@@ -122,6 +122,22 @@ def test_truncation_is_per_response():
   assert (stats.contexts_truncated, stats.responses_truncated) == (2, 0)
 
 
+def test_shared_cut_gives_every_response_the_context_of_the_longest():
+  stats = pipeline.EncodeStats()
+  # max_len 7: response 1 ("wxyz" + <eoc>) leaves room for 2 context bytes, so both responses follow "cd";
+  # cut per response, response 0 ("x") would keep all of "abcd".
+  e = pipeline.encode_comparison(comp("abcd", ["x", "wxyz"], [1, 0]), TOK, max_len=7, max_k=2, stats=stats,
+                                 cut="shared")
+  assert tolist(e) == [[99, 100, 120, 257], [99, 100, 119, 120, 121, 122, 257]]
+  assert e.starts == [2, 2]
+  assert (stats.contexts_truncated, stats.responses_truncated) == (2, 0)
+  # A context that fits beside the longest response is kept whole, as per response.
+  e = pipeline.encode_comparison(comp("ab", ["x", "wxyz"], [1, 0]), TOK, max_len=7, max_k=2, cut="shared")
+  assert e.starts == [2, 2] and tolist(e)[0] == [97, 98, 120, 257]
+  with pytest.raises(ValueError, match="context cut 'left'"):
+    pipeline.encode_comparison(comp("ab", ["x"], [0]), TOK, max_len=7, max_k=1, cut="left")
+
+
 def test_max_k_keeps_the_best_and_the_worst():
   # Ranking by score: "b" (2.0) > "d" (1.0) > "a" (0.5) > "c" (-1.0).
   c = comp("Q", ["a", "b", "c", "d"], [0.5, 2.0, -1.0, 1.0])

@@ -20,7 +20,8 @@ from hhh.data.tokenizer import ByteTokenizer
 from tests.conftest import REPO, free_port, hhh_cmd, hhh_env, read_metrics, run_hhh
 
 TOK = ByteTokenizer()
-DCFG = DataConfig(max_len=96, max_k=2, buckets=(48, 96))
+# Contexts cut per response, so some comparisons fall back to one piece per response (the harder plan).
+DCFG = DataConfig(max_len=96, max_k=2, buckets=(48, 96), context_cut="each")
 KW = dict(batch_size=8, max_k=2, buckets=DCFG.buckets, pad_id=TOK.pad_id)
 
 
@@ -52,18 +53,23 @@ def reads(monkeypatch):
   return counted, log
 
 
-def test_examples_are_the_in_memory_list(stores):
+# (contexts truncated, packed, split, fallback) per context cut: "each" cuts 481 responses' contexts and 287
+# comparisons fall back; "shared" cuts more contexts (the shorter responses' too) and none falls back.
+@pytest.mark.parametrize("cut,counts", [("each", (481, 48, 150, 287)), ("shared", (584, 48, 437, 0))])
+def test_examples_are_the_in_memory_list(stores, cut, counts):
   spec = _mix(stores)
-  mem, mem_stats = pipeline.encode_all(sources.load_comparisons(spec, DCFG, "train", 7), TOK, 96, 2)
-  lazy = stream.examples(spec, DCFG, "train", 7, TOK, cache=False)
+  dcfg = dataclasses.replace(DCFG, context_cut=cut)
+  mem, mem_stats = pipeline.encode_all(sources.load_comparisons(spec, dcfg, "train", 7), TOK, 96, 2, cut)
+  lazy = stream.examples(spec, dcfg, "train", 7, TOK, cache=False)
   # 275 train records of a and 2 x 105 binarized ones of b (485 in all), resampled 2:1.
   assert len(lazy) == len(mem) == 485
   assert lazy.lengths().tolist() == [e.length for e in mem]
-  assert lazy.stats() == mem_stats and mem_stats.responses_dropped == 323 and mem_stats.contexts_truncated == 481
+  assert lazy.stats() == mem_stats and mem_stats.responses_dropped == 323
+  assert mem_stats.contexts_truncated == counts[0]
   for i in range(len(mem)):
     assert lazy.pieces(i, 96) == [len(p) for p in packing.pieces_of(mem[i], 96)[0]]
   assert lazy.pack_summary(96) == packing.summary(mem, 96)
-  assert packing.summary(mem, 96) == packing.PackStats(comparisons=485, packed=48, split=150, fallback=287)
+  assert packing.summary(mem, 96) == packing.PackStats(485, *counts[1:])
   got = lazy.encoded([0, 484, 17])
   for i, e in zip([0, 484, 17], got):
     assert [s.tolist() for s in e.seqs] == [s.tolist() for s in mem[i].seqs]

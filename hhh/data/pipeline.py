@@ -43,8 +43,20 @@ class EncodeStats:
   responses_truncated: int = 0
 
 
-def encode_comparison(c: Comparison, tok, max_len: int, max_k: int, stats: EncodeStats | None = None) -> Encoded:
-  """Tokenize one comparison; contexts lose tokens from the left, responses from the right, <eoc> always stays."""
+CONTEXT_CUTS = ("shared", "each")
+
+
+def encode_comparison(c: Comparison, tok, max_len: int, max_k: int, stats: EncodeStats | None = None,
+                      cut: str = "each") -> Encoded:
+  """Tokenize one comparison; contexts lose tokens from the left, responses from the right, <eoc> always stays.
+
+  `cut` says how a context too long for `max_len` is cut. "each": per response, to what fits beside it, as
+  scoring one response does (a reward must not depend on the responses scored beside it). "shared": once, to
+  what fits beside the longest response, so every response follows the same context; training uses it
+  (`data.context_cut`): the responses are compared on the same context, and the comparison packs.
+  """
+  if cut not in CONTEXT_CUTS:
+    raise ValueError(f"context cut {cut!r} is not one of {', '.join(CONTEXT_CUTS)}")
   stats = stats or EncodeStats()
   stats.comparisons += 1
   order = list(range(c.k))
@@ -56,13 +68,17 @@ def encode_comparison(c: Comparison, tok, max_len: int, max_k: int, stats: Encod
     stats.responses_dropped += c.k - max_k
     order = sorted(keep)
   ctx = tok.encode(c.context)
-  seqs, starts = [], []
+  resps = []
   for i in order:
     resp = tok.encode(c.responses[i])
     if len(resp) > max_len - 1:
       resp = resp[: max_len - 1]
       stats.responses_truncated += 1
-    room = max_len - 1 - len(resp)
+    resps.append(resp)
+  shared_room = max_len - 1 - max((len(r) for r in resps), default=0)
+  seqs, starts = [], []
+  for resp in resps:
+    room = shared_room if cut == "shared" else max_len - 1 - len(resp)
     ctx_i = ctx[len(ctx) - room:] if len(ctx) > room else ctx
     if len(ctx_i) < len(ctx):
       stats.contexts_truncated += 1
@@ -71,9 +87,9 @@ def encode_comparison(c: Comparison, tok, max_len: int, max_k: int, stats: Encod
   return Encoded(seqs, starts, np.asarray([c.scores[i] for i in order], np.float32))
 
 
-def encode_all(comparisons: Iterable[Comparison], tok, max_len: int, max_k: int):
+def encode_all(comparisons: Iterable[Comparison], tok, max_len: int, max_k: int, cut: str = "each"):
   stats = EncodeStats()
-  return [encode_comparison(c, tok, max_len, max_k, stats) for c in comparisons], stats
+  return [encode_comparison(c, tok, max_len, max_k, stats, cut) for c in comparisons], stats
 
 
 def encode_text(texts: Iterable[str], tok, seq_len: int) -> list[Encoded]:

@@ -2,10 +2,10 @@
 
 `data.stream=true` trains on dataset directories (`hhh data mine` / `hhh data load`) without loading them:
 
-- **A length index** per (store split, tokenizer, max_len, max_k, binarize): each example's sequence lengths and
-  context length, in the narrowest type that holds max_len (a few bytes per example, not per token), plus for a
-  `:binarize` source the record and part each binarized comparison comes from. It is built once, in grain worker
-  processes, each process of a multi-process run indexing its own share of the records, and cached as
+- **A length index** per (store split, tokenizer, max_len, max_k, context cut, binarize): each example's sequence
+  lengths and context length, in the narrowest type that holds max_len (a few bytes per example, not per token),
+  plus for a `:binarize` source the record and part each binarized comparison comes from. It is built once, in
+  grain worker processes, each process of a multi-process run indexing its own share of the records, and cached as
   `DIR/index/*.npz` (no pickle). Workers load it from that file rather than from the training process.
 - **The plan** (which comparisons form each batch, in which order) is computed from the index exactly as the
   in-memory path computes it from encoded examples: `_Plan` is `pipeline._BatchPlan` in flat arrays,
@@ -113,9 +113,10 @@ def _small(max_len: int):
 class _IndexChunk:
   """Encodes records [lo, hi) of a chunk and keeps their lengths (a grain map, run in worker processes)."""
 
-  def __init__(self, reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int, lo: int, hi: int):
+  def __init__(self, reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int, cut: str, lo: int,
+               hi: int):
     self.reader, self.binarize, self.tok_json = reader, binarize, tok_json
-    self.max_len, self.max_k, self.lo, self.hi = max_len, max_k, lo, hi
+    self.max_len, self.max_k, self.cut, self.lo, self.hi = max_len, max_k, cut, lo, hi
 
   @functools.cached_property
   def tok(self):
@@ -128,7 +129,7 @@ class _IndexChunk:
     for r, c in zip(records, self.reader.read(records)):
       for p, ci in enumerate(binarize_lib.binarize(c) if self.binarize else [c]):
         st = pipeline.EncodeStats()
-        ex = pipeline.encode_comparison(ci, self.tok, self.max_len, self.max_k, st)
+        ex = pipeline.encode_comparison(ci, self.tok, self.max_len, self.max_k, st, self.cut)
         cuts.append((st.responses_dropped, st.contexts_truncated, st.responses_truncated))
         row_s = np.zeros(self.max_k, np.int64)
         row_s[:len(ex.seqs)] = [len(s) for s in ex.seqs]
@@ -144,11 +145,11 @@ class _IndexChunk:
             "cuts": np.minimum(np.asarray(cuts, np.int64).reshape(-1, 3), 255).astype(np.uint8)}
 
 
-def _cache_path(reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int) -> pathlib.Path:
+def _cache_path(reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int, cut: str) -> pathlib.Path:
   version = reader._open().version_dir
   info = (version / "dataset_info.json").read_bytes()
   key = json.dumps([INDEX_VERSION, tok_json, max_len, max_k, binarize, hashlib.sha256(info).hexdigest(),
-                    version.name], sort_keys=True)
+                    version.name] + ([] if cut == "each" else [cut]), sort_keys=True)
   return pathlib.Path(reader.path) / "index" / f"{reader.split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -173,23 +174,23 @@ def _all_processes(flag: bool, process_count: int) -> bool:
   return bool(np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)]))).min())
 
 
-def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, *, workers: int = 0,
-                process_index: int = 0, process_count: int = 1, cache: bool = True) -> SourceIndex:
+def build_index(reader: _Reader, binarize: bool, tok, max_len: int, max_k: int, *, cut: str = "each",
+                workers: int = 0, process_index: int = 0, process_count: int = 1, cache: bool = True) -> SourceIndex:
   """The length index of one source, from its cache file or one pass over the store (each process its share)."""
   tok_json = tok.to_json()
-  path = _cache_path(reader, binarize, tok_json, max_len, max_k)
+  path = _cache_path(reader, binarize, tok_json, max_len, max_k, cut)
   if _all_processes(cache and path.exists(), process_count):
     return _load_index(path, binarize)
   else:
     n = len(reader)
     lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
-    task = _IndexChunk(reader, binarize, tok_json, max_len, max_k, lo, hi)
+    task = _IndexChunk(reader, binarize, tok_json, max_len, max_k, cut, lo, hi)
     ds = grain.MapDataset.range(-(-(hi - lo) // _CHUNK)).map(task).to_iter_dataset(
         grain.ReadOptions(num_threads=0 if workers else 1, prefetch_buffer_size=2))
     if workers:
       ds = _mp_prefetch(ds, workers)
     chunks = list(ds)
-    arrays = _IndexChunk(reader, binarize, tok_json, max_len, max_k, lo, lo)(0)  # empty arrays, the right dtypes
+    arrays = _IndexChunk(reader, binarize, tok_json, max_len, max_k, cut, lo, lo)(0)  # empty arrays, the right dtypes
     for k in arrays:
       arrays[k] = np.concatenate([arrays[k]] + [c.pop(k) for c in chunks])
     del chunks
@@ -262,13 +263,14 @@ class Examples:
   without holding them: example i is (source, element), an element a record or one of its binarized parts."""
 
   def __init__(self, readers: list[_Reader], binarize: list[bool], indexes: list[SourceIndex],
-               segments: list[tuple[int, np.ndarray | None]], tok_json: dict, max_len: int, max_k: int):
+               segments: list[tuple[int, np.ndarray | None]], tok_json: dict, max_len: int, max_k: int,
+               cut: str = "each"):
     self.readers, self.binarize, self.indexes = readers, binarize, indexes
     self.seg_source = np.asarray([j for j, _ in segments], np.int64)
     self.seg_order = [o for _, o in segments]
     sizes = [len(o) if o is not None else len(indexes[j]) for j, o in segments]
     self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    self.tok_json, self.max_len, self.max_k = tok_json, max_len, max_k
+    self.tok_json, self.max_len, self.max_k, self.cut = tok_json, max_len, max_k, cut
     total = np.zeros(3, np.int64)
     for j, o in zip(self.seg_source, self.seg_order):
       cuts = indexes[j].cuts
@@ -333,7 +335,7 @@ class Examples:
           comps[(j, e)] = got[e]
         else:
           comps[(j, e)] = binarize_lib.binarize(got[int(index.record[e])])[int(index.part[e])]
-    return [pipeline.encode_comparison(comps[w], self.tok, self.max_len, self.max_k) for w in where]
+    return [pipeline.encode_comparison(comps[w], self.tok, self.max_len, self.max_k, cut=self.cut) for w in where]
 
 
 def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, process_index: int = 0,
@@ -351,8 +353,9 @@ def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, p
     readers.append(reader)
     flags.append(binarize)
     if has:
-      indexes.append(build_index(reader, binarize, tok, dcfg.max_len, dcfg.max_k, workers=workers,
-                                 process_index=process_index, process_count=process_count, cache=cache))
+      indexes.append(build_index(reader, binarize, tok, dcfg.max_len, dcfg.max_k, cut=dcfg.context_cut,
+                                 workers=workers, process_index=process_index, process_count=process_count,
+                                 cache=cache))
     else:
       indexes.append(SourceIndex(np.zeros((0, dcfg.max_k), np.uint16), np.zeros(0, np.uint16), np.zeros(0, bool),
                                  None, None, np.zeros((0, 3), np.uint8)))
@@ -369,7 +372,7 @@ def examples(spec: str, dcfg, split: str, seed: int, tok, *, workers: int = 0, p
       n = round(total_n * w / total_w)
       order = np.concatenate([rng.permutation(len(ix)) for _ in range(-(-n // len(ix)))])[:n]
       segments.append((j, order.astype(np.uint32)))
-  return Examples(readers, flags, indexes, segments, tok.to_json(), dcfg.max_len, dcfg.max_k)
+  return Examples(readers, flags, indexes, segments, tok.to_json(), dcfg.max_len, dcfg.max_k, dcfg.context_cut)
 
 
 class _Plan:

@@ -86,7 +86,7 @@ def _encode(cfg, tok, raw):
   d = cfg.data
   if cfg.objective == "lm":
     return pipeline.encode_text(raw, tok, d.max_len), None
-  return pipeline.encode_all(raw, tok, d.max_len, d.max_k)
+  return pipeline.encode_all(raw, tok, d.max_len, d.max_k, d.context_cut)
 
 
 # From this many in-memory training comparisons (held by every process), a run that could stream
@@ -278,10 +278,12 @@ def _train(cfg, workdir) -> dict[str, float]:
             f"truncated to {cfg.data.max_len} tokens, {stats.responses_dropped} responses beyond max_k dropped")
     if _packed(cfg):
       ps = train_ex.pack_summary(row_len) if streamed else packing.summary(train_ex, row_len)
+      fallback = (f", {ps.fallback} unpacked (responses cut against different contexts: data.context_cut=each)"
+                  if ps.fallback else "")
+      budget = (f"; steps of {cfg.data.batch_tokens} tokens, at most {cfg.batch_size} comparisons"
+                if cfg.data.batch_tokens else "")
       print(f"hhh: packed rows of up to {row_len} tokens: {ps.packed} comparisons with their context once, "
-            f"{ps.split} split over rows (context repeated), {ps.fallback} unpacked (responses cut against "
-            "different contexts)" + (f"; steps of {cfg.data.batch_tokens} tokens, at most {cfg.batch_size} "
-            "comparisons" if cfg.data.batch_tokens else ""), flush=True)
+            f"{ps.split} split over rows (context repeated){fallback}{budget}", flush=True)
 
   peak = _peak(cfg, lead)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and lead), dynamic_ncols=True,
