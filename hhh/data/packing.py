@@ -14,10 +14,12 @@ of its context's segment (`segment_mask`), and positions restart after the conte
 exactly the keys, at exactly the positions, of its separate sequence: the reward at each `<eoc>` is the unpacked
 one up to float summation order. No attention crosses pieces.
 
-Exactness needs the K responses to follow one context. When encoding cut the context differently per response
-(a long response leaves less room), the comparison falls back: each response becomes its own piece with its own
-context, which is the unpacked layout inside a packed row (counted as `fallback`). A packed comparison longer
-than the row length is split into pieces of as many responses as fit, each repeating the context (`split`).
+Exactness needs the K responses to follow one context, which training's encoding gives (`data.context_cut`
+"shared": a long context is cut once, to fit beside the longest response). When it was cut per response
+("each": a long response leaves less room), the comparison falls back: each response becomes its own piece with
+its own context, which is the unpacked layout inside a packed row (counted as `fallback`). A packed comparison
+longer than the row length is split into pieces of as many responses as fit, each repeating the context
+(`split`).
 
 A batch holds the same comparisons, in the same order, as unpacked (`hhh.data.pipeline`'s plan). Its rows have
 the row length (a bucket that holds its longest piece) that needs the fewest slots, and the row count is rounded
@@ -125,7 +127,7 @@ def row_length(buckets: Sequence[int], pack_len: int = 0, batch_tokens: int = 0,
   bucket: there attention computes every tile of a row, so its cost grows with the row's square. On CPU, where
   tiled attention skips the tiles a row does not see (`model.attention`), a row of 512+ tokens may grow to
   LONG_ROWS buckets: a step's comparisons then lie end to end in one row instead of being bin-packed into rows
-  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.09 at 8 comparisons a
+  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.07 at 8 comparisons a
   step (benchmarks/row_layouts.py)."""
   if pack_len:
     return pack_len
