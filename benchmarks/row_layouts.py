@@ -8,6 +8,9 @@ tokens needed (each context once plus each response):
   rows_1024       rows of up to 1,024 tokens, bin-packed, fewest slots (data.pack_len=1024)
   long_row        one row a step on the grid of `row_buckets` up to 8,192 (data.pack_len=0 on CPU)
   long_fewest     the same grid, fewest slots over any row count (what one_row=False would pick)
+and, for token-budget steps (data.batch_tokens=4096, at most 16 comparisons a step, over the same comparisons):
+  budget_rows_1024  4 rows of 1,024 (data.pack_len=1024; the layout on accelerators)
+  budget_long_row   one row of 4,096 (data.pack_len=0 on CPU)
 Writes benchmarks/results/row_layouts.json.
 """
 
@@ -23,6 +26,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 sys.path.insert(0, str(HERE))
 BUCKETS = (128, 256, 512, 1024)
+BUDGET = 4096
 
 
 def main():
@@ -59,6 +63,15 @@ def main():
     res["layouts"][name] = {"row_len": row_len, "one_row": one_row, "processed_over_needed": slots / needed,
                             "row_shapes": len(shapes), "shape_counts": dict(sorted(shapes.items()))}
     print(f"{name}: processed/needed {slots / needed:.3f}, {len(shapes)} row shapes", file=sys.stderr)
+  window = examples[:BATCH * a.steps]
+  needed = sum(packing.packed_length(e) for e in window)
+  for name, row_len in (("budget_rows_1024", 1024), ("budget_long_row", packing.row_length(BUCKETS, 0, BUDGET))):
+    plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, row_len)[0]] for e in window], row_len=row_len,
+                             rows=BUDGET // row_len, max_comparisons=2 * BATCH, seed=0, shuffle=False)
+    steps = len(plan.epoch_plan(0))
+    res["layouts"][name] = {"row_len": row_len, "batch_tokens": BUDGET, "steps": steps,
+                            "processed_over_needed": steps * BUDGET / needed, "row_shapes": 1}
+    print(f"{name}: processed/needed {steps * BUDGET / needed:.3f} in {steps} steps", file=sys.stderr)
   out = pathlib.Path(a.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(res, indent=2) + "\n")

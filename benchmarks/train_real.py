@@ -86,19 +86,19 @@ def _batches(examples, start: int, n: int, K: int, pack: bool, pad_id: int, row_
   return out
 
 
-def _budget_batches(examples, lo: int, hi: int, K: int, pad_id: int, batch_tokens: int):
+def _budget_batches(examples, lo: int, hi: int, K: int, pad_id: int, batch_tokens: int, row_len: int):
   """Token-budget steps (`data.batch_tokens`) over comparisons [lo, hi) of the fixed order: hhh.data.packing's
   TokenPlan without the shuffle, so the side computes exactly the comparisons the other sides get in their
   hi - lo comparisons' steps. Returns (host batch, comparison indices) per step."""
   from hhh.data import packing
-  rows = batch_tokens // MAX_LEN
+  rows = batch_tokens // row_len
   window = examples[lo:hi]
-  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, MAX_LEN)[0]] for e in window], row_len=MAX_LEN,
+  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, row_len)[0]] for e in window], row_len=row_len,
                            rows=rows, max_comparisons=BUDGET_MAX_COMPARISONS, seed=0, shuffle=False)
   out = []
   for ix in plan.epoch_plan(0):
     exs = [window[i] if i >= 0 else None for i in ix.tolist()]
-    out.append((packing.collate_rows(exs, K=K, pad_id=pad_id, buckets=(MAX_LEN,), rows=rows),
+    out.append((packing.collate_rows(exs, K=K, pad_id=pad_id, buckets=(row_len,), rows=rows),
                 [lo + i for i in ix.tolist() if i >= 0]))
   return out
 
@@ -144,14 +144,14 @@ def hhh_worker(a):
     return sum(packing.packed_length(e) for e in examples[j * BATCH:(j + 1) * BATCH])
 
   t0 = time.perf_counter()
+  # The row length `hhh train` picks on this backend (data.pack_len=0), unless --pack-len sets one.
+  row_len = packing.row_length(BUCKETS, a.pack_len, a.batch_tokens, backend=jax.default_backend())
   if a.batch_tokens:
     # One shape: a step of the warm-up comparisons compiles it.
-    step(_budget_batches(examples, 0, BATCH * a.warmup, a.max_k, tok.pad_id, a.batch_tokens)[0][0])
-    _emit({"ready": True, "warmup_s": time.perf_counter() - t0, "shapes": [[a.batch_tokens // MAX_LEN, MAX_LEN]],
+    step(_budget_batches(examples, 0, BATCH * a.warmup, a.max_k, tok.pad_id, a.batch_tokens, row_len)[0][0])
+    _emit({"ready": True, "warmup_s": time.perf_counter() - t0, "shapes": [[a.batch_tokens // row_len, row_len]],
            "batch_tokens": a.batch_tokens, "versions": {"jax": jax.__version__}})
-    return _budget_rounds(a, examples, step, tok.pad_id)
-  # The row length `hhh train` picks on this backend (data.pack_len=0), unless --pack-len sets one.
-  row_len = packing.row_length(BUCKETS, a.pack_len, backend=jax.default_backend())
+    return _budget_rounds(a, examples, step, tok.pad_id, row_len)
   for host in _batches(examples, 0, a.warmup, a.max_k, a.pack, tok.pad_id, row_len):
     step(host)
   # Every row shape the measured batches use is compiled now, so no round pays for a compile.
@@ -186,7 +186,7 @@ def hhh_worker(a):
            "loadavg": os.getloadavg()})
 
 
-def _budget_rounds(a, examples, step, pad_id):
+def _budget_rounds(a, examples, step, pad_id, row_len):
   """`run N` on the token-budget side: the comparisons of the other sides' N steps, in token-budget steps."""
   import numpy as np
   from hhh.data import packing
@@ -200,7 +200,8 @@ def _budget_rounds(a, examples, step, pad_id):
       continue
     n = int(line.split()[1])
     times, processed, need, comps = [], [], [], []
-    for host, ix in _budget_batches(examples, BATCH * j, BATCH * (j + n), a.max_k, pad_id, a.batch_tokens):
+    for host, ix in _budget_batches(examples, BATCH * j, BATCH * (j + n), a.max_k, pad_id, a.batch_tokens,
+                                    row_len):
       t = time.perf_counter()
       step(host)
       times.append(time.perf_counter() - t)

@@ -37,8 +37,8 @@ def config() -> TrainConfig:
       data=DataConfig(train=DATA, validation=DATA, tokenizer="byte", max_len=512, buckets=(128, 256, 512),
                       max_k=2, batch_tokens=4096,
                       # The committed results (and a resume of their checkpoints) were trained with contexts cut per
-                      # response, before "shared" became the default.
-                      context_cut="each"),
+                      # response and rows of 512, before "shared" cuts and CPU's one long row a step became defaults.
+                      context_cut="each", pack_len=512),
       optim=OptimConfig(lr=2e-5, warmup_steps=20, min_lr_ratio=0.1, weight_decay=0.0, b2=0.999),
       # The converted checkpoint has no reward head: training draws a fresh one (hhh/train/loop.py).
       init_from=INIT,

@@ -43,13 +43,14 @@ class DataConfig:
   # Ranked and binary runs train on packed rows (hhh.data.packing): each comparison's context once, then its
   # responses, several comparisons to a row of at most `pack_len` tokens (a comparison longer than that is split
   # over rows, its context repeated). Same loss as unpacked. 0: the largest bucket, except on CPU with buckets
-  # of 512+ tokens and no batch_tokens, where rows grow to 8x it (packing.row_length: less padding, and CPU
-  # attention skips what a row does not see).
+  # of 512+ tokens, where rows grow to 8x it, or to batch_tokens per batch shard (packing.row_length: less
+  # padding, and CPU attention skips what a row does not see).
   pack: bool = True
   pack_len: int = 0
   # A token budget per step instead of `batch_size` comparisons (0: off). Packed steps are then one shape,
-  # batch_tokens / row length rows, holding as many comparisons as fit and at most `batch_size`, so set
-  # batch_size to the most a step may hold. Nearly no padding and one compile, at a varying comparisons per step.
+  # batch_tokens / row length rows (pack_len=0 on CPU: one row per batch shard), holding as many comparisons as
+  # fit and at most `batch_size`, so set batch_size to the most a step may hold. Nearly no padding and one
+  # compile, at a varying comparisons per step.
   batch_tokens: int = 0
   # Read dataset directories lazily (hhh.data.stream): a length index cached beside the store, then each step
   # reads, tokenizes and packs only this process's comparisons, in `stream_workers` grain worker processes

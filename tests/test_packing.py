@@ -160,7 +160,14 @@ def test_row_grid_and_automatic_row_length():
   # data.pack_len=0: long rows only on CPU, for rows that use tiled attention, outside token-budget steps.
   assert packing.row_length((256, 1024)) == 8192
   assert packing.row_length((256, 1024), backend="gpu") == 1024
-  assert packing.row_length((256, 1024), batch_tokens=4096) == 1024
+  # Token-budget steps on CPU: one row per batch shard where it is a multiple of 64 up to 8 buckets.
+  assert packing.row_length((256, 1024), batch_tokens=4096) == 4096
+  assert packing.row_length((256, 1024), batch_tokens=4096, n_shards=2) == 2048
+  assert packing.row_length((256, 1024), batch_tokens=4096, backend="gpu") == 1024
+  assert packing.row_length((256, 1024), batch_tokens=1024) == 1024
+  assert packing.row_length((256, 1024), batch_tokens=16384) == 1024     # past 8 buckets
+  assert packing.row_length((256, 1000), batch_tokens=3000) == 1000      # not a multiple of 64
+  assert packing.row_length((256, 1024), batch_tokens=4096, n_shards=3) == 1024
   assert packing.row_length((64, 256)) == 256
   assert packing.row_length((64, 256), pack_len=512, backend="tpu") == 512
 
@@ -397,18 +404,21 @@ def test_token_plan_holds_about_ten_bytes_a_comparison():
   assert steps.dtype == np.int32 and steps.shape[1] == 16
   np.testing.assert_array_equal(np.sort(steps[steps >= 0]), np.arange(n))
 
-def test_token_budget_batches_are_full_and_exact():
+@pytest.mark.parametrize("row_len", [512, 1024], ids=["two_rows", "one_long_row"])
+def test_token_budget_batches_are_full_and_exact(row_len):
   """Real HH-RLHF comparisons under a token budget: each epoch holds every comparison once, in fewer slots than
-  steps of a fixed comparison count, and a step's loss and gradients are those of its comparisons unpacked."""
+  steps of a fixed comparison count, and a step's loss and gradients are those of its comparisons unpacked.
+  Steps of 1,024 tokens as two rows of 512 or as one long row (CPU's layout, `packing.row_length`)."""
   examples, _ = encode_all(hh_comparisons(32), TOK, max_len=256, max_k=2)
-  kw = dict(row_len=512, max_k=2, buckets=(128, 256), pad_id=TOK.pad_id, seed=5)
+  kw = dict(row_len=row_len, max_k=2, buckets=(128, 256), pad_id=TOK.pad_id, seed=5)
   ds = packing.PackedBatchSource(examples, batch_tokens=1024, batch_size=16, **kw).dataset(shuffle=True, epochs=None)
-  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, 512)[0]] for e in examples], row_len=512, rows=2,
-                           max_comparisons=16, seed=5)
+  rows = 1024 // row_len
+  plan = packing.TokenPlan([[len(p) for p in packing.pieces_of(e, row_len)[0]] for e in examples], row_len=row_len,
+                           rows=rows, max_comparisons=16, seed=5)
   seen = []
   for i in range(len(plan.epoch_plan(0))):
     batch = ds[i]
-    assert batch["tokens"].shape == (2, 512)
+    assert batch["tokens"].shape == (rows, row_len)
     ix = [j for j in plan[i][1].tolist() if j >= 0]
     assert sorted(np.flatnonzero(batch["lengths"][:, 0] > 0).tolist()) == list(range(len(ix)))
     seen += ix
@@ -423,7 +433,7 @@ def test_token_budget_batches_are_full_and_exact():
   assert sorted(seen) == list(range(len(examples)))
   # 12,165 tokens needed: 15 steps of 1,024 slots, against 16,640 for steps of 8 comparisons (rows of 256 or 512).
   assert sum(packing.packed_length(e) for e in examples) == 12165
-  fixed = packing.PackedBatchSource(examples, batch_size=8, **kw).dataset(shuffle=True, epochs=1)
+  fixed = packing.PackedBatchSource(examples, batch_size=8, **dict(kw, row_len=512)).dataset(shuffle=True, epochs=1)
   assert (len(plan.epoch_plan(0)) * 1024, sum(fixed[i]["tokens"].size for i in range(len(fixed)))) \
       == (15360, 16640)
 

@@ -23,11 +23,13 @@ longer than the row length is split into pieces of as many responses as fit, eac
 
 A batch holds the same comparisons, in the same order, as unpacked (`hhh.data.pipeline`'s plan). Its rows have
 the row length (a bucket that holds its longest piece) that needs the fewest slots, and the row count is rounded
-up on a short grid (1, 2, 3, 4, 6, 8, 12, ...), so a run compiles a few shapes. With S batch shards (devices along the batch axes)
-each shard's comparisons are packed into its own rows, so reading rewards never crosses devices.
+up on a short grid (1, 2, 3, 4, 6, 8, 12, ...), so a run compiles a few shapes. With S batch shards (devices
+along the batch axes) each shard's comparisons are packed into its own rows, so reading rewards never crosses
+devices.
 
 With a token budget (`data.batch_tokens`) a step is instead one fixed shape, budget / row length rows of the
-row length, filled with as many comparisons as fit (at most `batch_size`): `TokenPlan` walks the epoch's
+row length (on CPU one long row per shard: `row_length`), filled with as many comparisons as fit (at most
+`batch_size`): `TokenPlan` walks the epoch's
 shuffled order and puts each comparison in the first step that still has room for it among the next few, so
 rows are nearly full and a run compiles one train shape. The steps are a pure function of (seed, epoch).
 """
@@ -122,18 +124,25 @@ def long_rows(buckets: Sequence[int], row_len: int) -> bool:
   return row_len > max(buckets)
 
 
-def row_length(buckets: Sequence[int], pack_len: int = 0, batch_tokens: int = 0, backend: str = "cpu") -> int:
-  """The longest packed row (`data.pack_len`; 0 picks it). Token-budget steps and accelerators get the largest
-  bucket: there attention computes every tile of a row, so its cost grows with the row's square. On CPU, where
-  tiled attention skips the tiles a row does not see (`model.attention`), a row of 512+ tokens may grow to
-  LONG_ROWS buckets: a step's comparisons then lie end to end in one row instead of being bin-packed into rows
-  of the largest bucket, which on HH-RLHF cuts processed / needed tokens from 1.28 to 1.07 at 8 comparisons a
-  step (benchmarks/row_layouts.py)."""
+def row_length(buckets: Sequence[int], pack_len: int = 0, batch_tokens: int = 0, backend: str = "cpu",
+               n_shards: int = 1) -> int:
+  """The longest packed row (`data.pack_len`; 0 picks it). Accelerators get the largest bucket: there attention
+  computes every tile of a row, so its cost grows with the row's square. On CPU, where tiled attention skips the
+  tiles a row does not see (`model.attention`), a row of 512+ tokens may grow to LONG_ROWS buckets: a step's
+  comparisons then lie end to end in one row instead of being bin-packed into rows of the largest bucket, which
+  on HH-RLHF cuts processed / needed tokens from 1.28 to 1.07 at 8 comparisons a step
+  (benchmarks/row_layouts.py). Token-budget steps on CPU are likewise one row per batch shard, of
+  batch_tokens / n_shards tokens, where that is a multiple of 64 up to LONG_ROWS buckets (else the largest
+  bucket)."""
   if pack_len:
     return pack_len
   top = max(buckets)
-  if batch_tokens or backend != "cpu" or top < 512:
+  if backend != "cpu" or top < 512:
     return top
+  if batch_tokens:
+    per = batch_tokens // n_shards
+    ok = batch_tokens % n_shards == 0 and per % 64 == 0 and top < per <= LONG_ROWS * top
+    return per if ok else top
   return LONG_ROWS * top
 
 

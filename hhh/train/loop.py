@@ -227,9 +227,10 @@ def _train(cfg, workdir) -> dict[str, float]:
   kw = dict(batch_size=cfg.batch_size, max_k=1 if cfg.objective == "lm" else cfg.data.max_k,
             buckets=cfg.data.buckets, pad_id=tok.pad_id, process_index=jax.process_index(),
             process_count=jax.process_count())
-  row_len = packing.row_length(cfg.data.buckets, cfg.data.pack_len, cfg.data.batch_tokens, jax.default_backend())
   # Each batch shard (device along the batch axes) packs its own comparisons into its own rows.
   n_shards = int(np.prod([mesh.shape[a] for a in shd.BATCH_AXES]))
+  row_len = packing.row_length(cfg.data.buckets, cfg.data.pack_len, cfg.data.batch_tokens, jax.default_backend(),
+                               n_shards)
   if streamed:
     train_ex = _stream_examples(cfg, tok, "train", kw)
     stats = train_ex.stats()
