@@ -270,6 +270,25 @@ def test_hhh_train_pack_true_and_false_give_the_same_losses(tiny_experiment, tmp
   np.testing.assert_allclose(runs["true"], runs["false"], atol=1e-4, rtol=0)
 
 
+def test_hhh_train_long_rows_on_cpu(tiny_experiment, tmp_path):
+  """Buckets of 512: `hhh train` on CPU packs a step into one long row (tiled attention) with the unpacked losses,
+  and token-budget steps are one row of data.batch_tokens."""
+  long = ["--set", "model.max_len=512", "--set", "data.max_len=512", "--set", "data.buckets=256,512",
+          "--set", "steps=3", "--set", "checkpoint_every=3"]
+  runs, outs = {}, {}
+  for pack in ("true", "false"):
+    wd = tmp_path / pack
+    outs[pack] = run_hhh("train", tiny_experiment, "--workdir", wd, "--set", f"data.pack={pack}", *long).stdout
+    runs[pack] = [m["loss"] for m in read_metrics(wd)]
+  assert "packed rows of up to 4096 tokens" in outs["true"] and "packed rows" not in outs["false"]
+  np.testing.assert_allclose(runs["true"], runs["false"], atol=1e-4, rtol=0)
+  out = run_hhh("train", tiny_experiment, "--workdir", tmp_path / "budget", "--set", "data.batch_tokens=2048",
+                "--set", "batch_size=16", *long).stdout
+  assert "packed rows of up to 2048 tokens" in out
+  losses = [m["loss"] for m in read_metrics(tmp_path / "budget")]
+  assert len(losses) == 3 and all(np.isfinite(losses))
+
+
 def test_remat_gives_the_same_gradients():
   import dataclasses
   comps = [_cut(c, 120) for c in hh_comparisons(4)]
