@@ -29,9 +29,8 @@ devices.
 
 With a token budget (`data.batch_tokens`) a step is instead one fixed shape, budget / row length rows of the
 row length (on CPU one long row per shard: `row_length`), filled with as many comparisons as fit (at most
-`batch_size`): `TokenPlan` walks the epoch's
-shuffled order and puts each comparison in the first step that still has room for it among the next few, so
-rows are nearly full and a run compiles one train shape. The steps are a pure function of (seed, epoch).
+`batch_size`): `TokenPlan` walks the epoch's shuffled order and puts each comparison in the first step that
+still has room for it among the next few, so rows are nearly full and a run compiles one train shape. The steps are a pure function of (seed, epoch).
 """
 
 from __future__ import annotations

@@ -148,6 +148,7 @@ class _IndexChunk:
 def _cache_path(reader: _Reader, binarize: bool, tok_json: dict, max_len: int, max_k: int, cut: str) -> pathlib.Path:
   version = reader._open().version_dir
   info = (version / "dataset_info.json").read_bytes()
+  # The per-response cut was the only one before data.context_cut: its indexes keep the names they had.
   key = json.dumps([INDEX_VERSION, tok_json, max_len, max_k, binarize, hashlib.sha256(info).hexdigest(),
                     version.name] + ([] if cut == "each" else [cut]), sort_keys=True)
   return pathlib.Path(reader.path) / "index" / f"{reader.split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
