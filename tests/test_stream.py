@@ -130,6 +130,7 @@ def test_two_processes_build_the_global_batch_reading_each_row_once(stores, read
       assert sorted((path, r) for tag, path, r in log if tag == p) == want_reads
     assert sum(1 for _ in log) <= len(slots)
 
+
 def test_index_is_cached_beside_the_store_and_read_once(stores, reads):
   _, log = reads
   spec = f"{stores / 'b'}:binarize"
@@ -141,9 +142,11 @@ def test_index_is_cached_beside_the_store_and_read_once(stores, reads):
   log.clear()
   again = stream.examples(spec, DCFG, "validation", 0, TOK)
   assert log == [] and again.lengths().tolist() == first.lengths().tolist()
-  # Another max_len is another index.
-  stream.examples(spec, DataConfig(max_len=64, max_k=2, buckets=(64,)), "validation", 0, TOK)
+  # Another context cut is another index, and so is another max_len.
+  stream.examples(spec, dataclasses.replace(DCFG, context_cut="shared"), "validation", 0, TOK)
   assert len(list((stores / "b" / "index").glob("validation-*.npz"))) == 2
+  stream.examples(spec, DataConfig(max_len=64, max_k=2, buckets=(64,)), "validation", 0, TOK)
+  assert len(list((stores / "b" / "index").glob("validation-*.npz"))) == 3
 
 
 def test_workers_get_the_cached_index_by_path(stores):
