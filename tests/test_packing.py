@@ -157,7 +157,7 @@ def test_row_grid_and_automatic_row_length():
       6912, 7808, 8192)
   assert packing.row_buckets((64, 128), 1024) == (64, 128, 256, 512, 576, 704, 832, 960, 1024)
   assert packing.row_buckets((64, 128), 128) == (64, 128)
-  # data.pack_len=0: long rows only on CPU, for rows that use tiled attention, outside token-budget steps.
+  # data.pack_len=0: long rows only on CPU, for rows that use tiled attention.
   assert packing.row_length((256, 1024)) == 8192
   assert packing.row_length((256, 1024), backend="gpu") == 1024
   # Token-budget steps on CPU: one row per batch shard where it is a multiple of 64 up to 8 buckets.
