@@ -11,6 +11,9 @@ tokens needed (each context once plus each response):
 and, for token-budget steps (data.batch_tokens=4096, at most 16 comparisons a step, over the same comparisons):
   budget_rows_1024  4 rows of 1,024 (data.pack_len=1024; the layout on accelerators)
   budget_long_row   one row of 4,096 (data.pack_len=0 on CPU)
+and, over all 8,486 comparisons in that order, what cutting long contexts per response (data.context_cut=each)
+would change against the shared cut: the comparisons whose responses then follow different contexts (they
+cannot share one), the steps of 8 that hold one, and the tokens each cut needs unpadded.
 Writes benchmarks/results/row_layouts.json.
 """
 
@@ -45,11 +48,25 @@ def main():
 
   tok = load_lm("smollm2-135m-instruct").tokenizer
   comps = trl_side.load_comparisons(str(SHARED / "hh_rlhf"))
-  comps = [comps[i] for i in np.random.default_rng(0).permutation(len(comps))[:BATCH * a.steps]]
+  comps = [comps[i] for i in np.random.default_rng(0).permutation(len(comps))]
   examples, _ = encode_all(comps, tok, 1024, 2, DataConfig.context_cut)
+  each, _ = encode_all(comps, tok, 1024, 2, "each")
+  apart = [i for i, e in enumerate(each) if not packing.packable(e)]
+  apart_steps = sorted({i // BATCH for i in apart})
+  unpadded = {"shared": sum(packing.packed_length(e) for e in examples),
+              # a comparison that cannot share its context computes it once per response
+              "each": sum(packing.packed_length(e) if packing.packable(e) else sum(len(s) for s in e.seqs)
+                          for e in each)}
+  examples = examples[:BATCH * a.steps]
   long_len = packing.row_length(BUCKETS, backend="cpu")
   layouts = {"rows_1024": (1024, False), "long_row": (long_len, True), "long_fewest": (long_len, False)}
-  res = {"command": "python " + " ".join(sys.argv), "steps": a.steps, "comparisons_per_step": BATCH, "layouts": {}}
+  res = {"command": "python " + " ".join(sys.argv), "steps": a.steps, "comparisons_per_step": BATCH, "layouts": {},
+         "context_cut_each": {"comparisons": len(comps), "cut_apart": len(apart), "steps": -(-len(comps) // BATCH),
+                              "steps_holding_one": len(apart_steps), "first_steps_holding_one": apart_steps[:10],
+                              "unpadded_tokens": unpadded,
+                              "each_over_shared_tokens": unpadded["each"] / unpadded["shared"]}}
+  print(f"context_cut=each: {len(apart)} of {len(comps)} comparisons cut apart, in {len(apart_steps)} steps; "
+        f"{unpadded['each'] / unpadded['shared']:.3f}x the shared cut's tokens", file=sys.stderr)
   for name, (row_len, one_row) in layouts.items():
     grid = packing.row_buckets(BUCKETS, row_len)
     slots, needed, shapes = 0, 0, collections.Counter()

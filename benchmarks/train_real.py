@@ -6,11 +6,12 @@ its best, on HH-RLHF comparisons (and Stack Exchange rankings), fed the same com
 
 Data: the four HH-RLHF test files in ../shared/data/hh_rlhf (8,552 rows, 8,486 comparisons), in one fixed shuffled
 order (seed 0), encoded once by hhh with SmolLM2-135M-Instruct's tokenizer and cut to 1024 tokens (context from
-the left, once per comparison as `hhh train` does: data.context_cut); TRL gets those exact token ids as pair rows (benchmarks/trl_side.py `encode_rows`), so no side
-tokenizes differently. Batch j is comparisons [8j, 8j+8) for every side; TRL-best reorders them inside its
-length-grouped megabatches, as `group_by_length` does. With --kway, the cardano Stack Exchange rankings (mined by
-`hhh data mine stackexchange`, up to 4 answers each): hhh trains 8 rankings a step with its k-way objective, TRL
-8 of their (better, worse) pairs a step, and comparisons/s counts rankings.
+the left, once per comparison as `hhh train` does: data.context_cut); TRL gets those exact token ids as pair
+rows (benchmarks/trl_side.py `encode_rows`), so no side tokenizes differently. Batch j is comparisons [8j, 8j+8)
+for every side; TRL-best reorders them inside its length-grouped megabatches, as `group_by_length` does. With
+--kway, the cardano Stack Exchange rankings (mined by `hhh data mine stackexchange`, up to 4 answers each): hhh
+trains 8 rankings a step with its k-way objective, TRL 8 of their (better, worse) pairs a step, and
+comparisons/s counts rankings.
 
 hhh packed lays its rows out as `hhh train` does on this backend with data.pack_len=0 (on CPU: a step's
 comparisons end to end in one long row; `--pack-len 1024` for rows of the largest bucket, bin-packed).

@@ -30,7 +30,8 @@ devices.
 With a token budget (`data.batch_tokens`) a step is instead one fixed shape, budget / row length rows of the
 row length (on CPU one long row per shard: `row_length`), filled with as many comparisons as fit (at most
 `batch_size`): `TokenPlan` walks the epoch's shuffled order and puts each comparison in the first step that
-still has room for it among the next few, so rows are nearly full and a run compiles one train shape. The steps are a pure function of (seed, epoch).
+still has room for it among the next few, so rows are nearly full and a run compiles one train shape. The steps
+are a pure function of (seed, epoch).
 """
 
 from __future__ import annotations
@@ -279,8 +280,8 @@ def collate_rows(examples: Sequence[Encoded | None], *, K: int, pad_id: int, buc
 
 def _one_row(buckets: Sequence[int], shard_tokens: Sequence[int], longest: int) -> int:
   """The shortest row length that holds every shard's pieces in one row, or 0. One row per shard, not the
-  fewest slots: a few percent more padding on average, for half as many compiled shapes (on HH-RLHF, 12 row
-  shapes in 200 steps of 8 comparisons against 23, processed / needed 1.085 against 1.067;
+  fewest slots: a few percent more padding on average, for half as many compiled shapes (on HH-RLHF, 11 row
+  shapes in 200 steps of 8 comparisons against 20, processed / needed 1.069 against 1.053;
   benchmarks/row_layouts.py)."""
   need = max(max(shard_tokens, default=0), longest, 1)
   return min((b for b in buckets if b >= need), default=0)
